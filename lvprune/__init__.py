@@ -1,0 +1,31 @@
+"""lvprune: vision-token pruning for LLaVA-style models.
+
+- LVPruning (trained, language-guided): `LVPrunerConfig`, `LVPrunerModel`, `LVPruningForTraining`.
+- PLPHP (training-free, per-layer per-head KV pruning): `PLPHPConfig`.
+- Pruned decoding on a stock model: `load_pruned_model`, `pruning` (context manager), `unprune`.
+"""
+
+from .cache import PrunedCache
+from .config import LVPrunerConfig
+from .inference import Pruning, load_pruned_model, pruning, unprune
+from .modeling import LVPrunerModel
+from .plphp import PLPHPConfig
+from .stats import LayerStats, PruningStats
+from .training import LVPruningForTraining, LVPruningOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LVPrunerConfig",
+    "LVPrunerModel",
+    "LVPruningForTraining",
+    "LVPruningOutput",
+    "PLPHPConfig",
+    "Pruning",
+    "PrunedCache",
+    "PruningStats",
+    "LayerStats",
+    "load_pruned_model",
+    "pruning",
+    "unprune",
+]

@@ -1,0 +1,98 @@
+"""The attention function lvprune registers with transformers' `AttentionInterface`.
+
+It builds each layer's mask from the call's `PruningState` (causal by original order, padding, kept tokens,
+per-head KV pruning), then delegates the heavy attention to the implementation the model was loaded with.
+After stage 1 of a training forward it applies the differentiable masked softmax of paper eqs 7-9 instead.
+No mask is registered for this name, so transformers skips building its own (we never read it).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .plphp import plphp_keep
+
+NAME = "lvprune"
+EPS = 1e-6
+
+
+def lvprune_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query [B, Hq, Q, D], key/value [B, Hkv, K, D] (post-RoPE, full cache) -> ([B, Q, Hq, D], None)."""
+    state = kwargs.get("lvprune_state")
+    if state is None:
+        raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
+    layer = module.layer_idx
+    allowed = state.books[layer].allowed(state.query_order)  # [B, h, Q, K]
+    if state.keep is not None:
+        output = masked_softmax_attention(module, query, key, value, allowed, state.keep, state.query_order, scaling)
+    else:
+        output = delegate(state.base_attention, module, query, key, value, allowed, scaling, dropout)
+    if state.plphp is not None and state.prefill and state.cache is not None and layer >= state.plphp.start_layer:
+        scores = last_query_scores(module, query, key, allowed, scaling)
+        keep, stats = plphp_keep(scores, state.books[layer], state.plphp)
+        state.prune_cache(layer, keep, stats)
+    return output, None
+
+
+def expand_heads(mask: torch.Tensor, num_query_heads: int) -> torch.Tensor:
+    """Per-KV-head mask [B, Hkv, Q, K] -> per-query-head [B, Hq, Q, K] (GQA groups share a KV head)."""
+    if mask.shape[1] in (1, num_query_heads):
+        return mask
+    return mask.repeat_interleave(num_query_heads // mask.shape[1], dim=1)
+
+
+def delegate(impl, module, query, key, value, allowed, scaling, dropout):
+    """Run the base implementation (`sdpa` or `eager`) with our boolean mask."""
+    mask = expand_heads(allowed, query.shape[1])
+    if impl == "eager":
+        additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+        additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
+        return _eager(module, query, key, value, additive, scaling)
+    # Any other implementation (flash kernels cannot take arbitrary masks) runs as SDPA.
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False)[0]
+
+
+def _eager(module, query, key, value, additive, scaling):
+    """Plain softmax attention, as transformers' per-model `eager_attention_forward` computes it."""
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    weights = torch.softmax(query @ key.transpose(-1, -2) * scaling + additive, dim=-1, dtype=torch.float32)
+    return (weights.to(value.dtype) @ value).transpose(1, 2).contiguous()
+
+
+def masked_softmax_attention(module, query, key, value, allowed, keep, query_order, scaling):
+    """Paper eqs 7-9: `Â_ij = exp(Ā_ij) M_ij / Σ_k exp(Ā_ik) M_ik` with `M_ij = D_j` for vision keys j ≠ i.
+
+    The mask multiplies the exponentials so gradients reach the decisions `keep` [B, N] (1 for non-vision).
+    Training keeps every row, so keys and queries are the same N tokens.
+    """
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    scores = (query @ key.transpose(-1, -2)).float() * scaling
+    scores = scores.masked_fill(~expand_heads(allowed, query.shape[1]), float("-inf"))
+    scores = scores - scores.amax(dim=-1, keepdim=True).detach()
+    is_self = query_order[:, :, None] == query_order[:, None, :]  # [B, Q, K]: M_ii = 1
+    multiplier = torch.where(is_self, torch.ones_like(keep)[:, None, :], keep[:, None, :])[:, None]
+    weights = scores.exp() * multiplier
+    weights = weights / (weights.sum(dim=-1, keepdim=True) + EPS)
+    return (weights.to(value.dtype) @ value).transpose(1, 2).contiguous()
+
+
+def last_query_scores(module, query, key, allowed, scaling):
+    """Attention of the last prompt token over all keys, one row per KV head: -> [B, Hkv, K].
+
+    Computed for that single query row (the layer's attention itself stays in the base implementation);
+    query heads of a GQA group are averaged.
+    """
+    key = repeat_kv(key, module.num_key_value_groups)
+    logits = (query[:, :, -1:] @ key.transpose(-1, -2)).float() * scaling  # [B, Hq, 1, K]
+    logits = logits.masked_fill(~expand_heads(allowed[:, :, -1:], query.shape[1]), float("-inf"))
+    probs = logits.softmax(dim=-1)[:, :, 0]
+    return probs.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
+
+
+def register() -> None:
+    """Make `NAME` selectable with `model.set_attn_implementation` (idempotent)."""
+    if NAME not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(NAME, lvprune_attention)

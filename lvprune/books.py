@@ -1,0 +1,81 @@
+"""Token bookkeeping: which tokens a layer's hidden rows or KV cache hold, and where they came from.
+
+Every tensor is batch-first and rectangular. Samples that keep fewer tokens than the widest one are padded
+with *filler* slots on the left (so the last prompt token stays last) and fillers are marked invalid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KeyBook:
+    """What the slots of a hidden-state or KV tensor are.
+
+    order:  [B, h, K] long, index of the token in the unpruned (padded) sequence; causality compares these.
+    valid:  [B, h, K] bool, a real token (not padding, not a filler slot).
+    vision: [B, h, K] bool, a vision token.
+    `h` is 1 when all heads hold the same tokens, else the number of KV heads (per-head pruning).
+    """
+
+    order: torch.Tensor
+    valid: torch.Tensor
+    vision: torch.Tensor
+
+    @classmethod
+    def from_sequence(cls, valid: torch.Tensor, vision: torch.Tensor) -> "KeyBook":
+        """Book of an unpruned sequence: valid, vision [B, N] bool."""
+        order = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
+        return cls(order[:, None], valid[:, None], vision[:, None])
+
+    @property
+    def num_heads(self) -> int:
+        return self.order.shape[1]
+
+    def append(self, order: torch.Tensor, valid: torch.Tensor) -> "KeyBook":
+        """Add new (non-vision) tokens at the end: order, valid [B, q]."""
+        heads = self.num_heads
+        new = [t[:, None, :].expand(-1, heads, -1) for t in (order, valid, torch.zeros_like(valid))]
+        return KeyBook(*(torch.cat([old, add], dim=-1) for old, add in zip(self.fields(), new)))
+
+    def gather(self, index: torch.Tensor, real: torch.Tensor) -> "KeyBook":
+        """Slots `index` [B, h', K'] (h broadcast from 1 if needed); `real` [B, h', K'] False marks fillers."""
+        heads = index.shape[1]
+        order, valid, vision = (t.expand(-1, heads, -1).gather(-1, index) for t in self.fields())
+        return KeyBook(order, valid & real, vision & real)
+
+    def fields(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.order, self.valid, self.vision
+
+    def allowed(self, query_order: torch.Tensor) -> torch.Tensor:
+        """Which keys each query may see: causal by original order, valid keys, and always itself.
+
+        query_order [B, Q] -> [B, h, Q, K] bool. Seeing itself keeps padding and filler rows finite.
+        """
+        keys = self.order[:, :, None, :]
+        queries = query_order[:, None, :, None]
+        return (self.valid[:, :, None, :] & (keys <= queries)) | (keys == queries)
+
+
+def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices that gather the kept slots of each row, in order, left-filled to the widest row.
+
+    keep [B, h, K] bool -> index [B, h, K'] long, real [B, h, K'] bool with K' = max kept count. Filler slots
+    point at dropped slots (distinct from every kept one) and have `real == False`.
+    """
+    width = int(keep.sum(-1).max())
+    positions = torch.arange(keep.shape[-1], device=keep.device)
+    # Kept slots sort after dropped ones, each group in its original order; the last `width` are kept + fillers.
+    rank = torch.where(keep, positions + keep.shape[-1], positions)
+    index = rank.argsort(dim=-1)[..., keep.shape[-1] - width :]
+    return index, keep.gather(-1, index)
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` [B, K'] of x [B, K, ...] (x may have batch 1: it is broadcast)."""
+    x = x.expand(index.shape[0], *x.shape[1:])
+    shape = index.shape + (1,) * (x.dim() - 2)
+    return x.gather(1, index.view(shape).expand(*index.shape, *x.shape[2:]))

@@ -1,0 +1,36 @@
+"""Turning decision-module scores into keep/prune decisions (paper eqs 5-6 for training, 13 for inference)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def keep_score(gamma: torch.Tensor, rank_by: str) -> torch.Tensor:
+    """Ranking score of each vision token: gamma [..., 2] (keep, remove) logits -> [...]."""
+    if rank_by == "keep_logit":
+        return gamma[..., 0]
+    return gamma[..., 0] - gamma[..., 1]
+
+
+def sample_decisions(gamma: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hard Gumbel-softmax decisions with straight-through gradients: gamma [B, V, 2] -> D [B, V] in {0, 1}."""
+    return F.gumbel_softmax(gamma.float(), tau=tau, hard=True)[..., 0]
+
+
+def keep_counts(num_vision: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Tokens kept at a stage, `round(ratio × |I_V|)` per sample: num_vision [B] -> [B] long."""
+    return torch.round(num_vision.double() * ratio).long()
+
+
+def topk_decisions(score: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Keep the `counts[b]` best candidates of each sample (paper eq. 13).
+
+    score [B, V] float, candidates [B, V] bool (tokens still present), counts [B] long -> D [B, V] float {0, 1}.
+    """
+    if score.shape[1] == 0:
+        return score.new_zeros(score.shape)
+    masked = score.float().masked_fill(~candidates, float("-inf"))
+    order = masked.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
+    return ((rank < counts[:, None]) & candidates).float()

@@ -1,0 +1,151 @@
+"""Pruned decoding on a stock LLaVA: LVPruning's top-k removal and PLPHP's per-head KV pruning.
+
+    with lvprune.pruning(model, pruner, plphp=PLPHPConfig()):
+        model.generate(**inputs)
+
+or `model = lvprune.load_pruned_model(base, pruner, plphp=...)`, undone with `lvprune.unprune(model)`.
+A forward pre-hook on the model creates a `PruningState` and a `PrunedCache` at each prefill and hands the
+state on at every decode step; after each prefill `model.pruning_stats` describes what was kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cache import PrunedCache
+from .config import check_stages
+from .hooks import STATE_KWARG, LayerHooks, decoder_layers
+from .modeling import LVPrunerModel
+from .plphp import PLPHPConfig
+from .state import PruningState
+from .stats import PruningStats
+
+
+class Pruning:
+    """LVPruning (with `pruner`) and/or PLPHP (with `plphp`) on an already loaded `model`.
+
+    Args:
+        model: a `LlavaForConditionalGeneration`.
+        pruner: an `LVPrunerModel` built for this base, or None (no LVPruning).
+        keep_ratios: stage ratios to apply instead of the pruner's training ratios (no retraining needed).
+        plphp: a `PLPHPConfig`, or None (no PLPHP).
+    """
+
+    def __init__(self, model: nn.Module, pruner: LVPrunerModel | None = None, *, keep_ratios=None,
+                 plphp: PLPHPConfig | None = None):
+        if pruner is not None:
+            pruner.config.check_base(model.config)
+            keep_ratios = list(keep_ratios) if keep_ratios is not None else pruner.config.keep_ratios
+            check_stages(pruner.config.after_layers, keep_ratios, pruner.config.num_hidden_layers)
+            pruner.eval()
+        elif keep_ratios is not None:
+            raise ValueError("keep_ratios needs a pruner: they are the ratios of its stages.")
+        if plphp is not None and not isinstance(plphp, PLPHPConfig):
+            raise TypeError(f"plphp must be a PLPHPConfig or None, got {type(plphp).__name__}.")
+        self.model, self.pruner, self.keep_ratios, self.plphp = model, pruner, keep_ratios, plphp
+        self.num_layers = len(decoder_layers(model))
+        self.hooks = LayerHooks(model, pruner)
+        self.handles = []
+
+    def attach(self) -> "Pruning":
+        """Start pruning every `forward` / `generate` of the model."""
+        if getattr(self.model, "lvprune", None) is not None:
+            raise RuntimeError("this model is already pruned; call lvprune.unprune(model) first.")
+        self.hooks.attach()
+        self.handles.append(self.model.register_forward_pre_hook(self._before_call, with_kwargs=True))
+        self.handles.append(self.model.register_forward_hook(self._after_call, with_kwargs=True))
+        self.model.lvprune = self
+        return self
+
+    def detach(self) -> nn.Module:
+        """Restore the stock model (same object) and return it."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.hooks.detach()
+        self.model.lvprune = None
+        return self.model
+
+    __enter__ = attach
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    # ---------------------------------------------------------------- per call
+
+    def _before_call(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            raise ValueError("a pruned model needs input_ids: vision positions come from config.image_token_id.")
+        cache = kwargs.get("past_key_values")
+        if isinstance(cache, PrunedCache) and cache.state is not None and cache.get_seq_length() > 0:
+            state = cache.state
+            mask = kwargs.get("attention_mask")
+            new = input_ids.shape[1]
+            state.begin_decode(mask[:, -new:] if mask is not None else torch.ones_like(input_ids))
+        else:
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("a pruned model cannot continue from a cache it did not make; pass no cache.")
+            state = self._new_state(input_ids, kwargs)
+            if cache is not None or kwargs.get("use_cache", self.model.config.get_text_config().use_cache) is not False:
+                kwargs["past_key_values"] = state.cache
+        kwargs[STATE_KWARG] = state
+        return args, kwargs
+
+    def _new_state(self, input_ids, kwargs) -> PruningState:
+        if self.pruner is not None:
+            self.pruner.to(input_ids.device)
+        cache = PrunedCache(config=self.model.config.get_text_config())
+        state = PruningState(
+            input_ids, kwargs.get("attention_mask"), self.model.config.image_token_id, self.num_layers,
+            pruner=self.pruner, keep_ratios=self.keep_ratios, sample=False, remove=True, plphp=self.plphp,
+            cache=cache, base_attention=self.hooks.base_attention,
+        )
+        cache.state = state
+        return state
+
+    def _after_call(self, module, args, kwargs, output):
+        state = kwargs.get(STATE_KWARG)
+        if state is not None and state.prefill:
+            self.model.pruning_stats = PruningStats.collect(state, self.model.config.get_text_config())
+        return output
+
+
+def pruning(model: nn.Module, pruner: LVPrunerModel | None = None, *, keep_ratios=None,
+            plphp: PLPHPConfig | None = None) -> Pruning:
+    """Context manager: `with pruning(model, pruner, plphp=PLPHPConfig()): model.generate(...)`."""
+    return Pruning(model, pruner, keep_ratios=keep_ratios, plphp=plphp)
+
+
+def unprune(model: nn.Module) -> nn.Module:
+    """Undo `load_pruned_model` / `Pruning.attach`: the same object, back to the stock model."""
+    handle = getattr(model, "lvprune", None)
+    if handle is None:
+        raise ValueError("this model is not pruned by lvprune.")
+    return handle.detach()
+
+
+def load_pruned_model(base, pruner=None, *, keep_ratios=None, plphp: PLPHPConfig | None = None, **kwargs):
+    """Load a LLaVA whose `forward` and `generate` prune vision tokens.
+
+    Args:
+        base: a path, a Hub id or a loaded `LlavaForConditionalGeneration`.
+        pruner: a path, a Hub id, an `LVPrunerModel`, or None (no LVPruning).
+        keep_ratios: inference ratios for the pruner's stages (default: its training ratios).
+        plphp: a `PLPHPConfig`, or None.
+        **kwargs: passed to `from_pretrained` of the base (and `torch_dtype`/`dtype`, `device_map` to the pruner's
+            placement: the pruner follows the base's dtype and device).
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
+        base = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
+    base.eval()
+    if pruner is not None and not isinstance(pruner, LVPrunerModel):
+        pruner = LVPrunerModel.from_pretrained(pruner)
+    if pruner is not None:
+        pruner.config.check_base(base.config)
+        pruner.to(device=base.device, dtype=base.dtype)
+    Pruning(base, pruner, keep_ratios=keep_ratios, plphp=plphp).attach()
+    return base

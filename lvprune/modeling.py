@@ -1,0 +1,99 @@
+"""LVPruning's decision modules (paper §3.1, eqs 1-4) as a Hugging Face model.
+
+Vision tokens are the queries, the prompt's language tokens the keys and values; each module scores every
+vision token with `γ = (keep, remove)`. A checkpoint holds only these modules, never the base model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from .config import LVPrunerConfig
+
+
+class CrossAttentionBlock(nn.Module):
+    """`O = softmax(Q Kᵀ/√d) V + Q` (eq. 3), then FFN `[LN, Linear(C, rC), SiLU, Linear(rC, C), LN]` with a residual."""
+
+    def __init__(self, config: LVPrunerConfig):
+        super().__init__()
+        size, width = config.hidden_size, config.hidden_size * config.ffn_multiplier
+        self.num_heads = config.num_heads
+        self.q_proj = nn.Linear(size, size)
+        self.k_proj = nn.Linear(size, size)
+        self.v_proj = nn.Linear(size, size)
+        self.ffn = nn.Sequential(
+            nn.LayerNorm(size, eps=config.layer_norm_eps),
+            nn.Linear(size, width),
+            nn.SiLU(),
+            nn.Linear(width, size),
+            nn.LayerNorm(size, eps=config.layer_norm_eps),
+        )
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] -> [B, heads, L, C / heads]."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def forward(self, queries: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """queries [B, V, C], text [B, T, C], text_mask [B, T] bool (True = a key) -> [B, V, C]."""
+        q = self.q_proj(queries)
+        k, v = self._heads(self.k_proj(text)), self._heads(self.v_proj(text))
+        mask = text_mask[:, None, None, :]
+        attended = F.scaled_dot_product_attention(self._heads(q), k, v, attn_mask=mask)
+        # A sample without any prompt text has nothing to attend to: its rows are NaN, take zeros instead.
+        attended = torch.where(text_mask.any(-1)[:, None, None, None], attended, 0.0)
+        out = attended.transpose(1, 2).flatten(2) + q
+        return out + self.ffn(out)
+
+
+class DecisionModule(nn.Module):
+    """One pruning stage: `num_blocks` cross-attention blocks and `W_O: C -> 2` (eq. 4)."""
+
+    def __init__(self, config: LVPrunerConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(CrossAttentionBlock(config) for _ in range(config.num_blocks))
+        self.out_proj = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """vision [B, V, C], text [B, T, C], text_mask [B, T] bool -> γ [B, V, 2] (keep, remove) logits."""
+        x = vision
+        for block in self.blocks:
+            x = block(x, text, text_mask)
+        return self.out_proj(x)
+
+
+class LVPrunerModel(PreTrainedModel):
+    """All decision modules of a pruner: `stages[s]` runs after decoder layer `config.after_layers[s]`."""
+
+    config_class = LVPrunerConfig
+    base_model_prefix = "lvpruner"
+    main_input_name = "vision"
+    _no_split_modules = ["DecisionModule"]
+    _supports_sdpa = True
+
+    def __init__(self, config: LVPrunerConfig):
+        super().__init__(config)
+        self.stages = nn.ModuleList(DecisionModule(config) for _ in range(config.num_stages))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def stage_for_layer(self, layer_idx: int) -> int | None:
+        """The stage that runs after 0-based decoder layer `layer_idx`, or None."""
+        after = self.config.after_layers
+        return after.index(layer_idx + 1) if layer_idx + 1 in after else None
+
+    def forward(self, stage: int, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Scores of stage `stage`: vision [B, V, C], text [B, T, C], text_mask [B, T] -> γ [B, V, 2]."""
+        module = self.stages[stage]
+        dtype = module.out_proj.weight.dtype
+        return module(vision.to(dtype), text.to(dtype), text_mask)

@@ -1,0 +1,83 @@
+"""PLPHP: training-free per-layer, per-head pruning of the vision tokens in the KV cache (METHOD §3).
+
+After the prefill of each layer `l >= start_layer`, the last prompt token's attention decides:
+1. the layer's class from its vision attention `v_l = mean_h Σ_{j∈I_V} a_hj` (per sample):
+   `v_l >= alpha` attentive (rate `r + Δr`), `v_l <= beta` indifferent (`r − Δr`), else balanced (`r`);
+2. each KV head keeps its own top `ceil(rate × n_vision)` vision tokens; text tokens always stay.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+CLASSES = ("indifferent", "balanced", "attentive")
+
+
+@dataclass(frozen=True)
+class PLPHPConfig:
+    """PLPHP's hyper-parameters.
+
+    Args:
+        r: base retention rate of vision tokens (paper sweeps 0.3, 0.4, 0.5).
+        delta_r: rate shift for vision-attentive (+) and vision-indifferent (−) layers (paper: 0.3).
+        alpha: vision attention at or above which a layer is vision-attentive.
+        beta: vision attention at or below which a layer is vision-indifferent (`beta < alpha`).
+        start_layer: first 0-based decoder layer whose cache is pruned; earlier layers keep everything.
+            The paper publishes neither the thresholds nor this layer; the defaults are the ones
+            `lvprune.plphp_calibration` measured on the reference model (see README, "Choosing PLPHP's
+            thresholds"), and can be re-measured for any model.
+    """
+
+    r: float = 0.4
+    delta_r: float = 0.3
+    alpha: float = 0.5
+    beta: float = 0.2
+    start_layer: int = 2
+
+    def __post_init__(self):
+        if not 0.0 <= self.r <= 1.0:
+            raise ValueError(f"PLPHP r={self.r} must be in [0, 1].")
+        if not 0.0 <= self.delta_r <= 1.0:
+            raise ValueError(f"PLPHP delta_r={self.delta_r} must be in [0, 1].")
+        if not 0.0 <= self.beta < self.alpha <= 1.0:
+            raise ValueError(f"PLPHP thresholds need 0 <= beta < alpha <= 1, got alpha={self.alpha}, beta={self.beta}.")
+        if self.start_layer < 0:
+            raise ValueError(f"PLPHP start_layer={self.start_layer} must be >= 0.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def rates(self, vision_attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer class (0 indifferent, 1 balanced, 2 attentive) and clamped rate: vision_attention [B] -> [B], [B]."""
+        cls = torch.ones_like(vision_attention, dtype=torch.long)
+        cls = torch.where(vision_attention >= self.alpha, 2, torch.where(vision_attention <= self.beta, 0, cls))
+        rate = (self.r + (cls - 1).to(vision_attention.dtype) * self.delta_r).clamp(0.0, 1.0)
+        return cls, rate
+
+
+def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig) -> tuple[torch.Tensor, dict]:
+    """Which cache slots each KV head keeps.
+
+    scores [B, Hkv, K] last-query attention per KV head; book: the layer's `KeyBook` (one head).
+    Returns keep [B, Hkv, K] bool (valid text slots + each head's top vision slots) and per-sample stats.
+    """
+    vision = book.vision & book.valid  # [B, 1, K]
+    vision_attention = (scores * vision).sum(-1).mean(-1)  # [B]
+    cls, rate = config.rates(vision_attention)
+    present = vision.sum(-1)[:, 0]  # [B]
+    counts = torch.ceil(rate.double() * present - 1e-9).long()  # ceil, robust to float noise (0.4 * 10)
+    masked = scores.masked_fill(~vision, float("-inf"))
+    rank = masked.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    chosen = (rank < counts[:, None, None]) & vision
+    keep = chosen | (book.valid & ~book.vision)
+    stats = dict(vision_tokens=present, plphp_class=[CLASSES[c] for c in cls.tolist()], plphp_rate=rate,
+                 vision_attention=vision_attention, kept_per_head=chosen.sum(-1))
+    return keep, stats
+
+
+def ceil_count(rate: float, n: int) -> int:
+    """`ceil(rate × n)` as `plphp_keep` computes it (for analytic estimates)."""
+    return math.ceil(rate * n - 1e-9)

@@ -1,0 +1,133 @@
+"""`PruningState`: everything one forward (or one `generate()`) knows about which tokens are where.
+
+It is created per call, handed to every layer through the forward's keyword arguments, and read by the layer
+hooks, the attention function and the cache. Two ways of applying LVPruning's decisions share it:
+
+- `remove=True` (inference): pruned vision rows leave the hidden states, the rotary tables and every later
+  layer's keys, so later layers compute on fewer tokens (paper eq. 13-14).
+- `remove=False` (training): the sequence keeps its length and later layers mask pruned keys with the
+  differentiable multiplicative mask of eqs 7-9, stored as `keep` [B, N].
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .books import KeyBook, compact, gather_rows
+from .decisions import keep_counts, keep_score, sample_decisions, topk_decisions
+
+
+class _Slots(NamedTuple):
+    """Where gathered rows came from: index [B, K'] into the rows, real [B, K'] False for fillers."""
+
+    index: torch.Tensor
+    real: torch.Tensor
+
+
+class PruningState:
+    """Pruning bookkeeping of one call.
+
+    Args:
+        input_ids: [B, N] prompt ids; vision positions are `input_ids == image_token_id`.
+        attention_mask: [B, N] 1 for real tokens, 0 for padding (None: no padding).
+        labels: [B, N] or None; supervised answer tokens (labels != -100) are never decision-module keys.
+        pruner: an `LVPrunerModel` or None; keep_ratios: the stage ratios to apply (default: the pruner's).
+        sample: Gumbel-sampled decisions (training) instead of top-k (inference and `.eval()`).
+        remove: remove pruned rows (inference) instead of masking them (training).
+        plphp: a `PLPHPConfig` or None; cache: the `PrunedCache` PLPHP prunes (None: no cache, no PLPHP).
+        base_attention: the attention implementation the heavy attention delegates to.
+    """
+
+    def __init__(self, input_ids, attention_mask, image_token_id, num_layers, *, labels=None, pruner=None,
+                 keep_ratios=None, sample=False, remove=True, plphp=None, cache=None, base_attention="sdpa"):
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        vision = (input_ids == image_token_id) & valid
+        text_key = valid & ~vision if labels is None else valid & ~vision & (labels == -100)
+        self.rows, self.text_key = KeyBook.from_sequence(valid, vision), text_key
+        self.num_vision = vision.sum(-1)
+        self.pruner, self.sample, self.remove = pruner, sample, remove
+        self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
+        self.plphp, self.cache, self.base_attention = plphp, cache, base_attention
+        self.books: list[KeyBook | None] = [None] * num_layers
+        self.keep: torch.Tensor | None = None
+        self.position_embeddings = None
+        self.prefill, self.seen = True, input_ids.shape[1]
+        self.query_order = self.rows.order[:, 0]
+        self.keep_fractions: list[torch.Tensor] = []
+        self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
+
+    # ---------------------------------------------------------------- steps
+
+    def begin_decode(self, valid: torch.Tensor) -> None:
+        """Start a decode step of q new tokens: valid [B, q] (their attention-mask values)."""
+        self.prefill = False
+        order = self.seen + torch.arange(valid.shape[1], device=valid.device).expand(valid.shape[0], -1)
+        appended = {}
+        for i, book in enumerate(self.books):
+            if id(book) not in appended:  # layers sharing one book share the appended one too
+                appended[id(book)] = book.append(order, valid.bool())
+            self.books[i] = appended[id(book)]
+        self.query_order, self.seen = order, self.seen + valid.shape[1]
+
+    def enter_layer(self, layer_idx: int, position_embeddings):
+        """Called before decoder layer `layer_idx`; returns the rotary (cos, sin) its rows need."""
+        if not self.prefill:
+            return position_embeddings
+        self.books[layer_idx] = self.rows
+        self.query_order = self.rows.order[:, 0]
+        if self.position_embeddings is None:
+            self.position_embeddings = position_embeddings
+        return self.position_embeddings
+
+    # ---------------------------------------------------------------- LVPruning stages
+
+    def run_stage(self, stage: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Decide which vision tokens survive stage `stage`; hidden [B, L, C] -> [B, L', C]."""
+        vision = self.rows.vision[:, 0]
+        present = vision if self.keep is None else vision & (self.keep > 0)
+        gamma, slots = self._scores(stage, hidden, vision if self.sample else present)
+        counts = keep_counts(self.num_vision, self.keep_ratios[stage])
+        if self.sample:
+            decided = sample_decisions(gamma, self.pruner.config.gumbel_tau)
+        else:
+            decided = topk_decisions(keep_score(gamma, self.pruner.config.rank_by), slots.real, counts)
+        # Fillers write a neutral 1 onto rows that are not queries (slot indices are distinct).
+        decided = torch.where(slots.real, decided, torch.ones_like(decided))
+        full = torch.ones_like(vision, dtype=decided.dtype).scatter(1, slots.index, decided)
+        if self.remove:
+            return self._remove(hidden, full.bool() | ~vision)
+        self.keep = full if self.keep is None else self.keep * full  # eq. 10: a pruned token never returns
+        self.keep_fractions.append(self._fraction(self.keep, vision))
+        return hidden
+
+    def _scores(self, stage, hidden, queries):
+        """γ [B, V, 2] of the rows `queries` [B, L] bool, and where they sit (a `_Slots`)."""
+        slots = _Slots(*(t[:, 0] for t in compact(queries[:, None])))
+        text = _Slots(*(t[:, 0] for t in compact(self.text_key[:, None])))
+        gamma = self.pruner(stage, gather_rows(hidden, slots.index), gather_rows(hidden, text.index), text.real)
+        return gamma, slots
+
+    def _fraction(self, keep, vision):
+        """Kept fraction of each sample's vision tokens: [B] (NaN for samples without vision tokens)."""
+        return (keep * vision).sum(-1) / vision.sum(-1)
+
+    def _remove(self, hidden, keep_rows):
+        """Drop the rows not in `keep_rows` [B, L] bool from the hidden states and the bookkeeping."""
+        index, real = compact(keep_rows[:, None])
+        self.rows = self.rows.gather(index, real)
+        self.keep_fractions.append(self.rows.vision[:, 0].sum(-1) / self.num_vision)
+        self.text_key = self.text_key.gather(1, index[:, 0]) & real[:, 0]
+        cos, sin = self.position_embeddings
+        self.position_embeddings = (gather_rows(cos, index[:, 0]), gather_rows(sin, index[:, 0]))
+        return gather_rows(hidden, index[:, 0])
+
+    # ---------------------------------------------------------------- PLPHP
+
+    def prune_cache(self, layer_idx: int, keep: torch.Tensor, stats: dict) -> None:
+        """Keep only slots `keep` [B, h, K] bool of layer `layer_idx`'s cache, per head."""
+        index, real = compact(keep)
+        self.books[layer_idx] = self.books[layer_idx].gather(index, real)
+        self.cache.keep_slots(layer_idx, index)
+        self.layer_stats[layer_idx].update(stats)

@@ -1,0 +1,52 @@
+"""`PruningStats`: what a pruned prefill kept, layer by layer, and what its KV cache weighs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LayerStats:
+    """One decoder layer after prefill; lists hold one entry per sample.
+
+    vision_tokens: vision tokens present in the layer's input (after LVPruning's removals).
+    plphp_class / plphp_rate: PLPHP's class and retention rate (None where PLPHP did not prune this layer).
+    kept_per_head: vision tokens each KV head keeps in the cache, [B][kv_heads].
+    """
+
+    vision_tokens: list[int]
+    kept_per_head: list[list[int]]
+    plphp_class: list[str] | None = None
+    plphp_rate: list[float] | None = None
+
+
+@dataclass
+class PruningStats:
+    """Per-layer `layers`, and `kv_cache_bytes` (K/V bytes actually held after prefill) against
+    `kv_cache_bytes_unpruned` (what the stock cache would hold for the same prompt)."""
+
+    layers: list[LayerStats] = field(default_factory=list)
+    kv_cache_bytes: int = 0
+    kv_cache_bytes_unpruned: int = 0
+
+    @property
+    def kv_cache_fraction(self) -> float:
+        return self.kv_cache_bytes / max(self.kv_cache_bytes_unpruned, 1)
+
+    @classmethod
+    def collect(cls, state, text_config) -> "PruningStats":
+        layers = [_layer(book, extra) for book, extra in zip(state.books, state.layer_stats)]
+        if state.cache is None or not state.cache.layers:
+            return cls(layers)
+        keys = state.cache.layers[0].keys
+        batch, kv_heads, _, head_dim = keys.shape
+        unpruned = 2 * len(state.books) * batch * kv_heads * state.seen * head_dim * keys.element_size()
+        return cls(layers, state.cache.nbytes(), unpruned)
+
+
+def _layer(book, extra: dict) -> LayerStats:
+    if "kept_per_head" in extra:
+        return LayerStats(extra["vision_tokens"].tolist(), extra["kept_per_head"].tolist(),
+                          extra["plphp_class"], extra["plphp_rate"].tolist())
+    kept = (book.vision & book.valid).sum(-1)  # [B, h]
+    return LayerStats(kept.max(-1).values.tolist(), kept.tolist())

@@ -1,0 +1,96 @@
+"""`LVPruningForTraining`: a frozen stock LLaVA plus trainable decision modules, with masked pruning.
+
+In `.train()` mode decisions are hard Gumbel samples with straight-through gradients (eqs 5-6); in `.eval()`
+mode they are inference's deterministic top-k (eq. 13). Either way they are applied as the multiplicative
+attention mask of eqs 7-9, so the sequence length never changes and batches stay rectangular.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .hooks import STATE_KWARG, LayerHooks, decoder_layers
+from .modeling import LVPrunerModel
+from .state import PruningState
+
+
+@dataclass
+class LVPruningOutput(ModelOutput):
+    """loss = λ_causal·causal_loss + λ_ratio·ratio_loss; keep_fractions [S] (batch mean per stage); logits [B, N, V]."""
+
+    loss: torch.Tensor | None = None
+    causal_loss: torch.Tensor | None = None
+    ratio_loss: torch.Tensor | None = None
+    keep_fractions: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def ratio_loss(fractions: torch.Tensor, targets, kind: str = "mse", delta: float = 0.5) -> torch.Tensor:
+    """Eq. 11: fractions [S, B] kept per stage and sample (NaN: no vision tokens), targets [S] -> scalar.
+
+    Averaged over the samples that have vision tokens, then over stages; 0 if no sample has any.
+    """
+    has_vision = ~fractions[0].isnan()
+    if not has_vision.any():
+        return fractions.new_zeros(())
+    kept = fractions[:, has_vision]
+    target = torch.as_tensor(targets, dtype=kept.dtype, device=kept.device)[:, None].expand_as(kept)
+    if kind == "huber":
+        return F.huber_loss(kept, target, delta=delta)
+    return F.mse_loss(kept, target)
+
+
+class LVPruningForTraining(nn.Module):
+    """Train `pruner` on a frozen `base_model` (`LlavaForConditionalGeneration`).
+
+    `forward(input_ids, attention_mask, pixel_values, labels, ...)` returns an `LVPruningOutput`.
+    Only the pruner has `requires_grad`; the base stays in eval mode (no dropout) whatever the mode.
+    """
+
+    def __init__(self, base_model: nn.Module, pruner: LVPrunerModel):
+        super().__init__()
+        pruner.config.check_base(base_model.config)
+        self.base_model, self.pruner = base_model, pruner
+        self.base_model.requires_grad_(False)
+        self.num_layers = len(decoder_layers(base_model))
+        self.image_token_id = base_model.config.image_token_id
+        self.hooks = LayerHooks(base_model, pruner).attach()
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.base_model.eval()
+        return self
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs) -> LVPruningOutput:
+        state = PruningState(
+            input_ids, attention_mask, self.image_token_id, self.num_layers, labels=labels, pruner=self.pruner,
+            sample=self.training, remove=False, base_attention=self.hooks.base_attention,
+        )
+        kwargs[STATE_KWARG] = state
+        out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                              labels=labels, use_cache=False, **kwargs)
+        fractions = torch.stack(state.keep_fractions)  # [S, B]
+        config = self.pruner.config
+        ratio = ratio_loss(fractions, config.keep_ratios, config.ratio_loss, config.huber_delta)
+        ratio = ratio + self._touch_all_parameters()
+        loss = None
+        if out.loss is not None:
+            loss = config.lambda_causal * out.loss + config.lambda_ratio * ratio
+        return LVPruningOutput(loss=loss, causal_loss=out.loss, ratio_loss=ratio,
+                               keep_fractions=fractions.nanmean(dim=1), logits=out.logits)
+
+    def _touch_all_parameters(self) -> torch.Tensor:
+        # A batch without images leaves the pruner unused; a zero-valued term keeps every parameter in the
+        # graph so distributed data parallel still finds a gradient for each.
+        return sum(p.view(-1)[0] for p in self.pruner.parameters()) * 0.0
+
+    def unwrap(self) -> nn.Module:
+        """Detach the hooks and return the stock base model."""
+        self.hooks.detach()
+        return self.base_model
