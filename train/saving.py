@@ -1,0 +1,94 @@
+"""What checkpoints and exports hold: only what trains (the pruner, and the LoRA adapter if any).
+
+A checkpoint `output_dir/checkpoint-<step>/` is `accelerator.save_state` (optimizer, scheduler, RNG states,
+step counter) with the model weights replaced by `pruner/` (`LVPrunerModel.save_pretrained`) and `lora/`, so
+it never copies the frozen base. It is written atomically through `lvprune.checkpointing`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from accelerate.utils import DistributedType
+from safetensors.torch import load_file
+
+from lora import load_lora, lora_parameters, save_lora
+from lvprune import checkpointing
+
+PRUNER_DIR, LORA_DIR = "pruner", "lora"
+
+
+def gathered(accelerator, params):
+    """Context in which the parameters `params` are whole on every process (ZeRO-3 shards them otherwise)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if accelerator.distributed_type != DistributedType.DEEPSPEED or plugin.zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+
+def save_trainable(accelerator, model, folder, lora=None) -> None:
+    """Write the pruner of `model` (an unwrapped `LVPruningForTraining`) to `folder`, and `folder/lora/`.
+
+    Every process must call it (ZeRO-3 gathers collectively); only the main process writes.
+    """
+    folder = Path(folder)
+    with gathered(accelerator, model.pruner.parameters()):
+        state = {k: v.detach().cpu().clone() for k, v in model.pruner.state_dict().items()}
+    model.pruner.save_pretrained(folder, state_dict=state, is_main_process=accelerator.is_main_process)
+    if lora is not None:
+        with gathered(accelerator, lora_parameters(model.base_model)):
+            if accelerator.is_main_process:
+                save_lora(model.base_model, lora, folder / LORA_DIR)
+
+
+def load_trainable(model, folder) -> None:
+    """Load what `save_trainable` wrote into `model` (an unwrapped `LVPruningForTraining`)."""
+    folder = Path(folder)
+    missing, unexpected = model.pruner.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder} does not fit this pruner: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    if (folder / LORA_DIR).is_dir():
+        load_lora(model.base_model, folder / LORA_DIR)
+
+
+def register_hooks(accelerator, model, lora=None) -> None:
+    """Make `accelerator.save_state/load_state` store the trainable parts only (see module docstring)."""
+
+    def save_hook(models, weights, output_dir):
+        weights.clear()  # accelerate would otherwise write the whole model, frozen base included
+        save_trainable(accelerator, model, Path(output_dir) / PRUNER_DIR, lora)
+
+    def load_hook(models, input_dir):
+        models.clear()
+        if accelerator.distributed_type != DistributedType.DEEPSPEED:  # DeepSpeed restores its own engine
+            load_trainable(model, Path(input_dir) / PRUNER_DIR)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def save_checkpoint(accelerator, output_dir, step: int, keep: int = 0) -> Path:
+    """Atomically save the training state after optimizer step `step`; keep the newest `keep` (0: all)."""
+    if accelerator.is_main_process:
+        checkpointing.begin_checkpoint(output_dir, step)
+    accelerator.wait_for_everyone()
+    staging = checkpointing.staging_dir(output_dir, step)
+    kwargs = {"exclude_frozen_parameters": True} if accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+    accelerator.save_state(str(staging), **kwargs)
+    accelerator.wait_for_everyone()
+    final = checkpointing.checkpoint_dir(output_dir, step)
+    if accelerator.is_main_process:
+        checkpointing.commit_checkpoint(output_dir, step, processes=accelerator.num_processes)
+        checkpointing.rotate_checkpoints(output_dir, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path) -> int:
+    """Restore the training state from a complete checkpoint; returns its optimizer step."""
+    kwargs = {"load_module_strict": False} if accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+    accelerator.load_state(str(path), **kwargs)
+    return checkpointing.checkpoint_step(path)

@@ -1,0 +1,239 @@
+"""Train LVPruning's decision modules on a frozen LLaVA (paper §3: only the pruner trains).
+
+    accelerate launch train/train.py --config configs/tiny-cpu.yaml                  # seconds, on CPU
+    accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml \\
+        train/train.py --config configs/llava-1.5-7b.yaml --output_dir outputs/llava-1.5-7b-lvpruner
+
+Settings: `train_config.TrainConfig` (dataclass defaults <- `--config` YAML <- `--key value`). The run writes
+`output_dir/checkpoint-<step>/` every `save_steps` (resumable with `--resume_from_checkpoint latest`),
+`output_dir/final/` (the pruner, its model card, and the LoRA adapter if any), TensorBoard logs under
+`output_dir/logs/`, `metrics.jsonl` and `train_summary.json`; `--push_to_hub REPO_ID` uploads `final/`.
+
+Determinism: the data order depends on (seed, epoch) only, and the Gumbel noise of global micro-batch k is
+drawn right after seeding with (seed, k). A run therefore computes the same updates whether it is resumed or
+not, and whether its global batch is spread over processes or over accumulation steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+from tqdm.auto import tqdm
+from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
+
+import saving
+from assets import materialise_shapes, materialise_tiny_base
+from lora import add_lora, lora_config
+from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, checkpointing
+from lvprune.data.llava_format import load_llava_dataset
+from lvprune.data.processor import CHAT_TEMPLATE
+from lvprune.hub import push_folder, write_model_card
+from train_config import SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
+from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
+from train_metrics import Resources, TrainMetrics
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
+
+
+# =============================================================================== helpers
+
+
+def make_accelerator(config) -> Accelerator:
+    # The accumulation window is counted in micro-batches across epochs (see `micro_batches`), so an epoch's
+    # end must not force an early optimizer step: sync_with_dataloader=False.
+    return Accelerator(
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False),
+        mixed_precision="bf16" if config.precision == "bf16" else "no",
+        cpu=not torch.cuda.is_available(),
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=config.output_dir,
+                                            logging_dir=str(Path(config.output_dir) / "logs")),
+    )
+
+
+def load_base(config, accelerator):
+    """(name, frozen LLaVA, processor); `tiny-random` is materialised first (once, by the main process)."""
+    name = config.base_model
+    if name == TINY_RANDOM:
+        with accelerator.main_process_first():
+            name = str(materialise_tiny_base(config.assets_dir))
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    base = LlavaForConditionalGeneration.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
+    processor = AutoProcessor.from_pretrained(name)
+    if config.chat_template == "llava-1.5":
+        processor.chat_template = CHAT_TEMPLATE
+    return name, base, processor
+
+
+def build_pruner(config, base, base_name: str) -> LVPrunerModel:
+    """A freshly initialised pruner for `base`; its weights depend on `config.seed` only."""
+    overrides = dict(keep_ratios=config.keep_ratios, gumbel_tau=config.gumbel_tau, ratio_loss=config.ratio_loss,
+                     lambda_causal=config.lambda_causal, lambda_ratio=config.lambda_ratio,
+                     base_model_name_or_path=base_name)
+    if config.after_layers is not None:
+        overrides["after_layers"] = config.after_layers
+    torch.manual_seed(config.seed)
+    return LVPrunerModel(LVPrunerConfig.from_base_config(base.config, **overrides))
+
+
+def load_data(config, accelerator, processor):
+    """The training dataset (records checked once, images decoded on access)."""
+    json_path, image_folder = config.data_path, config.image_folder or "."
+    if json_path == SYNTHETIC_SHAPES:
+        with accelerator.main_process_first():
+            json_path, image_folder = materialise_shapes(config.assets_dir, config.synthetic_samples)
+    dataset, stats = load_llava_dataset(json_path, image_folder, processor, max_length=config.max_length)
+    accelerator.print(f"data: {json_path}: {stats.summary()}")
+    return str(json_path), dataset
+
+
+def noise_seed(seed: int, micro_batch: int) -> int:
+    """Seed of the Gumbel noise of global micro-batch `micro_batch`."""
+    return seed * 2**32 + micro_batch
+
+
+def log(accelerator, config, step: int, values: dict) -> None:
+    accelerator.log(values, step=step)
+    if accelerator.is_main_process:
+        with open(Path(config.output_dir) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def record_samples(accelerator, config, step: int, micro: int, batch: dict) -> None:
+    path = Path(config.output_dir) / f"samples-rank{accelerator.process_index}.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, "micro_batch": micro, "samples": batch[INDEX_KEY].tolist()}) + "\n")
+
+
+def export(accelerator, config, model, lora, base_name, data_name, metrics) -> Path:
+    """Write `output_dir/final/` (pruner, card, adapter) and push it if asked; returns the folder."""
+    final = Path(config.output_dir) / "final"
+    saving.save_trainable(accelerator, model, final, lora)
+    if accelerator.is_main_process:
+        training = {"learning_rate": config.learning_rate, "steps": metrics.get("step"),
+                    "global_batch": metrics.get("global_batch"), "precision": config.precision,
+                    "lora_r": config.lora_r}
+        write_model_card(final, model.pruner.config, repo_id=config.push_to_hub, data=data_name,
+                         metrics={k: v for k, v in metrics.items() if k not in training}, training=training)
+        if config.push_to_hub:
+            url = push_folder(final, config.push_to_hub, endpoint=config.hub_endpoint, private=config.hub_private)
+            accelerator.print(f"pushed {final} -> {url}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+# =============================================================================== main
+
+
+def main(argv=None) -> dict:
+    # ---------------------------------------------------------------- configuration
+    config = parse_config(argv)
+    accelerator = make_accelerator(config)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.yaml").write_text(to_yaml(config))
+        for path in checkpointing.clean_incomplete(output_dir):
+            accelerator.print(f"removed incomplete checkpoint {path}")
+    accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------- frozen base + trainable pruner (+ LoRA)
+    base_name, base, processor = load_base(config, accelerator)
+    pruner = build_pruner(config, base, base_name)
+    model = LVPruningForTraining(base, pruner)  # freezes the base
+    lora = lora_config(config) if config.lora_r else None
+    if lora is not None:
+        adapted = add_lora(base, lora)
+        accelerator.print(f"LoRA r={config.lora_r} on {len(adapted)} language-model modules")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    accelerator.print(f"base {base_name}: {sum(p.numel() for p in model.base_model.parameters()):,} parameters, "
+                      f"trainable {sum(p.numel() for p in trainable):,} (pruner stages after layers "
+                      f"{pruner.config.after_layers}, keep ratios {pruner.config.keep_ratios})")
+
+    # ---------------------------------------------------------------- data
+    data_name, dataset = load_data(config, accelerator, processor)
+    loader, sampler = build_dataloader(dataset, processor.tokenizer.pad_token_id, config)
+
+    # ---------------------------------------------------------------- optimizer and schedule
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accum = config.gradient_accumulation_steps
+    total_steps = config.max_steps or max(1, int(config.num_train_epochs * len(loader)) // accum)
+    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
+    # Stepped once per optimizer step by this loop (a prepared scheduler would step once per process).
+    scheduler = get_cosine_schedule_with_warmup(optimizer.optimizer, warmup_steps, total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    saving.register_hooks(accelerator, unwrapped, lora)
+    global_batch = config.per_device_batch_size * accelerator.num_processes * accum
+    accelerator.print(f"{total_steps} steps of global batch {global_batch} = {config.per_device_batch_size} per "
+                      f"device x {accelerator.num_processes} processes x {accum} accumulation; warm-up {warmup_steps}")
+
+    # ---------------------------------------------------------------- resume
+    start_step = 0
+    resume = checkpointing.resolve_resume(output_dir, config.resume_from_checkpoint)
+    if resume is not None:
+        start_step = saving.load_checkpoint(accelerator, resume)
+        accelerator.print(f"resumed from {resume} at step {start_step}")
+    accelerator.init_trackers("lvprune", config={k: str(v) for k, v in config.to_dict().items()})
+
+    # ---------------------------------------------------------------- training loop
+    model.train()
+    metrics = TrainMetrics(pruner.config.num_stages, accelerator.device)
+    resources = Resources()
+    stream = micro_batches(accelerator, loader, sampler, start=start_step * accum)
+    stop = min(total_steps, config.stop_after_steps or total_steps)
+    progress = tqdm(range(start_step, stop), initial=start_step, total=stop,
+                    disable=not accelerator.is_local_main_process, desc="train")
+    last = {}
+    for step in progress:
+        resources.start_step()
+        for _ in range(accum):
+            local, batch = next(stream)
+            micro = micro_batch_index(local, accelerator.process_index, accelerator.num_processes)
+            if config.record_samples:
+                record_samples(accelerator, config, step + 1, micro, batch)
+            with accelerator.accumulate(model):
+                torch.manual_seed(noise_seed(config.seed, micro))
+                output = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+                accelerator.backward(output.loss)
+            metrics.update(output)
+        assert accelerator.sync_gradients, "an optimizer step must close an accumulation window"
+        grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step_time = resources.end_step()
+        done = step + 1
+        if done % config.logging_steps == 0 or done == stop:
+            last = {**metrics.compute(), "lr": scheduler.get_last_lr()[0], "step_time_s": step_time}
+            if grad_norm is not None:
+                last["grad_norm"] = float(grad_norm)
+            log(accelerator, config, done, last)
+            progress.set_postfix(loss=f"{last['loss']:.4f}", kept=f"{last['kept_fraction/stage_0']:.2f}")
+        if (config.save_steps and done % config.save_steps == 0) or done == config.stop_after_steps:
+            saving.save_checkpoint(accelerator, output_dir, done, keep=config.save_total_limit)
+
+    # ---------------------------------------------------------------- export and report
+    summary = {"step": stop, "total_steps": total_steps, "global_batch": global_batch, **last,
+               **resources.summary()}
+    if stop == total_steps:
+        final = export(accelerator, config, unwrapped, lora, base_name, data_name, summary)
+        accelerator.print(f"exported the pruner to {final}")
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    accelerator.print(f"step time {summary['step_s']:.3f} s (first {summary['first_step_s']:.3f} s), "
+                      f"peak RSS {summary['peak_rss_mib']:.0f} MiB"
+                      + (f", peak CUDA {summary['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in summary else ""))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
