@@ -7,26 +7,39 @@ it never copies the frozen base. It is written atomically through `lvprune.check
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 from pathlib import Path
 
-from accelerate.utils import DistributedType
+import torch
+from accelerate.utils import DistributedType, gather_object
 from safetensors.torch import load_file
 
 from lora import load_lora, lora_parameters, save_lora
 from lvprune import checkpointing
+from zero3 import gathered
 
 PRUNER_DIR, LORA_DIR = "pruner", "lora"
 
 
-def gathered(accelerator, params):
-    """Context in which the parameters `params` are whole on every process (ZeRO-3 shards them otherwise)."""
-    plugin = accelerator.state.deepspeed_plugin
-    if accelerator.distributed_type != DistributedType.DEEPSPEED or plugin.zero_stage != 3:
-        return contextlib.nullcontext()
-    import deepspeed
+def weights_digest(params) -> str:
+    """sha256 of the parameters' bytes, in order: equal digests mean bitwise-equal weights."""
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
-    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+def replica_digests(accelerator, params) -> list[str]:
+    """`weights_digest(params)` of every process (ZeRO-3 shards gathered first), in process order."""
+    params = list(params)
+    with gathered(params, is_zero3(accelerator)):
+        local = weights_digest(params)
+    return gather_object([local])
+
+
+def is_zero3(accelerator) -> bool:
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
 
 
 def save_trainable(accelerator, model, folder, lora=None) -> None:
@@ -35,11 +48,11 @@ def save_trainable(accelerator, model, folder, lora=None) -> None:
     Every process must call it (ZeRO-3 gathers collectively); only the main process writes.
     """
     folder = Path(folder)
-    with gathered(accelerator, model.pruner.parameters()):
+    with gathered(model.pruner.parameters(), is_zero3(accelerator)):
         state = {k: v.detach().cpu().clone() for k, v in model.pruner.state_dict().items()}
     model.pruner.save_pretrained(folder, state_dict=state, is_main_process=accelerator.is_main_process)
     if lora is not None:
-        with gathered(accelerator, lora_parameters(model.base_model)):
+        with gathered(lora_parameters(model.base_model), is_zero3(accelerator)):
             if accelerator.is_main_process:
                 save_lora(model.base_model, lora, folder / LORA_DIR)
 

@@ -36,6 +36,7 @@ from lvprune.hub import push_folder, write_model_card
 from train_config import SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
 from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from train_metrics import Resources, TrainMetrics
+from zero3 import register_pruner_as_external
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
 
@@ -111,16 +112,17 @@ def record_samples(accelerator, config, step: int, micro: int, batch: dict) -> N
         f.write(json.dumps({"step": step, "micro_batch": micro, "samples": batch[INDEX_KEY].tolist()}) + "\n")
 
 
-def export(accelerator, config, model, lora, base_name, data_name, metrics) -> Path:
+def export(accelerator, config, model, lora, data_name: str, summary: dict) -> Path:
     """Write `output_dir/final/` (pruner, card, adapter) and push it if asked; returns the folder."""
     final = Path(config.output_dir) / "final"
     saving.save_trainable(accelerator, model, final, lora)
     if accelerator.is_main_process:
-        training = {"learning_rate": config.learning_rate, "steps": metrics.get("step"),
-                    "global_batch": metrics.get("global_batch"), "precision": config.precision,
-                    "lora_r": config.lora_r}
+        training = {"steps": summary["step"], "global batch": summary["global_batch"],
+                    "peak learning rate": config.learning_rate, "warm-up ratio": config.warmup_ratio,
+                    "max grad norm": config.max_grad_norm, "precision": config.precision, "LoRA rank": config.lora_r}
+        metrics = {k: v for k, v in summary.items() if k.endswith("loss") or k.startswith("kept_fraction")}
         write_model_card(final, model.pruner.config, repo_id=config.push_to_hub, data=data_name,
-                         metrics={k: v for k, v in metrics.items() if k not in training}, training=training)
+                         metrics=metrics, training=training)
         if config.push_to_hub:
             url = push_folder(final, config.push_to_hub, endpoint=config.hub_endpoint, private=config.hub_private)
             accelerator.print(f"pushed {final} -> {url}")
@@ -170,6 +172,8 @@ def main(argv=None) -> dict:
     scheduler = get_cosine_schedule_with_warmup(optimizer.optimizer, warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
+    if saving.is_zero3(accelerator):
+        register_pruner_as_external(unwrapped)
     saving.register_hooks(accelerator, unwrapped, lora)
     global_batch = config.per_device_batch_size * accelerator.num_processes * accum
     accelerator.print(f"{total_steps} steps of global batch {global_batch} = {config.per_device_batch_size} per "
@@ -221,10 +225,14 @@ def main(argv=None) -> dict:
             saving.save_checkpoint(accelerator, output_dir, done, keep=config.save_total_limit)
 
     # ---------------------------------------------------------------- export and report
+    digests = saving.replica_digests(accelerator, trainable)
     summary = {"step": stop, "total_steps": total_steps, "global_batch": global_batch, **last,
-               **resources.summary()}
+               **resources.summary(), "processes": accelerator.num_processes,
+               "replicas_in_sync": len(set(digests)) == 1, "trainable_digests": digests}
+    if not summary["replicas_in_sync"]:
+        accelerator.print(f"WARNING: the processes ended with different trainable weights: {digests}")
     if stop == total_steps:
-        final = export(accelerator, config, unwrapped, lora, base_name, data_name, summary)
+        final = export(accelerator, config, unwrapped, lora, data_name, summary)
         accelerator.print(f"exported the pruner to {final}")
     accelerator.end_training()
     if accelerator.is_main_process:
