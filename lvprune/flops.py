@@ -102,12 +102,12 @@ class PruningPlan:
 
 
 def _check_stages(after_layers: tuple[int, ...], keep_ratios: tuple[float, ...]) -> None:
-    if len(after_layers) != len(keep_ratios):
-        raise ValueError(f"after_layers {list(after_layers)} and keep_ratios {list(keep_ratios)} "
-                         f"must have the same length (one keep ratio per stage)")
     for ratio in keep_ratios:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"keep_ratios: {ratio} is outside (0, 1]")
+    if len(after_layers) != len(keep_ratios):
+        raise ValueError(f"after_layers {list(after_layers)} and keep_ratios {list(keep_ratios)} "
+                         f"must have the same length (one keep ratio per stage)")
     for prev, cur in zip(keep_ratios, keep_ratios[1:]):
         if cur > prev:
             raise ValueError(f"keep_ratios must not increase (they are cumulative): {cur} follows {prev}")
@@ -282,6 +282,7 @@ def estimate_cost(
     dtype. See the module docstring for what is counted.
     """
     plan = PruningPlan(after_layers, keep_ratios, plphp, plphp_start_layer)
+    _check_llava(config)
     text = config.text_config
     plan.check_fits(text.num_hidden_layers)
     _check_prompt(images, text_tokens, dtype_bytes)
@@ -315,6 +316,12 @@ def _prefill_parts(config: Any, images: int, text_tokens: int, vision_per_layer:
         "lm_head": lm_head_flops(text),
         "decision": decision,
     }
+
+
+def _check_llava(config: Any) -> None:
+    missing = [k for k in ("vision_config", "text_config", "vision_feature_layer") if not hasattr(config, k)]
+    if missing:
+        raise ValueError(f"{type(config).__name__} is not a LLaVA config: it has no {', '.join(missing)}")
 
 
 def _check_prompt(images: int, text_tokens: int, dtype_bytes: int | None) -> None:
