@@ -1,59 +1,49 @@
 """Analytic prefill FLOPs and KV-cache bytes of a LLaVA model, pruned or not.
 
-One multiply-add counts as 2 FLOPs; only matrix products are counted (linear layers, the patch
-convolution, attention scores and attention-weighted values). Norms, activations, softmax, RoPE,
-residual adds and biases are left out: together they are well under 1% of the total, and
-``torch.utils.flop_counter.FlopCounterMode`` leaves them out too, so the two counts can be held
-equal on a stock model.
+A multiply-add is 2 FLOPs. Only matrix products are counted (linear layers, the patch
+convolution, attention scores and weighted values), as ``torch.utils.flop_counter.FlopCounterMode``
+does; norms, activations, softmax, RoPE and biases are well under 1% of the total. Counted:
 
-What is counted, for a prompt of ``images`` images and ``text_tokens`` other tokens:
-
-- **Vision tower** (CLIP ViT): the patch-embedding convolution and every encoder layer up to the
-  one the feature is taken from. With ``vision_feature_layer = -2`` the last encoder layer's
-  output is never used, so it is not counted (stock transformers still runs it: a real run
-  costs one more layer, 0.016 TFLOPs per image on LLaVA-1.5-7B). Each layer sees the patches
-  plus the CLS token; q/k/v/o projections, the full ``T x T`` attention, and the 2-layer MLP.
-- **Projector**: the 2-layer MLP on every vision token kept by the select strategy
-  (``"default"`` drops the CLS token: ``(image_size / patch_size) ** 2`` tokens per image).
-- **Decoder layers**: q/k/v/o projections (k/v sized by ``num_key_value_heads`` for GQA), the
-  attention over the *full square* ``n x n`` score matrix of the prefill (what an unfused kernel
-  and FlopCounterMode count; a causal kernel can skip half of it: on LLaVA-1.5-7B with 1 image
-  and 30 text tokens the full square is 0.19 TFLOPs, the causal half 0.10), and the gate/up/down
-  MLP. A layer's ``n`` is the number of tokens still present when it runs.
-- **lm_head** for the last position only: ``generate()`` asks the prefill for one row of logits
+- **Vision tower** (CLIP ViT): the patch convolution and the encoder layers up to the one the
+  feature is taken from, each over the patches plus CLS (q/k/v/o, full ``T x T`` attention, MLP).
+  With ``vision_feature_layer = -2`` the last layer's output is unused, so it is not counted
+  (stock transformers still runs it: 0.016 TFLOPs more per image on LLaVA-1.5-7B).
+- **Projector**: the 2-layer MLP on each vision token; ``"default"`` drops CLS, leaving
+  ``(image_size / patch_size) ** 2`` tokens per image.
+- **Decoder layers**: q/k/v/o (k/v sized by ``num_key_value_heads``), attention over the *full*
+  ``n x n`` square (as an unfused kernel and FlopCounterMode count it; a causal kernel can skip
+  half: 0.19 vs 0.10 TFLOPs on LLaVA-1.5-7B, 1 image + 30 text tokens), gate/up/down MLP; ``n``
+  is the tokens still present in that layer.
+- **lm_head** on the last position only, as ``generate()`` asks of the prefill
   (``logits_to_keep=1``); all 606 positions would add 0.16 TFLOPs on LLaVA-1.5-7B.
-- **Decision modules** (LVPruning, one per stage): per block, ``q = Linear(C, C)`` on the vision
+- **Decision modules**, one per LVPruning stage: 2 blocks of ``q = Linear(C, C)`` on the vision
   tokens still present, ``k, v = Linear(C, C)`` on the text tokens, 8-head cross-attention
-  ``softmax(q k^T / sqrt(d)) v + q`` (no output projection), the FFN ``Linear(C, 2C)`` and
-  ``Linear(2C, C)``; 2 blocks, then ``Linear(C, 2)``. ``prefill_tflops`` includes them;
-  ``decision_tflops`` says how much of it they are.
+  ``softmax(q k^T / sqrt(d)) v + q``, FFN ``C -> 2C -> C``; then ``Linear(C, 2)``.
+  ``prefill_tflops`` includes them and ``decision_tflops`` says how much they are.
 
-Layers are numbered from 1: a stage "after layer l" runs after decoder layer ``l``, and every
-later layer sees ``round(rho_s * n_vision)`` vision tokens (``rho_s`` is cumulative, a fraction of
-*all* the sample's vision tokens). PLPHP prunes only the KV cache after each layer's prefill, so it
-changes ``kv_cache_bytes`` and not the prefill FLOPs. Its real rate per layer depends on that
-layer's attention (``r + dr``, ``r`` or ``r - dr``); this estimate assumes every layer from
-``plphp_start_layer`` on is *vision-balanced* and keeps ``ceil(r * n_vision_present)`` vision
-tokens per KV head (all text tokens stay).
+Layers are 1-based: after a stage "after layer l", every later layer sees
+``round(rho_s * n_vision)`` vision tokens (``rho_s`` cumulative, over all the sample's vision
+tokens). PLPHP prunes only the KV cache after the prefill: it changes ``kv_cache_bytes``, not
+FLOPs. Its real per-layer rate (``r + dr``, ``r`` or ``r - dr``) depends on attention; this
+estimate takes every layer from ``plphp_start_layer`` on as *vision-balanced*, keeping
+``ceil(r * n_vision_present)`` vision tokens per KV head (text tokens all stay).
 
-Against the LVPruning paper (LLaVA-1.5-7B, 1 image + 30 text tokens, stages after layers
-1, 8, 16; TFLOPs, and in brackets the saving against unpruned):
+Against the LVPruning paper (LLaVA-1.5-7B, 1 image + 30 text tokens, stages after 1, 8, 16):
 
-==========================  =============  =============  ====================================
-setting                     paper          here           note
-==========================  =============  =============  ====================================
-unpruned                    8.38           8.43           +0.6%; causal-half attention: 8.34
-rho = 0.6  (0.6, 0.4, 0.2)  3.97 (-52.6%)  3.92 (-53.5%)  -1.3%; modules 0.40 included
-rho = 0.5  (0.5, 0.3, 0.1)  3.18 (-62.1%)  3.15 (-62.6%)  -0.9%; modules 0.36 included
-rho = 0.45 (.45, .25, .05)  2.79 (-66.7%)  2.76 (-67.2%)  -1.0%; modules 0.34 included
+==========================  =============  =============  ==================================
+TFLOPs (saving)             paper          here           note
+==========================  =============  =============  ==================================
+unpruned                    8.38           8.43           +0.6%; causal-half attention 8.34
+rho = 0.6  (0.6, 0.4, 0.2)  3.97 (-52.6%)  3.92 (-53.5%)  -1.3%, modules (0.40) included
+rho = 0.5  (0.5, 0.3, 0.1)  3.18 (-62.1%)  3.15 (-62.6%)  -0.9%, modules (0.36) included
+rho = 0.45 (.45, .25, .05)  2.79 (-66.7%)  2.76 (-67.2%)  -1.0%, modules (0.34) included
 decision modules            0.71           0.36           at rho = 0.5
-==========================  =============  =============  ====================================
+==========================  =============  =============  ==================================
 
-The paper does not say how it counted. With this count of the rest, its pruned totals are
-matched only when the decision modules are included (without them: 3.52, 2.79, 2.42), so ``prefill_tflops`` includes them. Its
-0.71 TFLOPs for the modules is about twice this count of the architecture it describes (even
-three stages that each saw all 576 vision tokens would cost 0.59); the gap is left unexplained
-rather than closed by a tuned constant.
+The paper does not say how it counted. Its pruned totals are matched only with the decision
+modules included (without them: 3.52, 2.79, 2.42). Its 0.71 TFLOPs for the modules is about
+twice this count of the architecture it describes (three stages that each saw all 576 vision
+tokens would still cost only 0.59); the gap is left open, not closed by a tuned constant.
 """
 
 from __future__ import annotations
