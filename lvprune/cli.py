@@ -1,7 +1,7 @@
 """The ``lvprune`` command line.
 
     lvprune flops MODEL_DIR --text-tokens 30 --images 1 --keep-ratios 0.5 0.3 0.1 \
-        [--after-layers 1 8 16] [--plphp R DR] [--plphp-start-layer 1] [--dtype-bytes 2]
+        [--after-layers 1 8 16] [--plphp R DR] [--plphp-start-layer 2] [--dtype-bytes 2]
 
 Each subcommand is registered by one ``_add_<name>_command(subparsers)`` function that builds its
 parser and sets ``func``, the function that runs it and returns the exit code.
@@ -56,8 +56,8 @@ def _add_flops_command(subparsers) -> None:
                             "--keep-ratios is given)")
     flops.add_argument("--plphp", type=float, nargs=2, default=None, metavar=("R", "DR"),
                        help="PLPHP retention rate r and delta_r (KV cache only)")
-    flops.add_argument("--plphp-start-layer", type=int, default=1, metavar="L",
-                       help="first 1-based decoder layer PLPHP prunes (default 1)")
+    flops.add_argument("--plphp-start-layer", type=int, default=2, metavar="L",
+                       help="first 0-based decoder layer PLPHP prunes, as PLPHPConfig.start_layer (default 2)")
     flops.add_argument("--dtype-bytes", type=int, default=None,
                        help="bytes per KV element (default: from the config's torch_dtype)")
     flops.set_defaults(func=_run_flops, command_parser=flops)

@@ -64,13 +64,13 @@ class PruningPlan:
     keep_ratios: cumulative fraction of all vision tokens kept after each stage, in (0, 1],
         non-increasing (a pruned token never comes back).
     plphp: ``(r, delta_r)`` or None; ``r`` in [0, 1], ``delta_r`` >= 0.
-    plphp_start_layer: first (1-based) decoder layer whose KV cache PLPHP prunes.
+    plphp_start_layer: first 0-based decoder layer whose KV cache PLPHP prunes (as `PLPHPConfig.start_layer`).
     """
 
     after_layers: tuple[int, ...] = ()
     keep_ratios: tuple[float, ...] = ()
     plphp: tuple[float, float] | None = None
-    plphp_start_layer: int = 1
+    plphp_start_layer: int = 2
 
     def __post_init__(self):
         object.__setattr__(self, "after_layers", tuple(int(x) for x in self.after_layers))
@@ -86,9 +86,9 @@ class PruningPlan:
             if not 1 <= layer <= num_layers:
                 raise ValueError(f"after_layers: layer {layer} is outside the model's decoder "
                                  f"layers 1..{num_layers}")
-        if self.plphp is not None and self.plphp_start_layer > num_layers:
+        if self.plphp is not None and self.plphp_start_layer >= num_layers:
             raise ValueError(f"plphp_start_layer={self.plphp_start_layer} is outside the model's "
-                             f"decoder layers 1..{num_layers}")
+                             f"decoder layers 0..{num_layers - 1}")
 
 
 def _check_stages(after_layers: tuple[int, ...], keep_ratios: tuple[float, ...]) -> None:
@@ -114,8 +114,8 @@ def _check_plphp(plphp: tuple[float, ...], start_layer: int) -> None:
         raise ValueError(f"plphp r={r} is outside [0, 1]")
     if delta_r < 0.0:
         raise ValueError(f"plphp delta_r={delta_r} must be >= 0")
-    if start_layer < 1:
-        raise ValueError(f"plphp_start_layer={start_layer} must be >= 1 (layers are 1-based)")
+    if start_layer < 0:
+        raise ValueError(f"plphp_start_layer={start_layer} must be >= 0 (layers are 0-based)")
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def kv_vision_tokens_per_layer(vision_per_layer: list[int], plan: PruningPlan) -
         return list(vision_per_layer)
     r = plan.plphp[0]
     return [math.ceil(r * n) if layer >= plan.plphp_start_layer else n
-            for layer, n in enumerate(vision_per_layer, start=1)]
+            for layer, n in enumerate(vision_per_layer)]
 
 
 def kv_cache_bytes(text_config: Any, tokens_per_layer: list[int], dtype_bytes: int) -> int:
@@ -262,7 +262,7 @@ def estimate_cost(
     after_layers: tuple[int, ...] = (),
     keep_ratios: tuple[float, ...] = (),
     plphp: tuple[float, float] | None = None,
-    plphp_start_layer: int = 1,
+    plphp_start_layer: int = 2,
     dtype_bytes: int | None = None,
 ) -> CostEstimate:
     """Prefill FLOPs and KV-cache bytes of one sample on a ``LlavaConfig``.

@@ -148,12 +148,12 @@ def test_stage_schedule_by_hand(config_7b):
 def test_plphp_changes_kv_bytes_not_prefill_flops(config_7b):
     stages = dict(after_layers=PAPER_STAGES, keep_ratios=(0.5, 0.3, 0.1))
     lv_only = estimate_cost(config_7b, **stages)
-    both = estimate_cost(config_7b, **stages, plphp=(0.4, 0.3))
+    both = estimate_cost(config_7b, **stages, plphp=(0.4, 0.3), plphp_start_layer=0)
     assert both.prefill_tflops == lv_only.prefill_tflops
     # per layer ceil(0.4 * present) vision tokens: 231, 116 (x7), 70 (x8), 24 (x16), plus 30 text
     tokens = 261 + 146 * 7 + 100 * 8 + 54 * 16
     assert both.kv_cache_bytes == tokens * 2 * 32 * 128 * 2
-    late = estimate_cost(config_7b, **stages, plphp=(0.4, 0.3), plphp_start_layer=17)
+    late = estimate_cost(config_7b, **stages, plphp=(0.4, 0.3), plphp_start_layer=16)
     assert late.kv_cache_bytes == (606 + 318 * 7 + 203 * 8 + 54 * 16) * 2 * 32 * 128 * 2
 
 
