@@ -14,7 +14,7 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from lvprune.data.processor import CHAT_TEMPLATE, ProcessorConfig, build_processor
+from lvprune.data.processor import CHAT_TEMPLATE, ProcessorConfig, build_processor, words_in
 
 PROMPT = "USER: <image>\nWhere is the red circle? ASSISTANT: top left</s>"
 
@@ -141,6 +141,16 @@ def test_stock_llava_takes_the_processor_output(processor, image):
         logits = model(**inputs).logits
     assert sum(f.shape[0] for f in features) == (inputs["input_ids"] == processor.image_token_id).sum() == 2 * 576
     assert logits.shape == (2, inputs["input_ids"].shape[1], len(processor.tokenizer))
+
+
+def test_vocabulary_from_other_texts():
+    texts = ["A chat between a curious human and an AI.", "The human's question:"]
+    words = words_in(texts)
+    assert words == ["A", "AI", "The", "a", "an", "and", "between", "chat", "curious", "human", "question", "s"]
+    tok = build_processor(words=tuple(words)).tokenizer
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids and tok.decode(ids) == text
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ LLaVA-format training loader with its collator."""
 
 from .collator import LlavaCollator
 from .llava_format import IGNORE_INDEX, encode_record, load_llava_dataset, to_messages
-from .processor import CHAT_TEMPLATE, ProcessorConfig, build_processor
+from .processor import CHAT_TEMPLATE, ProcessorConfig, build_processor, words_in
 from .records import SKIP_REASONS, LoadStats
 from .shapes import QUESTION_TYPES, ShapesConfig, answer_options, generate_split, make_shapes_dataset, vocabulary
 
@@ -24,4 +24,5 @@ __all__ = [
     "make_shapes_dataset",
     "to_messages",
     "vocabulary",
+    "words_in",
 ]
