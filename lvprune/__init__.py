@@ -3,10 +3,14 @@
 - LVPruning (trained, language-guided): `LVPrunerConfig`, `LVPrunerModel`, `LVPruningForTraining`.
 - PLPHP (training-free, per-layer per-head KV pruning): `PLPHPConfig`.
 - Pruned decoding on a stock model: `load_pruned_model`, `pruning` (context manager), `unprune`.
+- Analytic cost of a configuration: `estimate_cost`; PLPHP threshold measurement: `vision_attention_profile`.
+- Data in the LLaVA instruction format and a synthetic VQA set: `lvprune.data`.
 """
 
 from .cache import PrunedCache
+from .calibration import suggest_thresholds, vision_attention_profile
 from .config import LVPrunerConfig
+from .flops import CostEstimate, PruningPlan, estimate_cost
 from .inference import Pruning, load_pruned_model, pruning, unprune
 from .modeling import LVPrunerModel
 from .plphp import PLPHPConfig
@@ -28,4 +32,9 @@ __all__ = [
     "load_pruned_model",
     "pruning",
     "unprune",
+    "estimate_cost",
+    "CostEstimate",
+    "PruningPlan",
+    "vision_attention_profile",
+    "suggest_thresholds",
 ]

@@ -26,9 +26,8 @@ class PLPHPConfig:
         alpha: vision attention at or above which a layer is vision-attentive.
         beta: vision attention at or below which a layer is vision-indifferent (`beta < alpha`).
         start_layer: first 0-based decoder layer whose cache is pruned; earlier layers keep everything.
-            The paper publishes neither the thresholds nor this layer; the defaults are the ones
-            `lvprune.plphp_calibration` measured on the reference model (see README, "Choosing PLPHP's
-            thresholds"), and can be re-measured for any model.
+            The paper publishes neither the thresholds nor this layer; `lvprune.calibration` measures
+            them for a model (see README, "Choosing PLPHP's thresholds").
     """
 
     r: float = 0.4

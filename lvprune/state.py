@@ -56,6 +56,7 @@ class PruningState:
         self.prefill, self.seen = True, input_ids.shape[1]
         self.query_order = self.rows.order[:, 0]
         self.keep_fractions: list[torch.Tensor] = []
+        self.decisions: list[torch.Tensor] = []  # training: accumulated keep [B, N] after each stage
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
 
     # ---------------------------------------------------------------- steps
@@ -100,6 +101,7 @@ class PruningState:
             return self._remove(hidden, full.bool() | ~vision)
         self.keep = full if self.keep is None else self.keep * full  # eq. 10: a pruned token never returns
         self.keep_fractions.append(self._fraction(self.keep, vision))
+        self.decisions.append(self.keep)
         return hidden
 
     def _scores(self, stage, hidden, queries):

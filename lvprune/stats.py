@@ -11,6 +11,7 @@ class LayerStats:
 
     vision_tokens: vision tokens present in the layer's input (after LVPruning's removals).
     plphp_class / plphp_rate: PLPHP's class and retention rate (None where PLPHP did not prune this layer).
+    vision_attention: PLPHP's `v_l`, the last prompt token's attention on vision tokens (None likewise).
     kept_per_head: vision tokens each KV head keeps in the cache, [B][kv_heads].
     """
 
@@ -18,6 +19,7 @@ class LayerStats:
     kept_per_head: list[list[int]]
     plphp_class: list[str] | None = None
     plphp_rate: list[float] | None = None
+    vision_attention: list[float] | None = None
 
 
 @dataclass
@@ -47,6 +49,6 @@ class PruningStats:
 def _layer(book, extra: dict) -> LayerStats:
     if "kept_per_head" in extra:
         return LayerStats(extra["vision_tokens"].tolist(), extra["kept_per_head"].tolist(),
-                          extra["plphp_class"], extra["plphp_rate"].tolist())
+                          extra["plphp_class"], extra["plphp_rate"].tolist(), extra["vision_attention"].tolist())
     kept = (book.vision & book.valid).sum(-1)  # [B, h]
     return LayerStats(kept.max(-1).values.tolist(), kept.tolist())

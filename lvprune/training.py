@@ -21,13 +21,15 @@ from .state import PruningState
 
 @dataclass
 class LVPruningOutput(ModelOutput):
-    """loss = λ_causal·causal_loss + λ_ratio·ratio_loss; keep_fractions [S] (batch mean per stage); logits [B, N, V]."""
+    """loss = λ_causal·causal_loss + λ_ratio·ratio_loss; keep_fractions [S] (batch mean per stage); logits [B, N, V];
+    decisions: per stage, the accumulated keep mask [B, N] (1 keeps, 0 prunes; 1 at non-vision positions)."""
 
     loss: torch.Tensor | None = None
     causal_loss: torch.Tensor | None = None
     ratio_loss: torch.Tensor | None = None
     keep_fractions: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    decisions: tuple[torch.Tensor, ...] | None = None
 
 
 def ratio_loss(fractions: torch.Tensor, targets, kind: str = "mse", delta: float = 0.5) -> torch.Tensor:
@@ -83,7 +85,8 @@ class LVPruningForTraining(nn.Module):
         if out.loss is not None:
             loss = config.lambda_causal * out.loss + config.lambda_ratio * ratio
         return LVPruningOutput(loss=loss, causal_loss=out.loss, ratio_loss=ratio,
-                               keep_fractions=fractions.nanmean(dim=1), logits=out.logits)
+                               keep_fractions=fractions.nanmean(dim=1), logits=out.logits,
+                               decisions=tuple(state.decisions))
 
     def _touch_all_parameters(self) -> torch.Tensor:
         # A batch without images leaves the pruner unused; a zero-valued term keeps every parameter in the

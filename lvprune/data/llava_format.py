@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -122,31 +123,47 @@ def prompt_length(record: dict, processor: ProcessorMixin, per_image: int) -> in
     return len(processor.tokenizer(text)["input_ids"]) + n_tags * (per_image - 1)
 
 
-def iter_valid_records(json_path, image_folder, processor, stats: LoadStats, options: dict):
+@dataclass(frozen=True)
+class LoaderOptions:
+    """What `load_llava_dataset` keeps; see its docstring."""
+
+    drop_text_only: bool = True
+    max_length: int | None = None
+    verify_images: bool = True
+
+    def __post_init__(self):
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"max_length must be a positive number of tokens or None, got {self.max_length}")
+
+
+def skip_reason(record: dict, image_folder, processor, options: LoaderOptions, per_image: int) -> str | None:
+    """Why to leave a normalised record out (a `SKIP_REASONS` entry), or None to keep it."""
+    reason = check_record(record, image_folder, verify_images=options.verify_images)
+    if reason == "no_image" and not options.drop_text_only:
+        reason = None
+    if reason is None and options.max_length is not None:
+        if prompt_length(record, processor, per_image) > options.max_length:
+            reason = "too_long"
+    return reason
+
+
+def iter_valid_records(json_path, image_folder, processor, stats: LoadStats, options: LoaderOptions):
     """Yield the normalised records to keep, counting the others in `stats`.
 
-    `options`: `drop_text_only`, `max_length` (None for no limit), `verify_images`. The counts
-    restart with every pass, so a streaming dataset's stats describe its latest pass.
+    The counts restart with every pass, so a streaming dataset's stats describe its latest pass.
     """
     stats.kept = 0
     stats.skipped.clear()
-    per_image = image_seq_length(processor) if options["max_length"] else 0
+    per_image = image_seq_length(processor) if options.max_length is not None else 0
     for index, raw in enumerate(read_records(json_path)):
         record = normalize_record(raw, index)
         if record is None:
             stats.skip("malformed", str(raw.get("id", index)) if isinstance(raw, dict) else str(index))
-            continue
-        reason = check_record(record, image_folder, verify_images=options["verify_images"])
-        if reason == "no_image" and not options["drop_text_only"]:
-            reason = None
-        if reason is None and options["max_length"]:
-            too_long = prompt_length(record, processor, per_image) > options["max_length"]
-            reason = "too_long" if too_long else None
-        if reason is None:
+        elif reason := skip_reason(record, image_folder, processor, options, per_image):
+            stats.skip(reason, record["id"])
+        else:
             stats.kept += 1
             yield record
-        else:
-            stats.skip(reason, record["id"])
 
 
 def load_llava_dataset(
@@ -175,21 +192,18 @@ def load_llava_dataset(
         `(dataset, stats)`. Each example is a dict of `input_ids`, `attention_mask`, `labels` ([seq])
         and `pixel_values` ([n_images, 3, H, W]); batch them with `LlavaCollator`.
     """
-    if max_length is not None and max_length <= 0:
-        raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}")
+    options = LoaderOptions(drop_text_only, max_length, verify_images)
     stats = LoadStats()
-    options = {"drop_text_only": drop_text_only, "max_length": max_length, "verify_images": verify_images}
     records = functools.partial(iter_valid_records, json_path, image_folder, processor, stats, options)
+    encode = functools.partial(encode_record, image_folder=image_folder, processor=processor)
     if streaming:
         source = datasets.IterableDataset.from_generator(records, features=RECORD_FEATURES)
-        encode = functools.partial(encode_record, image_folder=image_folder, processor=processor)
         return source.map(encode, remove_columns=list(RECORD_FEATURES)), stats
     table = datasets.Dataset.from_list(list(records()), features=RECORD_FEATURES)
-    return table.with_transform(functools.partial(_encode_batch, image_folder=image_folder, processor=processor)), stats
+    return table.with_transform(functools.partial(_encode_batch, encode=encode)), stats
 
 
-def _encode_batch(batch: dict, image_folder, processor) -> dict:
+def _encode_batch(batch: dict, encode) -> dict:
     """`with_transform` hook: a batch of records (dict of lists) -> a dict of lists of tensors."""
-    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-    encoded = [encode_record(row, image_folder, processor) for row in rows]
+    encoded = [encode(dict(zip(batch, values))) for values in zip(*batch.values())]
     return {key: [e[key] for e in encoded] for key in ("input_ids", "attention_mask", "pixel_values", "labels")}

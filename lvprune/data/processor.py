@@ -100,6 +100,11 @@ class ProcessorConfig:
         return n - (self.vision_feature_select_strategy == "default")
 
 
+def words_in(texts) -> list[str]:
+    """The sorted distinct words (letters and digits) of `texts`: a vocabulary for other datasets."""
+    return sorted({w for text in texts for w in re.findall(WORD_PATTERN, text)})
+
+
 def build_vocab(words) -> dict[str, int]:
     """Token -> id: special tokens first (pad=0, bos=1, eos=2, unk=3, image=4), then whitespace,
     ASCII punctuation, digits and the sorted words. Deterministic in `words`."""

@@ -88,16 +88,13 @@ def normalize_record(raw, index: int) -> dict | None:
     does not even have that shape (its turns are checked later, by `check_record`)."""
     if not isinstance(raw, dict):
         return None
-    image = raw.get("image")
-    images = [image] if isinstance(image, str) else image if isinstance(image, list) else []
-    turns = raw.get("conversations")
-    turns = turns if isinstance(turns, list) else []
-    ok = all(isinstance(p, str) for p in images) and all(isinstance(t, dict) for t in turns)
-    if not ok or (image is not None and not isinstance(image, (str, list))):
+    image, turns = raw.get("image"), raw.get("conversations") or []
+    images = [] if image is None else [image] if isinstance(image, str) else image
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
         return None
-    conversations = [{"from": str(t.get("from")), "value": t.get("value")} for t in turns]
-    if not all(isinstance(t["value"], str) for t in conversations):
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
         return None
+    conversations = [{"from": str(t.get("from")), "value": t["value"]} for t in turns]
     return {"id": str(raw.get("id", index)), "images": images, "conversations": conversations}
 
 

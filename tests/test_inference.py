@@ -1,0 +1,232 @@
+"""Pruned decoding (METHOD §2-4) against stock and masked references."""
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+import lvprune
+from lvprune import LVPrunerModel, LVPruningForTraining, PLPHPConfig, load_pruned_model, pruning, unprune
+from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
+
+from conftest import assert_close
+
+# Random tiny models may otherwise generate the image placeholder, which a re-run prompt could not hold.
+GREEDY = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, suppress_tokens=[IMAGE_TOKEN_ID])
+
+
+@pytest.fixture()
+def pruned(base):
+    """Attach with `pruned(**kwargs)`; detached after the test whatever happens."""
+    handles = []
+
+    def attach(pruner=None, **kwargs):
+        handles.append(lvprune.Pruning(base, pruner, **kwargs).attach())
+        return base
+
+    yield attach
+    for handle in handles:
+        handle.detach()
+
+
+def test_nothing_pruned_generates_the_stock_tokens(stock, base, pruner, mixed_batch, pruned):
+    reference = stock.generate(**mixed_batch, **GREEDY)
+    assert torch.equal(pruned().generate(**mixed_batch, **GREEDY), reference)
+    unprune(base)
+    assert torch.equal(pruned(pruner, keep_ratios=[1, 1, 1]).generate(**mixed_batch, **GREEDY), reference)
+    unprune(base)
+    assert torch.equal(base.generate(**mixed_batch, **GREEDY), reference), "unprune must restore the stock model"
+
+
+def test_sampling_with_nothing_pruned_matches_stock(stock, base, pruner, mixed_batch, pruned):
+    sample = dict(max_new_tokens=4, do_sample=True, top_k=5, pad_token_id=0)
+    torch.manual_seed(7)
+    reference = stock.generate(**mixed_batch, **sample)
+    torch.manual_seed(7)
+    assert torch.equal(pruned(pruner, keep_ratios=[1, 1, 1]).generate(**mixed_batch, **sample), reference)
+
+
+def generated_with_masked_reference(base, pruner, batch, ratios, steps):
+    """Greedy decoding by re-running the masked training forward (eval mode) on prompt + answer so far.
+
+    The answer tokens are labelled, so they are never decision keys: decisions stay those of the prompt.
+    Positions follow the attention mask, as `generate` numbers them.
+    """
+    config = LVPrunerModel(pruner.config.__class__(**{**pruner.config.to_dict(), "keep_ratios": ratios}))
+    config.load_state_dict(pruner.state_dict())
+    trainer = LVPruningForTraining(base, config).eval()
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    first_logits = None
+    try:
+        for _ in range(steps):
+            labels = torch.full_like(ids, -100)
+            labels[:, batch["input_ids"].shape[1]:] = ids[:, batch["input_ids"].shape[1]:]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                logits = trainer(input_ids=ids, attention_mask=mask, pixel_values=batch.get("pixel_values"),
+                                 labels=labels, position_ids=positions).logits[:, -1]
+            first_logits = logits if first_logits is None else first_logits
+            next_ids = logits.index_fill(-1, torch.tensor([IMAGE_TOKEN_ID]), float("-inf")).argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_ids], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    finally:
+        trainer.unwrap()
+    return first_logits, ids
+
+
+@pytest.mark.parametrize("ratios", [[0.5, 0.3, 0.1], [0.6, 0.4, 0.2]])
+def test_removal_equals_masking(base, pruner, mixed_batch, pruned, ratios):
+    masked_logits, masked_ids = generated_with_masked_reference(base, pruner, mixed_batch, ratios, steps=4)
+    model = pruned(pruner, keep_ratios=ratios)
+    with torch.no_grad():
+        logits = model(**mixed_batch).logits[:, -1]
+    assert_close(logits, masked_logits, 1e-4, "last prompt logits")
+    generated = model.generate(**mixed_batch, **{**GREEDY, "max_new_tokens": 4})
+    assert torch.equal(generated, masked_ids)
+    vision = [stats.vision_tokens for stats in model.pruning_stats.layers]
+    n_vision = (mixed_batch["input_ids"] == base.config.image_token_id).sum(-1)
+    expected = [n_vision.tolist()] + [torch.round(n_vision * r).long().tolist() for r in ratios]
+    assert vision == expected
+
+
+def test_kept_tokens_keep_their_unpruned_rotary_positions(base, pruner, mixed_batch, pruned):
+    model = pruned(pruner)
+    positions = []
+    rotary = base.model.language_model.rotary_emb
+    handle = rotary.register_forward_hook(lambda m, args, kwargs, out: positions.append(kwargs.get("position_ids", args[1] if len(args) > 1 else None)), with_kwargs=True)
+    try:
+        out = model.generate(**mixed_batch, max_new_tokens=3, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+    finally:
+        handle.remove()
+    state = out.past_key_values.state
+    mask = mixed_batch["attention_mask"]
+    unpruned = (mask.cumsum(-1) - 1).clamp(min=0)  # generate's positions for a left-padded prompt
+    order = state.rows.order[:, 0]  # original index of every row kept after the last stage
+    cos, sin = state.position_embeddings
+    reference_cos, reference_sin = rotary(cos, unpruned.gather(1, order))
+    assert_close(cos, reference_cos, 1e-6, "kept rows' cos")
+    assert_close(sin, reference_sin, 1e-6, "kept rows' sin")
+    lengths = mask.sum(-1)
+    for step, ids in enumerate(positions[1:]):  # decode steps continue from the unpruned prompt length
+        assert torch.equal(ids[:, -1], lengths + step)
+    assert out.past_key_values.get_seq_length() == mask.shape[1] + 2
+
+
+def register_per_head_reference(keep_sets):
+    """A stock-SDPA attention whose decode steps mask, per layer and KV head, the keys PLPHP dropped."""
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        keep = keep_sets.get(module.layer_idx)
+        if query.shape[2] != 1 or keep is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        allowed = torch.ones(key.shape[0], key.shape[1], 1, key.shape[2], dtype=torch.bool)
+        allowed[..., : keep.shape[-1]] = keep[:, :, None, :]
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[..., -key.shape[2]:]
+        allowed = allowed.repeat_interleave(module.num_key_value_groups, dim=1)
+        return sdpa_attention_forward(module, query, key, value, allowed, **kwargs)
+
+    AttentionInterface.register("per_head_reference", attention)
+    AttentionMaskInterface.register("per_head_reference", sdpa_mask)
+
+
+def test_plphp_equals_per_head_masked_reference(base, pruner, mixed_batch, pruned):
+    plphp = PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1)
+    model = pruned(None, plphp=plphp)
+    out = model.generate(**mixed_batch, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                         output_logits=True, return_dict_in_generate=True)
+    state = out.past_key_values.state
+    n = mixed_batch["input_ids"].shape[1]
+    keep_sets = {}
+    for layer, book in enumerate(state.books):
+        if layer >= plphp.start_layer:
+            prompt = book.order < n
+            keep = torch.zeros(book.order.shape[0], book.order.shape[1], n, dtype=torch.bool)
+            keep.scatter_(-1, torch.where(prompt & book.valid, book.order, 0), prompt & book.valid)
+            keep[..., 0] |= ((book.order == 0) & book.valid).any(-1)
+            keep_sets[layer] = keep
+    assert any(not k.all() for k in keep_sets.values()), "PLPHP must have dropped something"
+    stats = model.pruning_stats
+    assert stats.layers[2].kept_per_head != [[stats.layers[2].vision_tokens[b]] * 2 for b in range(3)]
+    unprune(base)
+    reference_model = tiny_llava(seed=0)
+    register_per_head_reference(keep_sets)
+    reference_model.set_attn_implementation({"text_config": "per_head_reference"})
+    reference = reference_model.generate(**mixed_batch, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                                         output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, reference.sequences)
+    for step, (ours, theirs) in enumerate(zip(out.logits, reference.logits)):
+        assert_close(ours, theirs, 1e-4, f"decode step {step} logits")
+
+
+def test_kv_cache_bytes_are_the_held_tensors_and_shrink_below_35_percent():
+    # 64 vision tokens per image; 12 layers, since layer 1 always holds every token and weighs 1 / depth.
+    model = tiny_llava(seed=2, num_layers=12, image_size=32)
+    config = lvprune.LVPrunerConfig.from_base_config(model.config, num_heads=4)
+    torch.manual_seed(0)
+    pruner = LVPrunerModel(config)
+    batch = make_batch(model.config, [2, 1], [12, 9], seed=5)
+    pruned_model = load_pruned_model(model, pruner, keep_ratios=[0.5, 0.3, 0.1], plphp=PLPHPConfig(0.4, 0.3))
+    out = pruned_model.generate(**batch, max_new_tokens=1, do_sample=False, pad_token_id=0,
+                                return_dict_in_generate=True)
+    stats = pruned_model.pruning_stats
+    cache = out.past_key_values
+    prompt_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert stats.kv_cache_bytes == prompt_bytes  # one-token generate: the cache is the prefill's
+    heads, dim = model.config.text_config.num_key_value_heads, 64 // 4
+    assert stats.kv_cache_bytes_unpruned == 2 * 12 * 2 * heads * batch["input_ids"].shape[1] * dim * 4
+    assert stats.kv_cache_fraction < 0.35, stats.kv_cache_fraction
+    unprune(pruned_model)
+
+
+def test_text_only_sample_passes_through_unpruned(stock, base, pruner, pruned):
+    batch = make_batch(base.config, [1, 0], [6, 8], seed=9)
+    model = pruned(pruner, plphp=PLPHPConfig(start_layer=1))
+    with torch.no_grad():
+        logits = model(**batch).logits
+        valid = batch["attention_mask"][1].bool()
+        alone = stock(input_ids=batch["input_ids"][1:, valid]).logits
+    assert_close(logits[1, valid], alone[0], 1e-5, "text-only sample")
+
+
+def test_context_manager_restores_the_stock_model(stock, base, pruner, mixed_batch):
+    with pruning(base, pruner, plphp=PLPHPConfig()):
+        pruned_tokens = base.generate(**mixed_batch, **GREEDY)
+        assert base.pruning_stats.kv_cache_bytes < base.pruning_stats.kv_cache_bytes_unpruned
+    assert torch.equal(base.generate(**mixed_batch, **GREEDY), stock.generate(**mixed_batch, **GREEDY))
+    assert base.config.get_text_config()._attn_implementation == "sdpa"
+    assert pruned_tokens.shape[1] == mixed_batch["input_ids"].shape[1] + GREEDY["max_new_tokens"]
+
+
+def test_bad_inputs_fail_clearly(base, pruner, tmp_path):
+    other = LVPrunerModel(lvprune.LVPrunerConfig.from_base_config(tiny_llava(num_layers=6).config, num_heads=4))
+    with pytest.raises(ValueError, match="built for 6 decoder layers"):
+        load_pruned_model(base, other)
+    with pytest.raises(ValueError, match="non-increasing"):
+        load_pruned_model(base, pruner, keep_ratios=[0.3, 0.5, 0.1])
+    with pytest.raises(ValueError, match="one entry per stage"):
+        load_pruned_model(base, pruner, keep_ratios=[0.5])
+    with pytest.raises(ValueError, match="keep_ratios needs a pruner"):
+        load_pruned_model(base, None, keep_ratios=[0.5, 0.3, 0.1])
+    with pytest.raises(TypeError, match="PLPHPConfig"):
+        load_pruned_model(base, plphp=(0.4, 0.3))
+    with pytest.raises(ValueError, match="not pruned"):
+        unprune(base)
+    model = load_pruned_model(base, pruner)
+    try:
+        with pytest.raises(RuntimeError, match="already pruned"):
+            load_pruned_model(base, pruner)
+        with pytest.raises(NotImplementedError, match="beam search"):
+            model.generate(**make_batch(base.config, [1], [4]), max_new_tokens=2, num_beams=2, pad_token_id=0)
+    finally:
+        unprune(base)
+
+
+def test_loads_base_and_pruner_from_folders(stock, pruner, mixed_batch, tmp_path):
+    stock.save_pretrained(tmp_path / "base")
+    pruner.save_pretrained(tmp_path / "pruner")
+    model = load_pruned_model(tmp_path / "base", str(tmp_path / "pruner"), keep_ratios=[0.6, 0.4, 0.2])
+    with lvprune.pruning(tiny_llava(seed=0), pruner, keep_ratios=[0.6, 0.4, 0.2]) as handle:
+        expected = handle.model.generate(**mixed_batch, **GREEDY)
+    assert torch.equal(model.generate(**mixed_batch, **GREEDY), expected)
