@@ -23,7 +23,7 @@ from assets import build_tiny_base
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
 from lvprune.testing import make_batch
 from saving import weights_digest
-from zero3 import gathered, register_pruner_as_external
+from deepspeed_support import gathered, register_pruner_as_external
 
 
 def parse_args(argv=None) -> argparse.Namespace:

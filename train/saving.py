@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from lora import load_lora, lora_parameters, save_lora
 from lvprune import checkpointing
-from zero3 import gathered
+from deepspeed_support import gathered, is_zero3
 
 PRUNER_DIR, LORA_DIR = "pruner", "lora"
 
@@ -35,11 +35,6 @@ def replica_digests(accelerator, params) -> list[str]:
     with gathered(params, is_zero3(accelerator)):
         local = weights_digest(params)
     return gather_object([local])
-
-
-def is_zero3(accelerator) -> bool:
-    plugin = accelerator.state.deepspeed_plugin
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
 
 
 def save_trainable(accelerator, model, folder, lora=None) -> None:

@@ -36,7 +36,7 @@ from lvprune.hub import push_folder, write_model_card
 from train_config import SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
 from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from train_metrics import Resources, TrainMetrics
-from zero3 import register_pruner_as_external
+from deepspeed_support import configure_deepspeed, is_zero3, register_pruner_as_external
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
 
@@ -163,16 +163,17 @@ def main(argv=None) -> dict:
     loader, sampler = build_dataloader(dataset, processor.tokenizer.pad_token_id, config)
 
     # ---------------------------------------------------------------- optimizer and schedule
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    adamw = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    configure_deepspeed(accelerator, config)
+    model, optimizer, loader = accelerator.prepare(model, adamw, loader)
     accum = config.gradient_accumulation_steps
     total_steps = config.max_steps or max(1, int(config.num_train_epochs * len(loader)) // accum)
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     # Stepped once per optimizer step by this loop (a prepared scheduler would step once per process).
-    scheduler = get_cosine_schedule_with_warmup(optimizer.optimizer, warmup_steps, total_steps)
+    scheduler = get_cosine_schedule_with_warmup(adamw, warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    if saving.is_zero3(accelerator):
+    if is_zero3(accelerator):
         register_pruner_as_external(unwrapped)
     saving.register_hooks(accelerator, unwrapped, lora)
     global_batch = config.per_device_batch_size * accelerator.num_processes * accum

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-3 compatibility: parameters it shards must be gathered where they are read whole."""
+"""DeepSpeed specifics: settings accelerate leaves to the config file, and ZeRO-3's sharded parameters
+(they must be gathered wherever they are read whole)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,20 @@ def register_pruner_as_external(model) -> None:
 
     for param in model.pruner.parameters():
         deepspeed.zero.register_external_parameter(model, param)
+
+
+def is_zero3(accelerator) -> bool:
+    """Whether `accelerator` runs DeepSpeed ZeRO stage 3."""
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def configure_deepspeed(accelerator, config) -> None:
+    """Give DeepSpeed the clipping norm of `config` (it clips inside its own step; 0 turns clipping off).
+
+    Call before `accelerator.prepare`. Micro-batch size, accumulation and bf16 are filled by accelerate from the
+    training loop's own settings (`"auto"` in `configs/deepspeed/*.json`).
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm
