@@ -70,7 +70,7 @@ def launch(assets, out: Path, *extra, processes: int = 1, env: dict | None = Non
             "--data_path", str(assets["data"]), "--image_folder", str(assets["images"]),
             "--output_dir", str(out), "--per_device_batch_size", "2", "--max_steps", "2",
             "--save_steps", "1", "--record_samples", "true", *map(str, extra)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(2 // processes),
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "1", **(env or {})}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate, "train/train.py", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)

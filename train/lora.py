@@ -20,10 +20,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # what PeftModel puts before the base's own parameter names
 
 
-def lora_config(config) -> LoraConfig:
+def lora_config(config, base_name: str | None = None) -> LoraConfig:
     """The `LoraConfig` of a `TrainConfig` (rank `lora_r` on the modules matched by `lora_target`)."""
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target, base_model_name_or_path=config.base_model)
+                      target_modules=config.lora_target, base_model_name_or_path=base_name or config.base_model)
 
 
 def add_lora(base: torch.nn.Module, lora: LoraConfig) -> list[str]:
@@ -52,7 +52,8 @@ def save_lora(base: torch.nn.Module, lora: LoraConfig, folder, state_dict: dict 
     """Write the adapter of `base` to `folder` in `PeftModel.from_pretrained`'s layout."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = get_peft_model_state_dict(base, state_dict=state_dict)
+    # The embeddings are frozen: no need for peft to look the base up on the Hub to decide whether to save them.
+    weights = get_peft_model_state_dict(base, state_dict=state_dict, save_embedding_layers=False)
     save_file({PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in weights.items()}, folder / ADAPTER_WEIGHTS)
     lora.save_pretrained(folder)
 

@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     base_name, base, processor = load_base(config, accelerator)
     pruner = build_pruner(config, base, base_name)
     model = LVPruningForTraining(base, pruner)  # freezes the base
-    lora = lora_config(config) if config.lora_r else None
+    lora = lora_config(config, base_name) if config.lora_r else None
     if lora is not None:
         adapted = add_lora(base, lora)
         accelerator.print(f"LoRA r={config.lora_r} on {len(adapted)} language-model modules")

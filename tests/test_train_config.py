@@ -1,0 +1,187 @@
+"""The training script's parts, in process: layered config, shipped configs, atomic checkpoints, data order
+and sharding (against accelerate's own sharding), LoRA placement, and the model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+
+from lora import add_lora, lora_config, save_lora  # noqa: E402
+from train_config import TrainConfig, parse_config  # noqa: E402
+from train_data import EpochSampler, micro_batch_index  # noqa: E402
+
+from lvprune import LVPrunerConfig, checkpointing  # noqa: E402
+from lvprune.hub import model_card  # noqa: E402
+from lvprune.testing import tiny_llava  # noqa: E402
+
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+# =============================================================================== configuration
+
+
+def test_layering_defaults_then_yaml_then_command_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 2.0e-6\nkeep_ratios: [0.6, 0.4, 0.2]\nlora_r: 4\n")
+    config = parse_config(["--config", str(path), "--lora_r", "8", "--after_layers", "1", "2", "3",
+                           "--push_to_hub", "me/pruner", "--record_samples", "true"])
+    assert config.learning_rate == 2e-6 and config.keep_ratios == [0.6, 0.4, 0.2]  # from the YAML
+    assert config.lora_r == 8 and config.after_layers == [1, 2, 3] and config.record_samples is True  # CLI wins
+    assert config.push_to_hub == "me/pruner" and config.seed == TrainConfig().seed  # untouched default
+    assert parse_config(["--config", str(path), "--keep_ratios", "[0.7, 0.5]"]).keep_ratios == [0.7, 0.5]
+    assert parse_config(["--config", str(path), "--learning_rate", "1e-4"]).learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_step", "3"], "'max_step' (did you mean 'max_steps'?)"),
+    (["--lora_r", "four"], "lora_r='four' is not a valid int"),
+    (["--precision", "fp16"], "precision='fp16' is not one of"),
+    (["--warmup_ratio", "1.5"], "warmup_ratio=1.5 must be in [0, 1)"),
+    (["--keep_ratios", "0.5", "high"], "keep_ratios='high' is not a valid float"),
+])
+def test_bad_command_line_names_the_key(argv, message):
+    with pytest.raises(ValueError) as error:
+        parse_config(argv)
+    assert message in str(error.value)
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("learning_rate: 1.0e-5\nlearnig_rate: 1.0e-5\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown key\(s\) 'learnig_rate' \(did you mean 'learning_rate'"):
+        parse_config(["--config", str(path)])
+
+
+def test_every_key_is_documented():
+    undocumented = [f.name for f in dataclasses.fields(TrainConfig) if len(f.metadata.get("help", "")) < 10]
+    assert not undocumented
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_yaml_opens_with_its_command(path):
+    lines = path.read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    assert header and any(line.startswith("#   accelerate launch") for line in header), header
+    if path.parent.name == "configs":
+        parse_config(["--config", str(path)])  # valid training config
+
+
+def test_tiny_cpu_is_the_default_run():
+    assert parse_config([]) == parse_config(["--config", str(ROOT / "configs/tiny-cpu.yaml")])
+
+
+def test_paper_recipe():
+    config = parse_config(["--config", str(ROOT / "configs/llava-1.5-7b.yaml")])
+    assert config.base_model == "llava-hf/llava-1.5-7b-hf" and config.data_path == "llava_v1_5_mix665k.json"
+    assert config.after_layers == [1, 8, 16] and config.keep_ratios == [0.5, 0.3, 0.1]
+    assert (config.learning_rate, config.warmup_ratio, config.weight_decay, config.max_grad_norm) == (2e-6, 0.03, 0, 1)
+    assert (config.num_train_epochs, config.max_steps, config.precision, config.lora_r) == (1, 0, "bf16", 0)
+    for launcher in ("ddp", "deepspeed_zero2", "deepspeed_zero3"):
+        processes = yaml.safe_load((ROOT / f"configs/accelerate/{launcher}.yaml").read_text())["num_processes"]
+        assert config.per_device_batch_size * processes * config.gradient_accumulation_steps == 64
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_files(stage):
+    launcher = yaml.safe_load((ROOT / f"configs/accelerate/deepspeed_zero{stage}.yaml").read_text())
+    ds_file = ROOT / launcher["deepspeed_config"]["deepspeed_config_file"]
+    ds = json.loads(ds_file.read_text())
+    assert ds["zero_optimization"]["stage"] == stage and launcher["distributed_type"] == "DEEPSPEED"
+    # Filled by accelerate from the training config, so the two can never disagree.
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert ds[key] == "auto"
+
+
+# =============================================================================== checkpoints
+
+
+def _save(root, step):
+    staging = checkpointing.begin_checkpoint(root, step)
+    (staging / "state.bin").write_bytes(bytes([step]))
+    return checkpointing.commit_checkpoint(root, step)
+
+
+def test_atomic_checkpoints_and_resume_choice(tmp_path):
+    assert checkpointing.resolve_resume(tmp_path, "latest") is None  # nothing yet: start from scratch
+    for step in (5, 10):
+        _save(tmp_path, step)
+    checkpointing.begin_checkpoint(tmp_path, 15)  # killed while writing step 15
+    (tmp_path / "checkpoint-20").mkdir()  # a folder without a marker
+    assert checkpointing.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert checkpointing.checkpoint_step(tmp_path / "checkpoint-10") == 10
+    with pytest.raises(ValueError, match="incomplete"):
+        checkpointing.resolve_resume(tmp_path, str(tmp_path / "checkpoint-20"))
+    removed = checkpointing.clean_incomplete(tmp_path)
+    assert sorted(p.name for p in removed) == [".tmp-checkpoint-15", "checkpoint-20"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
+    _save(tmp_path, 10)  # saving a step again replaces it
+    assert checkpointing.rotate_checkpoints(tmp_path, 1) == [tmp_path / "checkpoint-5"]
+    assert (tmp_path / "checkpoint-10" / "state.bin").read_bytes() == bytes([10])
+
+
+# =============================================================================== data order
+
+
+def test_epoch_sampler_is_a_seeded_permutation_per_epoch():
+    sampler = EpochSampler(50, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(50)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == list(range(50))
+    assert list(EpochSampler(50, seed=3)) == first
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_micro_batch_index_undoes_accelerate_sharding(processes):
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    batches = BatchSampler(EpochSampler(48, seed=0), batch_size=2, drop_last=True)
+    everything = list(batches)
+    for rank in range(processes):
+        shard = list(BatchSamplerShard(batches, num_processes=processes, process_index=rank))
+        for local, batch in enumerate(shard):
+            assert batch == everything[micro_batch_index(local, rank, processes)]
+
+
+# =============================================================================== LoRA and the card
+
+
+def test_lora_adapts_only_the_language_model(tmp_path):
+    from peft import PeftModel
+
+    config = TrainConfig(lora_r=4)
+    base = tiny_llava()
+    adapted = add_lora(base, lora_config(config))
+    layers = base.config.text_config.num_hidden_layers
+    assert len(adapted) == 2 * layers and all(".language_model." in name for name in adapted)
+    assert all(p.requires_grad == (".lora_" in n) for n, p in base.named_parameters())
+    for name, param in base.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)  # B starts at zero: make the adapter visible
+    save_lora(base, lora_config(config), tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_llava(), tmp_path)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    assert torch.allclose(reloaded(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-6)
+    with pytest.raises(ValueError, match="vision_tower"):
+        add_lora(tiny_llava(), lora_config(TrainConfig(lora_r=4, lora_target=r".*\.(q_proj|v_proj)")))
+
+
+def test_model_card_states_the_recipe():
+    config = LVPrunerConfig(hidden_size=64, num_hidden_layers=32, num_heads=4, after_layers=[1, 8, 16],
+                            base_model_name_or_path="llava-hf/llava-1.5-7b-hf")
+    card = model_card(config, repo_id="me/pruner", data="llava_v1_5_mix665k.json",
+                      metrics={"causal_loss": 1.23456}, training={"steps": 9700})
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["base_model"] == "llava-hf/llava-1.5-7b-hf" and meta["library_name"] == "lvprune"
+    assert 'load_pruned_model("llava-hf/llava-1.5-7b-hf", pruner="me/pruner")' in card
+    assert "| 1 | 8 | 0.3 |" in card and "| causal_loss | 1.235 |" in card and "- steps: `9700`" in card
