@@ -28,6 +28,15 @@ STEPS, LR, SEED, KEEP = 6, 1e-2, 0, [0.9, 0.8, 0.7]
 STAGES = (2, 3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run many times faster on one thread than on two sharing a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

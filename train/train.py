@@ -94,9 +94,38 @@ def load_data(config, accelerator, processor):
     return str(json_path), dataset
 
 
+def prepare_output_dir(accelerator, config) -> Path:
+    """Create the output folder, record the resolved config, and remove debris of killed checkpoint saves."""
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.yaml").write_text(to_yaml(config))
+        for path in checkpointing.clean_incomplete(output_dir):
+            accelerator.print(f"removed incomplete checkpoint {path}")
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
 def noise_seed(seed: int, micro_batch: int) -> int:
     """Seed of the Gumbel noise of global micro-batch `micro_batch`."""
     return seed * 2**32 + micro_batch
+
+
+def micro_step(accelerator, config, model, local_batch, step: int, metrics) -> None:
+    """Forward and backward of one micro-batch `(local_index, batch)` inside the accumulation window.
+
+    The Gumbel noise is drawn after seeding with the micro-batch's global index, so it does not depend on how
+    the global batch is split over processes and accumulation steps, nor on where a run was resumed.
+    """
+    local, batch = local_batch
+    micro = micro_batch_index(local, accelerator.process_index, accelerator.num_processes)
+    if config.record_samples:
+        record_samples(accelerator, config, step, micro, batch)
+    with accelerator.accumulate(model):
+        torch.manual_seed(noise_seed(config.seed, micro))
+        output = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        accelerator.backward(output.loss)
+    metrics.update(output)
 
 
 def log(accelerator, config, step: int, values: dict) -> None:
@@ -130,6 +159,15 @@ def export(accelerator, config, model, lora, data_name: str, summary: dict) -> P
     return final
 
 
+def report(accelerator, output_dir: Path, summary: dict) -> None:
+    """Write `train_summary.json` and print the run's speed and memory."""
+    if accelerator.is_main_process:
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    cuda = f", peak CUDA {summary['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in summary else ""
+    accelerator.print(f"step time {summary['step_s']:.3f} s (first {summary['first_step_s']:.3f} s), "
+                      f"peak RSS {summary['peak_rss_mib']:.0f} MiB{cuda}")
+
+
 # =============================================================================== main
 
 
@@ -137,13 +175,9 @@ def main(argv=None) -> dict:
     # ---------------------------------------------------------------- configuration
     config = parse_config(argv)
     accelerator = make_accelerator(config)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.yaml").write_text(to_yaml(config))
-        for path in checkpointing.clean_incomplete(output_dir):
-            accelerator.print(f"removed incomplete checkpoint {path}")
-    accelerator.wait_for_everyone()
+    if accelerator.device.type == "cpu" and config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    output_dir = prepare_output_dir(accelerator, config)
 
     # ---------------------------------------------------------------- frozen base + trainable pruner (+ LoRA)
     base_name, base, processor = load_base(config, accelerator)
@@ -200,15 +234,7 @@ def main(argv=None) -> dict:
     for step in progress:
         resources.start_step()
         for _ in range(accum):
-            local, batch = next(stream)
-            micro = micro_batch_index(local, accelerator.process_index, accelerator.num_processes)
-            if config.record_samples:
-                record_samples(accelerator, config, step + 1, micro, batch)
-            with accelerator.accumulate(model):
-                torch.manual_seed(noise_seed(config.seed, micro))
-                output = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
-                accelerator.backward(output.loss)
-            metrics.update(output)
+            micro_step(accelerator, config, model, next(stream), step + 1, metrics)
         assert accelerator.sync_gradients, "an optimizer step must close an accumulation window"
         grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
         optimizer.step()
@@ -236,11 +262,7 @@ def main(argv=None) -> dict:
         final = export(accelerator, config, unwrapped, lora, data_name, summary)
         accelerator.print(f"exported the pruner to {final}")
     accelerator.end_training()
-    if accelerator.is_main_process:
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    accelerator.print(f"step time {summary['step_s']:.3f} s (first {summary['first_step_s']:.3f} s), "
-                      f"peak RSS {summary['peak_rss_mib']:.0f} MiB"
-                      + (f", peak CUDA {summary['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in summary else ""))
+    report(accelerator, output_dir, summary)
     return summary
 
 

@@ -78,6 +78,8 @@ class TrainConfig:
     precision: str = doc("fp32", "fp32, or bf16 (base weights in bf16 and bf16 autocast; the pruner's "
                          "master weights stay fp32)")
     seed: int = doc(0, "seed of the pruner's initialisation, the data order and the Gumbel noise")
+    cpu_threads: int = doc(1, "torch threads per process when training on the CPU (0: torch's default); tiny "
+                           "models run fastest on one, and several processes should not oversubscribe the cores")
     # ---------------------------------------------------------------- checkpoints, logs, export
     output_dir: str = doc("outputs/tiny-cpu", "checkpoints, logs and the final export go here")
     assets_dir: str = doc("outputs/assets", "where `tiny-random` and `synthetic-shapes` are materialised")
@@ -106,7 +108,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
         for name in ("lora_r", "max_steps", "save_steps", "save_total_limit", "stop_after_steps", "num_workers",
-                     "max_grad_norm", "weight_decay", "synthetic_samples"):
+                     "max_grad_norm", "weight_decay", "synthetic_samples", "cpu_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         if not 0 <= self.warmup_ratio < 1:
