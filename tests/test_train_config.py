@@ -70,9 +70,13 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
         parse_config(["--config", str(path)])
 
 
-def test_every_key_is_documented():
+def test_every_key_is_documented(capsys):
     undocumented = [f.name for f in dataclasses.fields(TrainConfig) if len(f.metadata.get("help", "")) < 10]
     assert not undocumented
+    with pytest.raises(SystemExit) as done:
+        parse_config(["--help"])
+    assert done.value.code == 0
+    assert "--chat_template" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))

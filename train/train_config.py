@@ -148,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      usage="%(prog)s [--config FILE] [--KEY VALUE ...]")
     parser.add_argument("--config", help=f"YAML file of settings (default: {DEFAULT_CONFIG.name} if present)")
     for item in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{item.name}", nargs="+", metavar="VALUE", help=item.metadata["help"])
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        text = f"{item.metadata['help']} (default: {default})".replace("%", "%%")  # argparse formats help with %
+        parser.add_argument(f"--{item.name}", nargs="+", metavar="VALUE", help=text)
     return parser
 
 
