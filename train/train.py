@@ -28,6 +28,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosin
 
 import saving
 from assets import materialise_shapes, materialise_tiny_base
+from deepspeed_support import configure_deepspeed, is_zero3, register_pruner_as_external
 from lora import add_lora, lora_config
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, checkpointing
 from lvprune.data.llava_format import load_llava_dataset
@@ -36,7 +37,6 @@ from lvprune.hub import push_folder, write_model_card
 from train_config import SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
 from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from train_metrics import Resources, TrainMetrics
-from deepspeed_support import configure_deepspeed, is_zero3, register_pruner_as_external
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
 

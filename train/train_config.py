@@ -108,7 +108,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
         for name in ("lora_r", "max_steps", "save_steps", "save_total_limit", "stop_after_steps", "num_workers",
-                     "max_grad_norm", "weight_decay", "synthetic_samples", "cpu_threads"):
+                     "max_grad_norm", "weight_decay", "synthetic_samples", "cpu_threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         if not 0 <= self.warmup_ratio < 1:
