@@ -25,7 +25,7 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
     if state is None:
         raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
     layer = module.layer_idx
-    allowed = state.books[layer].allowed(state.query_order)  # [B, h, Q, K]
+    allowed = state.allowed(layer)  # [B, h, Q, K]
     if state.keep is not None:
         output = masked_softmax_attention(module, query, key, value, allowed, state.keep, state.query_order, scaling)
     else:

@@ -87,22 +87,23 @@ class Pruning:
         else:
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("a pruned model cannot continue from a cache it did not make; pass no cache.")
-            state = self._new_state(input_ids, kwargs)
-            if cache is not None or kwargs.get("use_cache", self.model.config.get_text_config().use_cache) is not False:
-                kwargs["past_key_values"] = state.cache
+            use_cache = cache is not None or kwargs.get("use_cache", self.model.config.get_text_config().use_cache)
+            state = self._new_state(input_ids, kwargs, use_cache is not False)
+            kwargs["past_key_values"] = state.cache
         kwargs[STATE_KWARG] = state
         return args, kwargs
 
-    def _new_state(self, input_ids, kwargs) -> PruningState:
+    def _new_state(self, input_ids, kwargs, use_cache: bool) -> PruningState:
         if self.pruner is not None:
             self.pruner.to(input_ids.device)
-        cache = PrunedCache(config=self.model.config.get_text_config())
+        cache = PrunedCache(config=self.model.config.get_text_config()) if use_cache else None
         state = PruningState(
             input_ids, kwargs.get("attention_mask"), self.model.config.image_token_id, self.num_layers,
             pruner=self.pruner, keep_ratios=self.keep_ratios, sample=False, remove=True, plphp=self.plphp,
             cache=cache, base_attention=self.hooks.base_attention,
         )
-        cache.state = state
+        if cache is not None:
+            cache.state = state
         return state
 
     def _after_call(self, module, args, kwargs, output):

@@ -58,6 +58,7 @@ class PruningState:
         self.keep_fractions: list[torch.Tensor] = []
         self.decisions: list[torch.Tensor] = []  # training: accumulated keep [B, N] after each stage
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
+        self._mask_for = None  # (book, query_order, mask) of the last mask built
 
     # ---------------------------------------------------------------- steps
 
@@ -77,10 +78,16 @@ class PruningState:
         if not self.prefill:
             return position_embeddings
         self.books[layer_idx] = self.rows
-        self.query_order = self.rows.order[:, 0]
         if self.position_embeddings is None:
             self.position_embeddings = position_embeddings
         return self.position_embeddings
+
+    def allowed(self, layer_idx: int) -> torch.Tensor:
+        """Layer `layer_idx`'s attention mask [B, h, Q, K] bool, shared by consecutive layers with the same keys."""
+        book = self.books[layer_idx]
+        if self._mask_for is None or self._mask_for[0] is not book or self._mask_for[1] is not self.query_order:
+            self._mask_for = (book, self.query_order, book.allowed(self.query_order))
+        return self._mask_for[2]
 
     # ---------------------------------------------------------------- LVPruning stages
 
@@ -119,6 +126,7 @@ class PruningState:
         """Drop the rows not in `keep_rows` [B, L] bool from the hidden states and the bookkeeping."""
         index, real = compact(keep_rows[:, None])
         self.rows = self.rows.gather(index, real)
+        self.query_order = self.rows.order[:, 0]  # prefill queries are the rows themselves
         self.keep_fractions.append(self.rows.vision[:, 0].sum(-1) / self.num_vision)
         self.text_key = self.text_key.gather(1, index[:, 0]) & real[:, 0]
         cos, sin = self.position_embeddings

@@ -190,6 +190,15 @@ def test_text_only_sample_passes_through_unpruned(stock, base, pruner, pruned):
     assert_close(logits[1, valid], alone[0], 1e-5, "text-only sample")
 
 
+def test_forward_without_cache_prunes_hidden_states_only(base, pruner, mixed_batch, pruned):
+    model = pruned(pruner, plphp=PLPHPConfig(start_layer=1))
+    with torch.no_grad():
+        cached = model(**mixed_batch).logits[:, -1]
+        uncached = model(**mixed_batch, use_cache=False)
+    assert uncached.past_key_values is None
+    assert_close(uncached.logits[:, -1], cached, 1e-5, "PLPHP does not change the prefill")
+
+
 def test_context_manager_restores_the_stock_model(stock, base, pruner, mixed_batch):
     with pruning(base, pruner, plphp=PLPHPConfig()):
         pruned_tokens = base.generate(**mixed_batch, **GREEDY)
