@@ -20,10 +20,10 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from assets import build_tiny_base
+from deepspeed_support import gathered, register_pruner_as_external
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
 from lvprune.testing import make_batch
 from saving import weights_digest
-from deepspeed_support import gathered, register_pruner_as_external
 
 
 def parse_args(argv=None) -> argparse.Namespace:
