@@ -79,19 +79,15 @@ class LVPruningForTraining(nn.Module):
                               labels=labels, use_cache=False, **kwargs)
         fractions = torch.stack(state.keep_fractions)  # [S, B]
         config = self.pruner.config
+        # Every stage runs even on a batch without images (on zero vision tokens), so each pruner parameter is
+        # in the graph and data parallelism finds a gradient for each; ZeRO-3 gathers them in their own forward.
         ratio = ratio_loss(fractions, config.keep_ratios, config.ratio_loss, config.huber_delta)
-        ratio = ratio + self._touch_all_parameters()
         loss = None
         if out.loss is not None:
             loss = config.lambda_causal * out.loss + config.lambda_ratio * ratio
         return LVPruningOutput(loss=loss, causal_loss=out.loss, ratio_loss=ratio,
                                keep_fractions=fractions.nanmean(dim=1), logits=out.logits,
                                decisions=tuple(state.decisions))
-
-    def _touch_all_parameters(self) -> torch.Tensor:
-        # A batch without images leaves the pruner unused; a zero-valued term keeps every parameter in the
-        # graph so distributed data parallel still finds a gradient for each.
-        return sum(p.view(-1)[0] for p in self.pruner.parameters()) * 0.0
 
     def unwrap(self) -> nn.Module:
         """Detach the hooks and return the stock base model."""

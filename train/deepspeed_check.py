@@ -20,7 +20,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from assets import build_tiny_base
-from deepspeed_support import gathered, register_pruner_as_external
+from deepspeed_support import gathered
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
 from lvprune.testing import make_batch
 from saving import weights_digest
@@ -73,8 +73,6 @@ def run_stage(stage: int, args, rank: int) -> dict:
     base_before = weights_digest(model.base_model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config(stage, args.lr))
-    if stage == 3:
-        register_pruner_as_external(model)
     engine.train()
     batch = local_batch(model.base_model.config, rank)
     losses, ratio_losses = [], []

@@ -28,7 +28,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosin
 
 import saving
 from assets import materialise_shapes, materialise_tiny_base
-from deepspeed_support import configure_deepspeed, is_zero3, register_pruner_as_external
+from deepspeed_support import configure_deepspeed
 from lora import add_lora, lora_config
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, checkpointing
 from lvprune.data.llava_format import load_llava_dataset
@@ -207,8 +207,6 @@ def main(argv=None) -> dict:
     scheduler = get_cosine_schedule_with_warmup(adamw, warmup_steps, total_steps)
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    if is_zero3(accelerator):
-        register_pruner_as_external(unwrapped)
     saving.register_hooks(accelerator, unwrapped, lora)
     global_batch = config.per_device_batch_size * accelerator.num_processes * accum
     accelerator.print(f"{total_steps} steps of global batch {global_batch} = {config.per_device_batch_size} per "
