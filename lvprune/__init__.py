@@ -11,6 +11,7 @@ from .cache import PrunedCache
 from .calibration import suggest_thresholds, vision_attention_profile
 from .config import LVPrunerConfig
 from .flops import CostEstimate, PruningPlan, estimate_cost
+from .hub import model_card, push_folder, write_model_card
 from .inference import Pruning, load_pruned_model, pruning, unprune
 from .modeling import LVPrunerModel
 from .plphp import PLPHPConfig
@@ -37,4 +38,7 @@ __all__ = [
     "PruningPlan",
     "vision_attention_profile",
     "suggest_thresholds",
+    "model_card",
+    "write_model_card",
+    "push_folder",
 ]
