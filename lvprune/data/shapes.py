@@ -1,0 +1,285 @@
+"""Synthetic shapes VQA in the LLaVA-1.5 instruction format.
+
+Each image shows a few coloured shapes (circle, square, triangle), one per cell of a 3x3 grid, on a
+plain background. Each record asks about one object named in the question:
+
+| type       | question                       | answers                                  |
+| ---------- | ------------------------------ | ---------------------------------------- |
+| `colour`   | What colour is the triangle?   | one of 6 colours                         |
+| `position` | Where is the red circle?       | `top left` ... `bottom right` (9 cells)  |
+| `presence` | Is there a blue square?        | `yes` / `no` (POPE style)                |
+| `count`    | How many circles are there?    | `zero` ... `four`                        |
+
+The answer of every record is drawn first, balanced within each split and type, and the scene is then
+built to match it, so the question alone does not predict the answer: the task needs the image.
+
+A record (one per image) looks like::
+
+    {"id": "train-000000", "image": "images/train/train-000000.png",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat colour is the triangle?"},
+                       {"from": "gpt", "value": "red"}],
+     "type": "colour", "answer": "red",
+     "qa": [{"type": "colour", "question": "What colour is the triangle?", "answer": "red"}],
+     "objects": [{"shape": "triangle", "colour": "red", "position": "top left", "bbox": [x0, y0, x1, y1]}]}
+
+`type`/`answer` describe the first (balanced) turn; `qa` lists every turn when `turns > 1`. Boxes are
+pixel coordinates, `x1`/`y1` exclusive.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 20),
+    "purple": (140, 50, 180),
+    "orange": (245, 130, 20),
+}
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "centre", "right")
+POSITIONS = tuple(f"{row} {col}" for row in ROWS for col in COLUMNS)
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+QUESTION_TYPES = ("colour", "position", "presence", "count")
+QUESTION_TEMPLATES = {
+    "colour": "What colour is the {shape}?",
+    "position": "Where is the {colour} {shape}?",
+    "presence": "Is there a {colour} {shape}?",
+    "count": "How many {plural} are there?",
+}
+IMAGE_TOKEN = "<image>"
+BACKGROUND = (235, 235, 235)
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """Generator settings; every split draws from its own seeded stream (`seed`, split name)."""
+
+    image_size: int = 96
+    min_objects: int = 3
+    max_objects: int = 5
+    max_count: int = 4
+    turns: int = 1
+    types: tuple[str, ...] = QUESTION_TYPES
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.image_size < 24:
+            raise ValueError(f"image_size must be >= 24 pixels, got {self.image_size}")
+        if not 1 <= self.min_objects <= self.max_objects <= 9:
+            raise ValueError(
+                f"need 1 <= min_objects <= max_objects <= 9 (one object per grid cell), "
+                f"got min_objects={self.min_objects}, max_objects={self.max_objects}"
+            )
+        if not 1 <= self.max_count <= min(self.max_objects, len(COLOURS)):
+            raise ValueError(
+                f"max_count must be in [1, min(max_objects, {len(COLOURS)})], got {self.max_count} "
+                f"with max_objects={self.max_objects}"
+            )
+        if self.turns < 1:
+            raise ValueError(f"turns must be >= 1, got {self.turns}")
+        bad = [t for t in self.types if t not in QUESTION_TYPES]
+        if bad or not self.types:
+            raise ValueError(f"types must be a non-empty subset of {QUESTION_TYPES}, got {self.types}")
+
+
+def answer_options(question_type: str, config: ShapesConfig) -> tuple[str, ...]:
+    """Every answer a question type can have under `config` (what balancing spreads over)."""
+    if question_type == "colour":
+        return tuple(COLOURS)
+    if question_type == "position":
+        return POSITIONS
+    if question_type == "presence":
+        return ("yes", "no")
+    return NUMBERS[: config.max_count + 1]
+
+
+def vocabulary() -> list[str]:
+    """All words the generator can write in questions and answers (no punctuation), sorted."""
+    words = {w for t in QUESTION_TEMPLATES.values() for w in t.replace("?", " ").split() if "{" not in w}
+    words |= set(SHAPES) | set(PLURALS.values()) | set(COLOURS) | set(ROWS) | set(COLUMNS)
+    words |= set(NUMBERS) | {"yes", "no"}
+    return sorted(words)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes: objects placed in distinct grid cells, (shape, colour) pairs distinct within a scene.
+# ---------------------------------------------------------------------------------------------
+
+
+def _fill_scene(rng: random.Random, fixed: list[tuple[str, str]], n: int, allowed_shapes, banned) -> list:
+    """Complete `fixed` (shape, colour) pairs to `n` distinct pairs drawn from `allowed_shapes`."""
+    pairs = list(fixed)
+    pool = [(s, c) for s in allowed_shapes for c in COLOURS if (s, c) not in banned and (s, c) not in pairs]
+    pairs += rng.sample(pool, n - len(pairs))
+    return pairs
+
+
+def _place(rng: random.Random, pairs: list, size: int, cells: list[int]) -> list[dict]:
+    """Give each (shape, colour) a grid cell and a jittered box fully inside that cell."""
+    cell = size / 3
+    objects = []
+    for (shape, colour), idx in zip(pairs, cells):
+        side = int(cell * rng.uniform(0.5, 0.8))
+        row, col = divmod(idx, 3)
+        x0 = int(col * cell) + rng.randint(1, max(1, int(cell) - side - 1))
+        y0 = int(row * cell) + rng.randint(1, max(1, int(cell) - side - 1))
+        bbox = [x0, y0, x0 + side, y0 + side]
+        objects.append({"shape": shape, "colour": colour, "position": POSITIONS[idx], "bbox": bbox})
+    return objects
+
+
+def _scene_for(rng: random.Random, qtype: str, answer: str, config: ShapesConfig) -> tuple[list, str]:
+    """Build a scene whose answer to a fresh `qtype` question is `answer`; returns (objects, question)."""
+    n = rng.randint(config.min_objects, config.max_objects)
+    shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+    others = [s for s in SHAPES if s != shape]
+    cells = rng.sample(range(9), n)
+    if qtype == "colour":  # the named shape is unique in the scene
+        pairs = _fill_scene(rng, [(shape, answer)], n, others, ())
+    elif qtype == "position":
+        pairs = _fill_scene(rng, [(shape, colour)], n, SHAPES, ())
+        target = POSITIONS.index(answer)  # the named object goes first, into the answer's cell
+        cells = [target] + rng.sample([c for c in range(9) if c != target], n - 1)
+    elif qtype == "presence":
+        fixed = [(shape, colour)] if answer == "yes" else []
+        pairs = _fill_scene(rng, fixed, n, SHAPES, {(shape, colour)})
+        rng.shuffle(pairs)
+    else:  # count: `k` objects of the named shape, the others of other shapes
+        k = NUMBERS.index(answer)
+        n = max(n, k)
+        cells = rng.sample(range(9), n)
+        fixed = [(shape, c) for c in rng.sample(list(COLOURS), k)]
+        pairs = _fill_scene(rng, fixed, n, others, ())
+        rng.shuffle(pairs)
+    question = QUESTION_TEMPLATES[qtype].format(shape=shape, colour=colour, plural=PLURALS[shape])
+    return _place(rng, pairs, config.image_size, cells), question
+
+
+def ask_about(rng: random.Random, objects: list[dict], qtype: str) -> dict:
+    """A `{"type", "question", "answer"}` turn about an existing scene (used for later turns).
+
+    A colour question needs a shape that occurs once; without one it becomes a position question.
+    """
+    shapes = [o["shape"] for o in objects]
+    unique = [o for o in objects if shapes.count(o["shape"]) == 1]
+    if qtype == "colour" and unique:
+        obj = rng.choice(unique)
+        question, answer = QUESTION_TEMPLATES["colour"].format(shape=obj["shape"]), obj["colour"]
+    elif qtype in ("colour", "position"):
+        qtype, obj = "position", rng.choice(objects)
+        question = QUESTION_TEMPLATES["position"].format(shape=obj["shape"], colour=obj["colour"])
+        answer = obj["position"]
+    elif qtype == "presence":
+        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+        present = any(o["shape"] == shape and o["colour"] == colour for o in objects)
+        question, answer = QUESTION_TEMPLATES["presence"].format(shape=shape, colour=colour), ("no", "yes")[present]
+    else:
+        shape = rng.choice(SHAPES)
+        question, answer = QUESTION_TEMPLATES["count"].format(plural=PLURALS[shape]), NUMBERS[shapes.count(shape)]
+    return {"type": qtype, "question": question, "answer": answer}
+
+
+def draw_scene(objects: list[dict], size: int, background=BACKGROUND) -> Image.Image:
+    """Render objects to an RGB image of `size` x `size` pixels."""
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        x0, y0, x1, y1 = obj["bbox"]
+        box, fill = (x0, y0, x1 - 1, y1 - 1), COLOURS[obj["colour"]]
+        if obj["shape"] == "circle":
+            draw.ellipse(box, fill=fill)
+        elif obj["shape"] == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(x0, y1 - 1), (x1 - 1, y1 - 1), ((x0 + x1 - 1) / 2, y0)], fill=fill)
+    return image
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits: balanced (type, answer) plan -> records + images.
+# ---------------------------------------------------------------------------------------------
+
+
+def balanced(rng: random.Random, options, n: int) -> list:
+    """`n` items covering `options` as evenly as possible (counts differ by at most 1), shuffled."""
+    options = list(options)
+    items = options * (n // len(options)) + rng.sample(options, n % len(options))
+    rng.shuffle(items)
+    return items
+
+
+def plan_split(rng: random.Random, n: int, config: ShapesConfig) -> list[tuple[str, str]]:
+    """(type, answer) per record: types balanced, and answers balanced within each type."""
+    types = balanced(rng, config.types, n)
+    answers = {t: iter(balanced(rng, answer_options(t, config), types.count(t))) for t in config.types}
+    return [(t, next(answers[t])) for t in types]
+
+
+def conversations_for(qa: list[dict]) -> list[dict]:
+    """LLaVA `conversations`: the image tag opens the first human turn, one gpt turn per question."""
+    turns = []
+    for i, turn in enumerate(qa):
+        prefix = IMAGE_TOKEN + "\n" if i == 0 else ""
+        turns.append({"from": "human", "value": prefix + turn["question"]})
+        turns.append({"from": "gpt", "value": turn["answer"]})
+    return turns
+
+
+def make_record(rng: random.Random, record_id: str, qtype: str, answer: str, config: ShapesConfig) -> dict:
+    """One record (without writing its image) whose first turn is a `qtype` question with `answer`."""
+    objects, question = _scene_for(rng, qtype, answer, config)
+    qa = [{"type": qtype, "question": question, "answer": answer}]
+    qa += [ask_about(rng, objects, rng.choice(config.types)) for _ in range(config.turns - 1)]
+    return {
+        "id": record_id,
+        "image": None,  # set by the caller, which knows the folder layout
+        "conversations": conversations_for(qa),
+        "type": qtype,
+        "answer": answer,
+        "qa": qa,
+        "objects": objects,
+    }
+
+
+def generate_split(split: str, n: int, config: ShapesConfig):
+    """Yield `(record, image)` for the `n` records of `split`; deterministic in (config, split)."""
+    rng = random.Random(f"{config.seed}:{split}")
+    for i, (qtype, answer) in enumerate(plan_split(rng, n, config)):
+        record = make_record(rng, f"{split}-{i:06d}", qtype, answer, config)
+        record["image"] = f"images/{split}/{record['id']}.png"
+        yield record, draw_scene(record["objects"], config.image_size)
+
+
+def write_split(out_dir: str | Path, split: str, n: int, config: ShapesConfig) -> Path:
+    """Write `out_dir/<split>.json` and its PNGs under `out_dir/images/<split>/`; returns the JSON path."""
+    out_dir = Path(out_dir)
+    (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+    records = []
+    for record, image in generate_split(split, n, config):
+        image.save(out_dir / record["image"])
+        records.append(record)
+    path = out_dir / f"{split}.json"
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    return path
+
+
+def make_shapes_dataset(out_dir: str | Path, sizes: dict[str, int], config: ShapesConfig | None = None) -> dict:
+    """Write every split in `sizes` (e.g. `{"train": 4000, "validation": 500, "test": 500}`) to `out_dir`.
+
+    The image folder to pass to the LLaVA loader is `out_dir` itself. Returns `{split: json_path}`.
+    """
+    config = config or ShapesConfig()
+    paths = {split: write_split(out_dir, split, n, config) for split, n in sizes.items()}
+    meta = {"config": {**config.__dict__, "types": list(config.types)}, "sizes": sizes}
+    (Path(out_dir) / "shapes_config.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return paths
