@@ -266,7 +266,7 @@ def write_split(out_dir: str | Path, split: str, n: int, config: ShapesConfig) -
     (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
     records = []
     for record, image in generate_split(split, n, config):
-        image.save(out_dir / record["image"])
+        image.save(out_dir / record["image"], compress_level=1)  # ~2x faster than the default level
         records.append(record)
     path = out_dir / f"{split}.json"
     path.write_text(json.dumps(records, indent=1) + "\n")

@@ -1,0 +1,141 @@
+"""LLaVA instruction records: reading, normalising, checking.
+
+A record in the LLaVA-1.5 format is `{"id", "image"?, "conversations": [{"from": "human"|"gpt",
+"value": str}, ...]}`; `"image"` is a path relative to the image folder, a list of paths, or absent
+(text-only). The human turns mark where each image goes with `<image>`.
+
+Real LLaVA files mix integer and string ids (so `datasets.load_dataset("json")` cannot infer one Arrow
+schema for them), so records are read with the `json` module and normalised to one fixed schema
+before `datasets` sees them: `{"id": str, "images": list[str], "conversations": list[{from, value}]}`.
+
+Bad records are never raised on: `check_record` names the reason, and `LoadStats` counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TAG = "<image>"
+ROLES = ("human", "gpt")
+# Why a record was left out. "no_image" is not an error: text-only entries are dropped on purpose.
+SKIP_REASONS = (
+    "malformed",
+    "empty_conversation",
+    "bad_roles",
+    "no_image",
+    "no_image_tag",
+    "image_tag_mismatch",
+    "missing_image_file",
+    "unreadable_image",
+    "too_long",
+)
+
+
+@dataclass
+class LoadStats:
+    """Counts of kept and skipped records. For a streaming dataset they grow as it is iterated.
+
+    Only the first `max_warnings` records of each reason are logged at WARNING (later ones at DEBUG),
+    so that a long run over a dirty file does not drown its log.
+    """
+
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    max_warnings: int = 10
+
+    def skip(self, reason: str, record_id: str) -> None:
+        """Count a left-out record and log why."""
+        self.skipped[reason] += 1
+        level = logging.DEBUG if reason == "no_image" or self.skipped[reason] > self.max_warnings else logging.WARNING
+        logger.log(level, "skipping record %s: %s", record_id, reason)
+
+    @property
+    def total(self) -> int:
+        return self.kept + sum(self.skipped.values())
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items()))
+        return f"kept {self.kept} of {self.total} records" + (f" (skipped: {reasons})" if reasons else "")
+
+
+def read_records(json_path: str | Path):
+    """Yield the raw records of a `.json` file (one JSON list) or a `.jsonl` file (one per line)."""
+    path = Path(json_path)
+    if path.suffix == ".jsonl":
+        with path.open() as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+    else:
+        with path.open() as f:
+            records = json.load(f)
+        if not isinstance(records, list):
+            raise ValueError(f"{path} must hold a JSON list of records, got {type(records).__name__}")
+        yield from records
+
+
+def normalize_record(raw, index: int) -> dict | None:
+    """`{"id": str, "images": list[str], "conversations": list[{"from", "value"}]}`, or None if `raw`
+    does not even have that shape (its turns are checked later, by `check_record`)."""
+    if not isinstance(raw, dict):
+        return None
+    image, turns = raw.get("image"), raw.get("conversations") or []
+    images = [] if image is None else [image] if isinstance(image, str) else image
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+        return None
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
+        return None
+    conversations = [{"from": str(t.get("from")), "value": t["value"]} for t in turns]
+    return {"id": str(raw.get("id", index)), "images": images, "conversations": conversations}
+
+
+def _roles_alternate(conversations: list[dict]) -> bool:
+    """human, gpt, human, gpt, ... ending on a gpt turn."""
+    roles = [t["from"] for t in conversations]
+    return len(roles) % 2 == 0 and all(role == ROLES[i % 2] for i, role in enumerate(roles))
+
+
+def _tag_problem(record: dict) -> str | None:
+    """The reason the `<image>` tags do not match the images, if they do not."""
+    turns = record["conversations"]
+    if any(IMAGE_TAG in t["value"] for t in turns if t["from"] == "gpt"):
+        return "image_tag_mismatch"
+    n_tags = sum(t["value"].count(IMAGE_TAG) for t in turns)
+    if record["images"] and n_tags == 0:
+        return "no_image_tag"
+    return "image_tag_mismatch" if n_tags != len(record["images"]) else None
+
+
+def _file_problem(paths: list[str], verify: bool) -> str | None:
+    """The reason an image file cannot be used, if one cannot. `verify` reads each file's header."""
+    for path in paths:
+        if not os.path.isfile(path):
+            return "missing_image_file"
+        if verify:
+            try:
+                with Image.open(path):
+                    pass
+            except (OSError, ValueError):
+                return "unreadable_image"
+    return None
+
+
+def check_record(record: dict, image_folder: str | Path, *, verify_images: bool = True) -> str | None:
+    """The reason to leave a normalised record out (one of `SKIP_REASONS`), or None to keep it."""
+    if not record["conversations"]:
+        return "empty_conversation"
+    if not _roles_alternate(record["conversations"]):
+        return "bad_roles"
+    if not record["images"]:
+        return _tag_problem(record) or "no_image"
+    paths = [os.path.join(image_folder, p) for p in record["images"]]
+    return _tag_problem(record) or _file_problem(paths, verify_images)
