@@ -30,6 +30,8 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
         output = masked_softmax_attention(module, query, key, value, allowed, state.keep, state.query_order, scaling)
     else:
         output = delegate(state.base_attention, module, query, key, value, allowed, scaling, dropout)
+    if state.prefill and layer in state.attention_layers:
+        state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
     if state.plphp is not None and state.prefill and state.cache is not None and layer >= state.plphp.start_layer:
         scores = last_query_scores(module, query, key, allowed, scaling)
         keep, stats = plphp_keep(scores, state.books[layer], state.plphp)

@@ -57,6 +57,9 @@ class PruningState:
         self.query_order = self.rows.order[:, 0]
         self.keep_fractions: list[torch.Tensor] = []
         self.decisions: list[torch.Tensor] = []  # training: accumulated keep [B, N] after each stage
+        # Pruners that rank by attention (FastV) name the layers whose last-query row they read.
+        self.attention_layers = set(getattr(pruner, "attention_layers", ())) if pruner is not None else set()
+        self.last_query: dict[int, torch.Tensor] = {}
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
         self._mask_for = None  # (book, query_order, mask) of the last mask built
 
@@ -115,7 +118,11 @@ class PruningState:
         """γ [B, V, 2] of the rows `queries` [B, L] bool, and where they sit (a `_Slots`)."""
         slots = _Slots(*(t[:, 0] for t in compact(queries[:, None])))
         text = _Slots(*(t[:, 0] for t in compact(self.text_key[:, None])))
-        gamma = self.pruner(stage, gather_rows(hidden, slots.index), gather_rows(hidden, text.index), text.real)
+        extra = {}
+        layer = self.pruner.config.after_layers[stage] - 1
+        if layer in self.last_query:  # the stage layer's last-query attention, mean over heads: [B, V]
+            extra["attention"] = gather_rows(self.last_query[layer].mean(1), slots.index)
+        gamma = self.pruner(stage, gather_rows(hidden, slots.index), gather_rows(hidden, text.index), text.real, **extra)
         return gamma, slots
 
     def _fraction(self, keep, vision):

@@ -1,0 +1,66 @@
+"""The methods the benchmark compares, each a way of attaching (or not) lvprune to the same base model.
+
+| method                 | what prunes                                                                  |
+| ---------------------- | ---------------------------------------------------------------------------- |
+| `unpruned`             | nothing: the stock model, no hooks                                           |
+| `random`               | random vision tokens at LVPruning's stages and ratios `[0.5, 0.3, 0.1]`       |
+| `fastv`                | FastV after layer K, keeping as many tokens as LVPruning ρ=0.5's last stage |
+| `plphp`                | PLPHP alone (KV cache only)                                                  |
+| `lvpruning-ρ`          | the trained pruner at ratios `[ρ, ρ−0.2, ρ−0.4]`, ρ ∈ {0.6, 0.5, 0.45}         |
+| `lvpruning-0.5+plphp`  | both                                                                         |
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from ..baselines import FastVPruner, RandomPruner
+from ..inference import Pruning
+from ..plphp import PLPHPConfig
+
+METHOD_NAMES = ("unpruned", "random", "fastv", "plphp", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45",
+                "lvpruning-0.5+plphp")
+RHOS = (0.6, 0.5, 0.45)
+REFERENCE_RHO = 0.5  # random and FastV are matched to LVPruning at this ρ
+
+
+def schedule(rho: float) -> list[float]:
+    """The paper's inference ratios `[ρ, ρ−0.2, ρ−0.4]` (rounded, so 0.5 − 0.4 is exactly 0.1)."""
+    return [round(rho - step, 6) for step in (0.0, 0.2, 0.4)]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way of pruning: a pruner (or None) with its ratios, and/or a PLPHP config."""
+
+    name: str
+    pruner: object | None = None
+    keep_ratios: tuple[float, ...] | None = None
+    plphp: PLPHPConfig | None = None
+
+    @property
+    def stock(self) -> bool:
+        return self.pruner is None and self.plphp is None
+
+    def applied(self, model):
+        """Context manager pruning `model` this way (the stock model, untouched, for `unpruned`)."""
+        if self.stock:
+            return contextlib.nullcontext(model)
+        return Pruning(model, self.pruner, keep_ratios=self.keep_ratios, plphp=self.plphp)
+
+
+def build_methods(model, pruner, *, plphp: PLPHPConfig | None = None, fastv_layer: int = 2,
+                  seed: int = 0) -> list[Method]:
+    """The benchmark's methods, in `METHOD_NAMES` order, for `model` and a trained LVPruning `pruner`."""
+    plphp = plphp or PLPHPConfig()
+    reference = schedule(REFERENCE_RHO)
+    methods = [
+        Method("unpruned"),
+        Method("random", RandomPruner.like(pruner, keep_ratios=reference, seed=seed)),
+        Method("fastv", FastVPruner(model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
+        Method("plphp", plphp=plphp),
+    ]
+    methods += [Method(f"lvpruning-{rho:g}", pruner, tuple(schedule(rho))) for rho in RHOS]
+    methods.append(Method(f"lvpruning-{REFERENCE_RHO:g}+plphp", pruner, tuple(reference), plphp))
+    return methods
