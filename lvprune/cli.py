@@ -2,6 +2,7 @@
 
     lvprune flops MODEL_DIR --text-tokens 30 --images 1 --keep-ratios 0.5 0.3 0.1 \
         [--after-layers 1 8 16] [--plphp R DR] [--plphp-start-layer 2] [--dtype-bytes 2]
+    lvprune bench [--quick] --out DIR [--base DIR] [--pruner DIR]
 
 Each subcommand is registered by one ``_add_<name>_command(subparsers)`` function that builds its
 parser and sets ``func``, the function that runs it and returns the exit code.
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvprune", description="Vision-token pruning for LLaVA models.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_flops_command(subparsers)
+    _add_bench_command(subparsers)
     return parser
 
 
@@ -35,6 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ValueError as err:  # bad input found past parsing: report it the way argparse does
         args.command_parser.error(str(err))
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def _add_bench_command(subparsers) -> None:
+    from lvprune.bench.cli import add_bench_parser  # argparse only: the harness imports lazily
+
+    add_bench_parser(subparsers)
 
 
 # ----------------------------------------------------------------------------- flops
