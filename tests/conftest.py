@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random LLaVA models built from config (no download), made once per session."""
 
+import socket
+
 import pytest
 import torch
 
@@ -38,3 +40,10 @@ def mixed_batch(base):
 def assert_close(actual, expected, atol, what=""):
     diff = (actual - expected).abs().max().item()
     assert diff <= atol, f"{what} max |Δ| = {diff:.3g} > {atol}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,7 @@
 import torch
 
 from lvprune.calibration import suggest_thresholds, vision_attention_profile
-from lvprune.testing import make_batch, tiny_llava
+from lvprune.testing import tiny_llava
 
 from conftest import assert_close
 

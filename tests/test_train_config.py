@@ -26,15 +26,6 @@ from lvprune.testing import tiny_llava  # noqa: E402
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run many times faster on one thread than on two sharing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # =============================================================================== configuration
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,27 +37,13 @@ sys.path.insert(0, str(ROOT / "train"))  # the script's sibling modules
 from assets import materialise_shapes, materialise_tiny_base  # noqa: E402
 
 from lvprune import LVPrunerConfig, LVPrunerModel, load_pruned_model  # noqa: E402
+from conftest import free_port
 
 REPO_ID = "lvprune-test/tiny-pruner"
 NUM_SAMPLES = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run many times faster on one thread than on two sharing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # =============================================================================== helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_digest(folder: Path) -> str:

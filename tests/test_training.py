@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
 from lvprune.testing import make_batch
