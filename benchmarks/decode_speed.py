@@ -39,15 +39,27 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
+def decode_loop(model, batch, new_tokens):
+    """Greedy decoding by hand from a fresh prefill; returns seconds per decode step (prefill excluded)."""
+    out = model(**batch, use_cache=True)
+    cache, mask = out.past_key_values, batch["attention_mask"]
+    token = out.logits[:, -1:].argmax(-1)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+    return (time.perf_counter() - start) / new_tokens
+
+
 @torch.no_grad()
 def measure(model, batch, new_tokens, repeats):
-    """Prefill seconds, decode seconds per token (generate minus prefill), KV bytes after prefill."""
+    """Prefill seconds, decode seconds per token, KV bytes after prefill (medians over `repeats`)."""
     prefill = timed(lambda: model(**batch, use_cache=True), repeats)
     cache = model(**batch, use_cache=True).past_key_values
     kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None, min_new_tokens=new_tokens)
-    total = timed(lambda: model.generate(**batch, max_new_tokens=new_tokens, **kwargs), repeats)
-    return prefill, (total - prefill) / (new_tokens - 1), kv
+    decode = statistics.median(decode_loop(model, batch, new_tokens) for _ in range(repeats))
+    return prefill, decode, kv
 
 
 def main(argv=None):
