@@ -57,6 +57,9 @@ class LVPruningForTraining(nn.Module):
     def __init__(self, base_model: nn.Module, pruner: LVPrunerModel):
         super().__init__()
         pruner.config.check_base(base_model.config)
+        if getattr(base_model, "is_activation_checkpointing", False):
+            # Recomputing a stage layer in the backward pass would draw its decisions a second time.
+            raise ValueError("LVPruningForTraining does not support activation (gradient) checkpointing of the base.")
         self.base_model, self.pruner = base_model, pruner
         self.base_model.requires_grad_(False)
         self.num_layers = len(decoder_layers(base_model))

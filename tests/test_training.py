@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
-from lvprune.testing import make_batch
+from lvprune.testing import make_batch, tiny_llava
 
 from conftest import assert_close
 
@@ -176,3 +176,10 @@ def test_mixed_batch_equals_each_sample_alone(trainer, base, padding_side):
         assert_close(out.logits[b, valid], single.logits[0], 1e-4, f"sample {b} logits")
         for decision, single_decision in zip(out.decisions, single.decisions):
             assert torch.equal(decision[b, valid], single_decision[0])
+
+
+def test_activation_checkpointing_is_refused(pruner):
+    base = tiny_llava(seed=0)
+    base.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="checkpointing"):
+        LVPruningForTraining(base, pruner)
