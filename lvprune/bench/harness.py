@@ -9,7 +9,6 @@ methods take turns run by run, so a change in machine load hits them all alike).
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from ..reference import load_reference, reference_base
 from . import profile
 from .answers import answer_questions
 from .methods import build_methods
-from .metrics import accuracy_by_type
 from .plots import plot_accuracy_vs_flops, plot_kept_patches
 from .pruner_training import PrunerTrainingConfig, bench_pruner
 from .questions import load_questions, question_image, single_prompt
