@@ -135,8 +135,8 @@ def load_pruned_model(base, pruner=None, *, keep_ratios=None, plphp: PLPHPConfig
         pruner: a path, a Hub id, an `LVPrunerModel`, or None (no LVPruning).
         keep_ratios: inference ratios for the pruner's stages (default: its training ratios).
         plphp: a `PLPHPConfig`, or None.
-        **kwargs: passed to `from_pretrained` of the base (and `torch_dtype`/`dtype`, `device_map` to the pruner's
-            placement: the pruner follows the base's dtype and device).
+        **kwargs: passed to `from_pretrained` of the base (`dtype`, `device_map`, ...); the pruner follows the
+            base's dtype and device.
     """
     from transformers import LlavaForConditionalGeneration
 
