@@ -13,6 +13,7 @@ a from-scratch model past the "answer from the question alone" plateau within a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -45,6 +46,7 @@ class ReferenceConfig:
 
     image_size: int = 96
     patch_size: int = 6
+    object_size: tuple[float, float] = (0.5, 0.8)
     vision_hidden_size: int = 64
     vision_layers: int = 2
     vision_heads: int = 2
@@ -94,9 +96,9 @@ def make_reference_data(data_dir: str | Path, config: ReferenceConfig):
     """
     data_dir = Path(data_dir)
     processor = build_processor(image_size=config.image_size, patch_size=config.patch_size)
-    shapes = ShapesConfig(image_size=config.image_size, seed=config.seed)
+    shapes = ShapesConfig(image_size=config.image_size, object_size=config.object_size, seed=config.seed)
     train = make_shapes_dataset(data_dir / "train", {"train": config.train_records},
-                                ShapesConfig(image_size=config.image_size, turns=config.turns, seed=config.seed))
+                                dataclasses.replace(shapes, turns=config.turns))
     test = make_shapes_dataset(data_dir / "test", {"test": config.test_records}, shapes)
     return processor, {"train": (train["train"], data_dir / "train"), "test": (test["test"], data_dir / "test")}
 

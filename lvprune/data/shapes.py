@@ -1,14 +1,19 @@
 """Synthetic shapes VQA in the LLaVA-1.5 instruction format.
 
 Each image shows a few coloured shapes (circle, square, triangle), one per cell of a 3x3 grid, on a
-plain background. Each record asks about one object named in the question:
+plain background. Each record asks about one object (or one kind of object) named in the question, by
+its place or by its colour:
 
-| type       | question                       | answers                                  |
-| ---------- | ------------------------------ | ---------------------------------------- |
-| `colour`   | What colour is the triangle?   | one of 6 colours                         |
-| `position` | Where is the red circle?       | `top left` ... `bottom right` (9 cells)  |
-| `presence` | Is there a blue square?        | `yes` / `no` (POPE style)                |
-| `count`    | How many circles are there?    | `zero` ... `four`                        |
+| type       | question                                  | answers                                  |
+| ---------- | ----------------------------------------- | ---------------------------------------- |
+| `colour`   | What colour is the object in the top left? | one of 6 colours                        |
+| `position` | Where is the red object?                  | `top left` ... `bottom right` (9 cells)  |
+| `presence` | Is there a blue object?                   | `yes` / `no` (POPE style)                |
+| `count`    | How many green objects are there?         | `zero` ... `four`                        |
+
+Objects are named by colour and place, not by shape: colour and place are read from single patches,
+while telling a circle from a square needs a patch's neighbours, which a vision tower trained from
+scratch on CPU learns far more slowly. The shapes stay in the scene as visual variety.
 
 The answer of every record is drawn first, balanced within each split and type, and the scene is then
 built to match it, so the question alone does not predict the answer: the task needs the image.
@@ -16,10 +21,10 @@ built to match it, so the question alone does not predict the answer: the task n
 A record (one per image) looks like::
 
     {"id": "train-000000", "image": "images/train/train-000000.png",
-     "conversations": [{"from": "human", "value": "<image>\\nWhat colour is the triangle?"},
-                       {"from": "gpt", "value": "red"}],
-     "type": "colour", "answer": "red",
-     "qa": [{"type": "colour", "question": "What colour is the triangle?", "answer": "red"}],
+     "conversations": [{"from": "human", "value": "<image>\\nWhere is the red object?"},
+                       {"from": "gpt", "value": "top left"}],
+     "type": "position", "answer": "top left",
+     "qa": [{"type": "position", "question": "Where is the red object?", "answer": "top left"}],
      "objects": [{"shape": "triangle", "colour": "red", "position": "top left", "bbox": [x0, y0, x1, y1]}]}
 
 `type`/`answer` describe the first (balanced) turn; `qa` lists every turn when `turns > 1`. Boxes are
@@ -51,10 +56,10 @@ POSITIONS = tuple(f"{row} {col}" for row in ROWS for col in COLUMNS)
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION_TYPES = ("colour", "position", "presence", "count")
 QUESTION_TEMPLATES = {
-    "colour": "What colour is the {shape}?",
-    "position": "Where is the {colour} {shape}?",
-    "presence": "Is there a {colour} {shape}?",
-    "count": "How many {plural} are there?",
+    "colour": "What colour is the object in the {position}?",
+    "position": "Where is the {colour} object?",
+    "presence": "Is there a {colour} object?",
+    "count": "How many {colour} objects are there?",
 }
 IMAGE_TOKEN = "<image>"
 BACKGROUND = (235, 235, 235)
@@ -70,6 +75,7 @@ class ShapesConfig:
     max_count: int = 4
     turns: int = 1
     types: tuple[str, ...] = QUESTION_TYPES
+    object_size: tuple[float, float] = (0.5, 0.8)
     seed: int = 0
 
     def __post_init__(self):
@@ -85,6 +91,10 @@ class ShapesConfig:
                 f"max_count must be in [1, min(max_objects, {len(COLOURS)})], got {self.max_count} "
                 f"with max_objects={self.max_objects}"
             )
+        low, high = self.object_size
+        if not 0 < low <= high <= 0.9:
+            raise ValueError(f"object_size must be (low, high) with 0 < low <= high <= 0.9 of a grid cell, "
+                             f"got {self.object_size}")
         if self.turns < 1:
             raise ValueError(f"turns must be >= 1, got {self.turns}")
         bad = [t for t in self.types if t not in QUESTION_TYPES]
@@ -112,80 +122,66 @@ def vocabulary() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scenes: objects placed in distinct grid cells, (shape, colour) pairs distinct within a scene.
+# Scenes: objects placed in distinct grid cells; a named colour occurs exactly as the answer needs.
 # ---------------------------------------------------------------------------------------------
 
 
-def _fill_scene(rng: random.Random, fixed: list[tuple[str, str]], n: int, allowed_shapes, banned) -> list:
-    """Complete `fixed` (shape, colour) pairs to `n` distinct pairs drawn from `allowed_shapes`."""
-    pairs = list(fixed)
-    pool = [(s, c) for s in allowed_shapes for c in COLOURS if (s, c) not in banned and (s, c) not in pairs]
-    pairs += rng.sample(pool, n - len(pairs))
-    return pairs
-
-
-def _place(rng: random.Random, pairs: list, size: int, cells: list[int]) -> list[dict]:
-    """Give each (shape, colour) a grid cell and a jittered box fully inside that cell."""
+def _place(rng: random.Random, colours: list[str], size: int, cells: list[int], object_size) -> list[dict]:
+    """Give each colour a random shape, a grid cell and a jittered box fully inside that cell."""
     cell = size / 3
     objects = []
-    for (shape, colour), idx in zip(pairs, cells):
-        side = int(cell * rng.uniform(0.5, 0.8))
+    for colour, idx in zip(colours, cells):
+        side = max(4, int(cell * rng.uniform(*object_size)))
         row, col = divmod(idx, 3)
         x0 = int(col * cell) + rng.randint(1, max(1, int(cell) - side - 1))
         y0 = int(row * cell) + rng.randint(1, max(1, int(cell) - side - 1))
         bbox = [x0, y0, x0 + side, y0 + side]
-        objects.append({"shape": shape, "colour": colour, "position": POSITIONS[idx], "bbox": bbox})
+        objects.append({"shape": rng.choice(SHAPES), "colour": colour, "position": POSITIONS[idx], "bbox": bbox})
     return objects
 
 
 def _scene_for(rng: random.Random, qtype: str, answer: str, config: ShapesConfig) -> tuple[list, str]:
-    """Build a scene whose answer to a fresh `qtype` question is `answer`; returns (objects, question)."""
+    """Build a scene whose answer to a fresh `qtype` question is `answer`; returns (objects, question).
+
+    The named colour occurs `k` times (1 for colour/position questions, 0/1 for presence, the answer for
+    count) and every other object has its own colour, distinct from the rest.
+    """
     n = rng.randint(config.min_objects, config.max_objects)
-    shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
-    others = [s for s in SHAPES if s != shape]
-    cells = rng.sample(range(9), n)
-    if qtype == "colour":  # the named shape is unique in the scene
-        pairs = _fill_scene(rng, [(shape, answer)], n, others, ())
-    elif qtype == "position":
-        pairs = _fill_scene(rng, [(shape, colour)], n, SHAPES, ())
-        target = POSITIONS.index(answer)  # the named object goes first, into the answer's cell
-        cells = [target] + rng.sample([c for c in range(9) if c != target], n - 1)
-    elif qtype == "presence":
-        fixed = [(shape, colour)] if answer == "yes" else []
-        pairs = _fill_scene(rng, fixed, n, SHAPES, {(shape, colour)})
-        rng.shuffle(pairs)
-    else:  # count: `k` objects of the named shape, the others of other shapes
-        k = NUMBERS.index(answer)
-        n = max(n, k)
-        cells = rng.sample(range(9), n)
-        fixed = [(shape, c) for c in rng.sample(list(COLOURS), k)]
-        pairs = _fill_scene(rng, fixed, n, others, ())
-        rng.shuffle(pairs)
-    question = QUESTION_TEMPLATES[qtype].format(shape=shape, colour=colour, plural=PLURALS[shape])
-    return _place(rng, pairs, config.image_size, cells), question
+    named = answer if qtype == "colour" else rng.choice(list(COLOURS))
+    k = {"colour": 1, "position": 1, "presence": int(answer == "yes")}.get(qtype)
+    k = NUMBERS.index(answer) if k is None else k
+    n = max(n, k)
+    others = rng.sample([c for c in COLOURS if c != named], min(n - k, len(COLOURS) - 1))
+    colours = [named] * k + others
+    cells = rng.sample(range(9), len(colours))
+    if qtype == "position":  # the named object goes into the answer's cell
+        target = POSITIONS.index(answer)
+        cells = [target] + rng.sample([c for c in range(9) if c != target], len(colours) - 1)
+    objects = _place(rng, colours, config.image_size, cells, config.object_size)
+    position = objects[0]["position"]  # a colour question asks about the object of the answer's colour
+    rng.shuffle(objects)
+    question = QUESTION_TEMPLATES[qtype].format(colour=named, position=position)
+    return objects, question
 
 
 def ask_about(rng: random.Random, objects: list[dict], qtype: str) -> dict:
     """A `{"type", "question", "answer"}` turn about an existing scene (used for later turns).
 
-    A colour question needs a shape that occurs once; without one it becomes a position question.
+    A position question needs a colour that occurs once; without one it becomes a colour question.
     """
-    shapes = [o["shape"] for o in objects]
-    unique = [o for o in objects if shapes.count(o["shape"]) == 1]
-    if qtype == "colour" and unique:
+    colours = [o["colour"] for o in objects]
+    unique = [o for o in objects if colours.count(o["colour"]) == 1]
+    if qtype == "position" and unique:
         obj = rng.choice(unique)
-        question, answer = QUESTION_TEMPLATES["colour"].format(shape=obj["shape"]), obj["colour"]
+        question, answer = QUESTION_TEMPLATES["position"].format(colour=obj["colour"]), obj["position"]
     elif qtype in ("colour", "position"):
-        qtype, obj = "position", rng.choice(objects)
-        question = QUESTION_TEMPLATES["position"].format(shape=obj["shape"], colour=obj["colour"])
-        answer = obj["position"]
-    elif qtype == "presence":
-        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
-        present = any(o["shape"] == shape and o["colour"] == colour for o in objects)
-        question, answer = QUESTION_TEMPLATES["presence"].format(shape=shape, colour=colour), ("no", "yes")[present]
+        qtype, obj = "colour", rng.choice(objects)
+        question, answer = QUESTION_TEMPLATES["colour"].format(position=obj["position"]), obj["colour"]
     else:
-        shape = rng.choice(SHAPES)
-        question, answer = QUESTION_TEMPLATES["count"].format(plural=PLURALS[shape]), NUMBERS[shapes.count(shape)]
+        colour = rng.choice(list(COLOURS))
+        question = QUESTION_TEMPLATES[qtype].format(colour=colour)
+        count = colours.count(colour)
+        answer = ("no", "yes")[count > 0] if qtype == "presence" else NUMBERS[count]
     return {"type": qtype, "question": question, "answer": answer}
 
 
