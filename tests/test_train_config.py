@@ -79,8 +79,10 @@ def test_shipped_yaml_opens_with_its_command(path):
         parse_config(["--config", str(path)])  # valid training config
 
 
-def test_tiny_cpu_is_the_default_run():
-    assert parse_config([]) == parse_config(["--config", str(ROOT / "configs/tiny-cpu.yaml")])
+def test_default_run_prunes_the_reference_base_and_benchmarks_it():
+    config = parse_config([])
+    assert (config.base_model, config.data_path, config.evaluate) == ("reference", "synthetic-shapes", "full")
+    assert TrainConfig().base_model == "tiny-random"  # the dataclass defaults stay the seconds-long tiny run
 
 
 def test_paper_recipe():

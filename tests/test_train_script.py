@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "train"))  # the script's sibling modules
 from assets import materialise_shapes, materialise_tiny_base  # noqa: E402
 
 from lvprune import LVPrunerConfig, LVPrunerModel, load_pruned_model  # noqa: E402
+from lvprune.bench.methods import METHOD_NAMES  # noqa: E402
 from conftest import free_port
 
 REPO_ID = "lvprune-test/tiny-pruner"
@@ -107,7 +108,7 @@ def reference(assets, hub, tmp_path_factory):
     # CI runs offline (HF_HUB_OFFLINE=1); the fake Hub is local, so this run may use the network stack.
     env = {"HF_TOKEN": "test-token", "HF_HUB_OFFLINE": "0"}
     summary = launch(assets, out, "--gradient_accumulation_steps", 2, "--push_to_hub", REPO_ID,
-                     "--hub_endpoint", hub.url, env=env)
+                     "--hub_endpoint", hub.url, "--evaluate", "quick", env=env)
     return out, summary
 
 
@@ -249,3 +250,15 @@ def test_ddp_matches_single_process(ddp, reference):
 
 def test_base_weights_are_untouched(assets, reference, stopped, resumed, ddp):
     assert tree_digest(assets["base"]) == assets["base_digest"]
+
+
+def test_evaluation_benchmarks_the_exported_pruner(reference):
+    out, summary = reference
+    rows = json.loads((out / "bench" / "results.json").read_text())
+    assert [r["method"] for r in rows] == list(METHOD_NAMES)
+    by_name = {r["method"]: r for r in rows}
+    # the exported pruner prunes: LVPruning's prefill costs less than the unpruned model's, and the stricter
+    # schedule less than the looser one
+    assert by_name["lvpruning-0.45"]["prefill_tflops"] < by_name["lvpruning-0.6"]["prefill_tflops"]
+    assert by_name["lvpruning-0.5"]["prefill_tflops"] < by_name["unpruned"]["prefill_tflops"]
+    assert "| lvpruning-0.5 |" in summary["stdout"]  # the table is printed

@@ -34,7 +34,8 @@ from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, checkpo
 from lvprune.data.llava_format import load_llava_dataset
 from lvprune.data.processor import CHAT_TEMPLATE
 from lvprune.hub import push_folder, write_model_card
-from train_config import SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
+from lvprune.reference import reference_base
+from train_config import REFERENCE, SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
 from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from train_metrics import Resources, TrainMetrics
 
@@ -61,9 +62,10 @@ def make_accelerator(config) -> Accelerator:
 def load_base(config, accelerator):
     """(name, frozen LLaVA, processor); `tiny-random` is materialised first (once, by the main process)."""
     name = config.base_model
-    if name == TINY_RANDOM:
+    if name in (TINY_RANDOM, REFERENCE):
         with accelerator.main_process_first():
-            name = str(materialise_tiny_base(config.assets_dir))
+            name = str(materialise_tiny_base(config.assets_dir) if name == TINY_RANDOM
+                       else reference_base(Path(config.assets_dir) / "reference-base"))
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     base = LlavaForConditionalGeneration.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
     processor = AutoProcessor.from_pretrained(name)
@@ -157,6 +159,18 @@ def export(accelerator, config, model, lora, data_name: str, summary: dict) -> P
             accelerator.print(f"pushed {final} -> {url}")
     accelerator.wait_for_everyone()
     return final
+
+
+def benchmark(accelerator, config, base_name: str, final: Path) -> None:
+    """Run `lvprune bench` on the base and the exported pruner (main process) and print its table."""
+    if accelerator.is_main_process:
+        from lvprune.bench.harness import BenchConfig, run
+
+        out = Path(config.output_dir) / "bench"
+        run(BenchConfig(out=out, base=Path(base_name), pruner=final, quick=config.evaluate == "quick",
+                        cache_dir=Path(config.assets_dir)))
+        accelerator.print((out / "results.md").read_text())
+    accelerator.wait_for_everyone()
 
 
 def report(accelerator, output_dir: Path, summary: dict) -> None:
@@ -259,6 +273,8 @@ def main(argv=None) -> dict:
     if stop == total_steps:
         final = export(accelerator, config, unwrapped, lora, data_name, summary)
         accelerator.print(f"exported the pruner to {final}")
+        if config.evaluate != "none":
+            benchmark(accelerator, config, base_name, final)
     accelerator.end_training()
     report(accelerator, output_dir, summary)
     return summary

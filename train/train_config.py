@@ -24,9 +24,11 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 TINY_RANDOM = "tiny-random"
+REFERENCE = "reference"
 SYNTHETIC_SHAPES = "synthetic-shapes"
 PRECISIONS = ("fp32", "bf16")
 PADDING_SIDES = ("left", "right")
+EVALUATIONS = ("none", "quick", "full")
 
 
 def doc(default, help: str):
@@ -42,7 +44,9 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- base model and pruner
     base_model: str = doc(TINY_RANDOM, "base LLaVA: a folder or a Hub id (`from_pretrained`); `tiny-random` "
-                          "materialises a tiny random LLaVA with its processor under `assets_dir` on first use")
+                          "materialises a tiny random LLaVA with its processor under `assets_dir` on first use; `reference` "
+                          "the project's reference base (trained from scratch on the shapes set on first use, "
+                          "cached under `assets_dir`)")
     keep_ratios: list[float] = doc([0.5, 0.3, 0.1], "training keep ratio of each stage (paper: [0.5, 0.3, 0.1])")
     after_layers: list[int] | None = doc(None, "1-based decoder layers after which the stages run; null: the "
                                          "paper's (1, 8, 16) of 32 layers scaled to the base's depth")
@@ -95,6 +99,8 @@ class TrainConfig:
     push_to_hub: str | None = doc(None, "Hub repository id to upload the final pruner to")
     hub_endpoint: str | None = doc(None, "Hub URL (null: huggingface.co or $HF_ENDPOINT)")
     hub_private: bool = doc(False, "create the Hub repository as private")
+    evaluate: str = doc("none", "after the export, benchmark the base and the new pruner against the other "
+                        "methods (`lvprune bench`): none, quick (a smoke test) or full; writes output_dir/bench")
 
     def __post_init__(self):
         self.check()
@@ -104,6 +110,7 @@ class TrainConfig:
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("padding_side", self.padding_side, PADDING_SIDES)
         _one_of("ratio_loss", self.ratio_loss, ("mse", "huber"))
+        _one_of("evaluate", self.evaluate, EVALUATIONS)
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "learning_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
