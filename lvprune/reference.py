@@ -54,6 +54,7 @@ class ReferenceConfig:
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 4
+    rope_theta: float = 10000.0
     train_records: int = 5000
     test_records: int = 500
     turns: int = 8
@@ -155,7 +156,7 @@ def reference_llava_config(config: ReferenceConfig, tokenizer) -> LlavaConfig:
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=2 * config.hidden_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads, max_position_embeddings=2048,
+        num_key_value_heads=config.num_kv_heads, max_position_embeddings=2048, rope_theta=config.rope_theta,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     vision = CLIPVisionConfig(

@@ -35,11 +35,11 @@ def answer_from_objects(question: str, objects: list[dict]) -> str:
     words = question.rstrip("?").split()
     colours = [o["colour"] for o in objects]
     if question.startswith("What colour is the object in the"):
-        (match,) = [o for o in objects if o["position"] == " ".join(words[-2:])]
+        (match,) = [o for o in objects if o["position"] == words[-1]]
         return match["colour"]
     if question.startswith("Where is the"):
         (match,) = [o for o in objects if o["colour"] == words[3]]
-        return match["position"]
+        return "in the " + match["position"]
     if question.startswith("Is there a"):
         return "yes" if words[3] in colours else "no"
     assert question.startswith("How many") and words[3] == "objects"

@@ -6,11 +6,12 @@ its place or by its colour:
 
 | type       | question                                  | answers                                  |
 | ---------- | ----------------------------------------- | ---------------------------------------- |
-| `colour`   | What colour is the object in the top left? | one of 6 colours                        |
-| `position` | Where is the red object?                  | `top left` ... `bottom right` (9 cells)  |
+| `colour`   | What colour is the object in the northwest? | one of 6 colours                       |
+| `position` | Where is the red object?                  | `in the northwest` ... (9 cells)         |
 | `presence` | Is there a blue object?                   | `yes` / `no` (POPE style)                |
 | `count`    | How many green objects are there?         | `zero` ... `four`                        |
 
+The nine cells are named by single words (`northwest`, `north`, ..., `centre`, ..., `southeast`).
 Objects are named by colour and place, not by shape: colour and place are read from single patches,
 while telling a circle from a square needs a patch's neighbours, which a vision tower trained from
 scratch on CPU learns far more slowly. The shapes stay in the scene as visual variety.
@@ -22,10 +23,10 @@ A record (one per image) looks like::
 
     {"id": "train-000000", "image": "images/train/train-000000.png",
      "conversations": [{"from": "human", "value": "<image>\\nWhere is the red object?"},
-                       {"from": "gpt", "value": "top left"}],
-     "type": "position", "answer": "top left",
-     "qa": [{"type": "position", "question": "Where is the red object?", "answer": "top left"}],
-     "objects": [{"shape": "triangle", "colour": "red", "position": "top left", "bbox": [x0, y0, x1, y1]}]}
+                       {"from": "gpt", "value": "in the northwest"}],
+     "type": "position", "answer": "in the northwest",
+     "qa": [{"type": "position", "question": "Where is the red object?", "answer": "in the northwest"}],
+     "objects": [{"shape": "triangle", "colour": "red", "position": "northwest", "bbox": [x0, y0, x1, y1]}]}
 
 `type`/`answer` describe the first (balanced) turn; `qa` lists every turn when `turns > 1`. Boxes are
 pixel coordinates, `x1`/`y1` exclusive.
@@ -50,9 +51,8 @@ COLOURS = {
     "purple": (140, 50, 180),
     "orange": (245, 130, 20),
 }
-ROWS = ("top", "middle", "bottom")
-COLUMNS = ("left", "centre", "right")
-POSITIONS = tuple(f"{row} {col}" for row in ROWS for col in COLUMNS)
+# The 3x3 grid's cells, row by row, one word each (so that a question names a place with a single token).
+POSITIONS = ("northwest", "north", "northeast", "west", "centre", "east", "southwest", "south", "southeast")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION_TYPES = ("colour", "position", "presence", "count")
 QUESTION_TEMPLATES = {
@@ -107,16 +107,21 @@ def answer_options(question_type: str, config: ShapesConfig) -> tuple[str, ...]:
     if question_type == "colour":
         return tuple(COLOURS)
     if question_type == "position":
-        return POSITIONS
+        return tuple(position_answer(p) for p in POSITIONS)
     if question_type == "presence":
         return ("yes", "no")
     return NUMBERS[: config.max_count + 1]
 
 
+def position_answer(position: str) -> str:
+    """The answer to "Where is ...?" for an object in `position` (several tokens: "in the northwest")."""
+    return f"in the {position}"
+
+
 def vocabulary() -> list[str]:
     """All words the generator can write in questions and answers (no punctuation), sorted."""
     words = {w for t in QUESTION_TEMPLATES.values() for w in t.replace("?", " ").split() if "{" not in w}
-    words |= set(SHAPES) | set(PLURALS.values()) | set(COLOURS) | set(ROWS) | set(COLUMNS)
+    words |= set(SHAPES) | set(PLURALS.values()) | set(COLOURS) | set(POSITIONS)
     words |= set(NUMBERS) | {"yes", "no"}
     return sorted(words)
 
@@ -155,7 +160,7 @@ def _scene_for(rng: random.Random, qtype: str, answer: str, config: ShapesConfig
     colours = [named] * k + others
     cells = rng.sample(range(9), len(colours))
     if qtype == "position":  # the named object goes into the answer's cell
-        target = POSITIONS.index(answer)
+        target = [position_answer(p) for p in POSITIONS].index(answer)
         cells = [target] + rng.sample([c for c in range(9) if c != target], len(colours) - 1)
     objects = _place(rng, colours, config.image_size, cells, config.object_size)
     position = objects[0]["position"]  # a colour question asks about the object of the answer's colour
@@ -173,7 +178,8 @@ def ask_about(rng: random.Random, objects: list[dict], qtype: str) -> dict:
     unique = [o for o in objects if colours.count(o["colour"]) == 1]
     if qtype == "position" and unique:
         obj = rng.choice(unique)
-        question, answer = QUESTION_TEMPLATES["position"].format(colour=obj["colour"]), obj["position"]
+        question = QUESTION_TEMPLATES["position"].format(colour=obj["colour"])
+        answer = position_answer(obj["position"])
     elif qtype in ("colour", "position"):
         qtype, obj = "colour", rng.choice(objects)
         question, answer = QUESTION_TEMPLATES["colour"].format(position=obj["position"]), obj["colour"]
