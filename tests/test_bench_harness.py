@@ -18,7 +18,7 @@ from lvprune.reference import ReferenceConfig, load_reference, reference_base
 
 TINY = ReferenceConfig(image_size=24, patch_size=4, vision_hidden_size=16, vision_layers=1, vision_heads=2,
                        hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, train_records=8, test_records=4,
-                       turns=1, batch_size=4, warmup_steps=1)
+                       turns=1, steps=2, batch_size=4, vision_steps=2, vision_batch_size=4, warmup_steps=1)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The reference-base builder on a tiny budget: a loadable stock LLaVA + processor, its losses, its cache."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,21 +9,23 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from lvprune.data import build_processor
+from lvprune.data.shapes import POSITIONS
 from lvprune.reference import (
     REPORT_FILE,
+    GroundingProbe,
     ReferenceConfig,
     ShapesTrainingSet,
     build_reference_model,
     load_reference,
     make_reference_data,
-    patch_shape_labels,
+    patch_labels,
     reference_base,
     reference_loss,
 )
 
 TINY = ReferenceConfig(image_size=24, patch_size=4, vision_hidden_size=16, vision_layers=1, vision_heads=2,
                        hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, train_records=8, test_records=8,
-                       turns=2, batch_size=4, warmup_steps=1)
+                       turns=2, steps=2, batch_size=4, vision_steps=2, vision_batch_size=4, warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_saved_model_runs_the_processor_output(folder):
 def test_report_and_cache_hit(folder):
     report = json.loads((folder / REPORT_FILE).read_text())
     assert report["config"]["hidden_size"] == TINY.hidden_size
-    assert report["train_steps"] == TINY.train_records // TINY.batch_size
+    assert (report["train_steps"], report["vision_steps"]) == (TINY.steps, TINY.vision_steps)
     assert report["test_questions"] == TINY.test_records
     assert 0.0 <= report["blank_accuracy"] <= 1.0 and 0.0 < report["chance_accuracy"] <= 1.0
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
@@ -77,35 +80,82 @@ def test_report_and_cache_hit(folder):
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_patch_shape_labels_by_hand():
-    tokenizer = build_processor(image_size=24, patch_size=4).tokenizer
-    square = {"shape": "square", "colour": "red", "position": "top left", "bbox": [4, 4, 12, 12]}
-    labels = patch_shape_labels([square], image_size=24, patch_size=4, tokenizer=tokenizer).view(6, 6)
-    expected = torch.full((6, 6), -100)
-    expected[1:3, 1:3] = tokenizer.convert_tokens_to_ids("square")
+def test_patch_labels_by_hand():
+    red = {"shape": "square", "colour": "red", "position": "northwest", "bbox": [4, 4, 12, 12]}
+    blue = {"shape": "circle", "colour": "red", "position": "east", "bbox": [18, 10, 20, 12]}  # one patch
+    labels = patch_labels([red, blue], image_size=24, patch_size=4).view(3, 6, 6)
+    expected = torch.zeros(3, 6, 6, dtype=torch.long)
+    expected[:, 1:3, 1:3] = torch.tensor([1, 1, 2])[:, None, None]  # red (1), northwest (1), 2 red objects
+    expected[:, 2, 4] = torch.tensor([1, 1 + POSITIONS.index("east"), 2])
     assert torch.equal(labels, expected)
-    # A patch a quarter covered counts; less does not.
-    corner = {"shape": "circle", "colour": "blue", "position": "top left", "bbox": [2, 2, 4, 4]}
-    assert (patch_shape_labels([corner], 24, 4, tokenizer) != -100).sum() == 1
 
 
-def test_answer_loss_equals_the_stock_loss(data):
-    """With no patch term, the training loss is exactly LlavaForConditionalGeneration's own loss."""
+@pytest.fixture(scope="module")
+def batch(data):
     processor, paths = data
     model = build_reference_model(TINY, processor).eval()
-    train = ShapesTrainingSet(paths["train"], processor, TINY.patch_size)
-    batch = train.collate([train[0], train[1]])
-    with torch.no_grad():
-        ours, _ = reference_loss(model, batch, patch_loss_weight=0.0)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    pixel_values=batch["pixel_values"], labels=batch["labels"])
-        with_patches, _ = reference_loss(model, batch, patch_loss_weight=0.5)
-    assert torch.allclose(ours, out.loss, atol=1e-6)
-    vision = batch["input_ids"] == model.config.image_token_id
-    assert batch["patch_labels"].shape == (2, int(vision[0].sum()))
-    # The patch term: the lm_head's prediction at each vision position against the shape under it.
-    patch = torch.nn.functional.cross_entropy(out.logits[vision], batch["patch_labels"].flatten())
-    assert torch.allclose(with_patches, out.loss + 0.5 * patch, atol=1e-5)
+    train = ShapesTrainingSet(paths["train"], processor, model.config.image_token_id)
+    return model, processor, train, train.collate([train[0], train[1], train[2]])
+
+
+def test_grounding_targets_name_the_objects(batch, data):
+    model, processor, train, b = batch
+    records = json.loads(data[1]["train"][0].read_text())
+    assert b["grounding_rows"].shape == (3 * TINY.turns, 2)
+    assert torch.allclose(b["grounding_targets"].sum(-1), torch.ones(3 * TINY.turns))
+    for (sample, row), target in zip(b["grounding_rows"].tolist(), b["grounding_targets"]):
+        word = processor.tokenizer.convert_ids_to_tokens(int(b["input_ids"][sample, row]))
+        turn = records[sample]["qa"][[r for s, r in b["grounding_rows"].tolist() if s == sample].index(row)]
+        assert word in turn["question"].split()[-1] or word in turn["question"].split()  # the naming word
+        named = [o for o in records[sample]["objects"] if word in (o["colour"], o["position"])]
+        assert target[0] == pytest.approx(1 / (1 + len(named)))  # the <s> sink
+        vision = b["input_ids"][sample] == model.config.image_token_id
+        assert target[~vision].sum() == pytest.approx(target[0])  # the rest lies on patches
+        assert (target[vision] > 0).any() == bool(named)
+
+
+def test_grounding_attention_is_the_stock_attention(batch):
+    """The probe's head-0 attention equals the weights stock eager attention returns."""
+    model, processor, train, b = batch
+    inputs = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    probe = GroundingProbe(model, layer=1)
+    try:
+        model.set_attn_implementation("eager")
+        with torch.no_grad():
+            stock = model(**inputs, output_attentions=True).attentions[1][:, 0]  # [B, N, N]
+            ours = probe.head0_log_probs(b["grounding_rows"]).exp()
+    finally:
+        model.set_attn_implementation("sdpa")
+        probe.remove()
+    rows = b["grounding_rows"]
+    assert torch.allclose(ours, stock[rows[:, 0], rows[:, 1]], atol=1e-6)
+
+
+def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
+    model, processor, train, b = batch
+    inputs = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    probe = GroundingProbe(model, TINY.grounding_layer)
+    try:
+        with torch.no_grad():
+            plain, _ = reference_loss(model, probe, b, replace(TINY, grounding_weight=0, alignment_weight=0),
+                                      processor.tokenizer)
+            stock = model(**inputs, labels=b["labels"]).loss
+            full, parts = reference_loss(model, probe, b, replace(TINY, grounding_weight=0.5, alignment_weight=2),
+                                         processor.tokenizer)
+            features = model.model.get_image_features(pixel_values=b["pixel_values"]).pooler_output
+    finally:
+        probe.remove()
+    assert torch.allclose(plain, stock, atol=1e-6)
+    # alignment by hand: projected patch vs embedding(colour word) + embedding(cell word), 0 on background
+    embed = model.get_input_embeddings().weight
+    target = torch.zeros_like(torch.stack(list(features)))
+    for i, labels in enumerate(b["patch_labels"]):
+        for v in (labels[0] > 0).nonzero()[:, 0].tolist():
+            words = [list(__import__("lvprune").data.shapes.COLOURS)[labels[0, v] - 1], POSITIONS[labels[1, v] - 1]]
+            target[i, v] = embed[processor.tokenizer.convert_tokens_to_ids(words)].sum(0)
+    alignment = ((torch.stack(list(features)) - target) ** 2).mean() / embed.pow(2).mean()
+    assert parts["alignment"] == pytest.approx(alignment.item(), rel=1e-5)
+    assert full.item() == pytest.approx(parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment.item(), rel=1e-5)
 
 
 def test_config_names_bad_values():
@@ -115,3 +165,5 @@ def test_config_names_bad_values():
         ReferenceConfig(num_kv_heads=3)
     with pytest.raises(ValueError, match="batch_size=0"):
         ReferenceConfig(batch_size=0)
+    with pytest.raises(ValueError, match="grounding_layer=4"):
+        ReferenceConfig(grounding_layer=4)

@@ -1,0 +1,31 @@
+"""The reference base model: a small LLaVA trained from scratch on the synthetic shapes VQA, on CPU.
+
+It is what lvprune's benchmark prunes: a stock `LlavaForConditionalGeneration` (CLIP-style vision tower,
+2-layer projector, Llama language model) built from config, that answers the shapes questions from the
+image and falls to chance without it. `reference_base()` returns its folder (weights, processor and
+`reference_report.json` with the training time and test accuracies), training it on first use.
+
+The recipe follows LLaVA's stages, with dense supervision where a from-scratch model on a CPU budget
+would otherwise not find its way:
+
+1. `vision`: the CLIP tower alone learns per-patch colour, cell and count labels;
+2. `training`: with the tower frozen, the projector and language model learn the answers, helped by two
+   auxiliary losses (`grounding`): head 0 of one layer is told which patches the naming word refers to,
+   and projected patches are pulled towards the embeddings of their colour and cell words.
+
+Training is deterministic in `ReferenceConfig.seed` (on one machine).
+"""
+
+from .cache import DEFAULT_CACHE_DIR, is_reference_folder, load_reference, reference_base
+from .config import ReferenceConfig
+from .data import ShapesTrainingSet, make_reference_data
+from .grounding import GroundingProbe
+from .model import build_reference_model, reference_llava_config
+from .targets import grounding_rows, patch_labels
+from .training import REPORT_FILE, reference_loss, train_reference
+
+__all__ = [
+    "DEFAULT_CACHE_DIR", "REPORT_FILE", "GroundingProbe", "ReferenceConfig", "ShapesTrainingSet",
+    "build_reference_model", "grounding_rows", "is_reference_folder", "load_reference", "make_reference_data",
+    "patch_labels", "reference_base", "reference_llava_config", "reference_loss", "train_reference",
+]

@@ -1,0 +1,77 @@
+"""The reference base's data: the shapes splits on disk and the encoded training set with its targets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from ..data import LlavaCollator, ShapesConfig, build_processor, load_llava_dataset, make_shapes_dataset
+from .config import ReferenceConfig
+from .targets import grounding_rows, patch_labels
+
+
+def make_reference_data(data_dir: str | Path, config: ReferenceConfig):
+    """Write the training split (`config.turns` questions per image) and the single-question test split.
+
+    Returns the processor and `{"train": (json, image_folder), "test": (json, image_folder)}`. The test
+    split is the shapes generator's test split for `config.seed` and `config.test_records`.
+    """
+    data_dir = Path(data_dir)
+    processor = build_processor(image_size=config.image_size, patch_size=config.patch_size)
+    shapes = ShapesConfig(image_size=config.image_size, object_size=config.object_size, seed=config.seed)
+    train = make_shapes_dataset(data_dir / "train", {"train": config.train_records},
+                                dataclasses.replace(shapes, turns=config.turns))
+    test = make_shapes_dataset(data_dir / "test", {"test": config.test_records}, shapes)
+    return processor, {"train": (train["train"], data_dir / "train"), "test": (test["test"], data_dir / "test")}
+
+
+class ShapesTrainingSet(torch.utils.data.Dataset):
+    """The encoded training records of a shapes split, each with `patch_labels` [3, V] and `grounding` rows.
+
+    Everything is encoded once up front (a few thousand small records), so batches cost no decoding.
+    """
+
+    def __init__(self, split: tuple, processor, image_token_id: int):
+        json_path, image_folder = split
+        dataset, stats = load_llava_dataset(json_path, image_folder, processor)
+        records = json.loads(Path(json_path).read_text())
+        if stats.kept != len(records):
+            raise ValueError(f"{json_path}: {stats.summary()}; every shapes record should load.")
+        size = processor.image_processor.crop_size["height"]
+        patch = processor.patch_size
+        self.examples = []
+        for record, example in zip(records, dataset):
+            ids, labels = torch.as_tensor(example["input_ids"]), torch.as_tensor(example["labels"])
+            self.examples.append({**example, "patch_labels": patch_labels(record["objects"], size, patch),
+                                  "grounding": grounding_rows(record, ids, labels, processor.tokenizer,
+                                                              image_token_id, size, patch)})
+        self.collator = LlavaCollator(pad_token_id=processor.tokenizer.pad_token_id, padding_side="right")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.examples[index]
+
+    def pixels(self) -> torch.Tensor:
+        """[n, 3, H, W]: every image, for the vision tower's stage."""
+        return torch.stack([torch.as_tensor(e["pixel_values"]).flatten(0, -4)[0] for e in self.examples])
+
+    def collate(self, examples: list[dict]) -> dict:
+        """The collator's batch plus `patch_labels` [B, 3, V] and the grounding targets: `grounding_rows`
+        [R, 2] (sample, position) and `grounding_targets` [R, N] (rows sum to 1)."""
+        batch = self.collator([{k: e[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
+                               for e in examples])
+        batch["patch_labels"] = torch.stack([e["patch_labels"] for e in examples])
+        length, rows, targets = batch["input_ids"].shape[1], [], []
+        for b, example in enumerate(examples):
+            for row, keys, weights in example["grounding"]:
+                rows.append((b, row))
+                targets.append(torch.zeros(length).index_put_((torch.tensor(keys),), torch.tensor(weights),
+                                                              accumulate=True))
+        batch["grounding_rows"] = torch.tensor(rows)
+        batch["grounding_targets"] = torch.stack(targets)
+        return batch

@@ -1,0 +1,72 @@
+"""Stage 2's auxiliary losses, read off a stock LLaVA through forward hooks (nothing in it is modified).
+
+- Attention grounding: head 0 of one decoder layer, at the word that names the object ("red",
+  "northwest"), should attend to that object's patches and the `<s>` sink as `targets.grounding_rows` says.
+  Learning this from the answers alone is a needle-in-a-haystack search over hundreds of vision tokens
+  that a from-scratch model does not finish within a CPU budget; told where to look, it learns in a few
+  hundred steps and the answers follow.
+- Alignment: the projector's output for an object patch should equal the sum of the input embeddings of its
+  colour word and its cell word (0 on background), so that a question word and the patches it names start
+  out similar for the attention to find.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from ..data.shapes import POSITIONS
+from .targets import COLOUR_NAMES
+
+
+class GroundingProbe:
+    """Captures one decoder layer's attention input and the projector's output during a forward pass.
+
+    model: a `LlavaForConditionalGeneration` with a Llama-family language model; layer: 0-based.
+    """
+
+    def __init__(self, model, layer: int):
+        self.model, self.captured = model, {}
+        self.attention = model.model.language_model.layers[layer].self_attn
+        self.handles = [
+            self.attention.register_forward_pre_hook(self._grab_attention_input, with_kwargs=True),
+            model.model.multi_modal_projector.register_forward_hook(self._grab_projection),
+        ]
+
+    def _grab_attention_input(self, module, args, kwargs):
+        self.captured["hidden"] = kwargs["hidden_states"]  # already normalised by the layer
+        self.captured["rotary"] = kwargs["position_embeddings"]
+
+    def _grab_projection(self, module, args, output):
+        self.captured["projected"] = output
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def head0_log_probs(self, rows: torch.Tensor) -> torch.Tensor:
+        """Log attention probabilities of head 0 at `rows` [R, 2] (sample, position) -> [R, N], causal."""
+        attn, hidden = self.attention, self.captured["hidden"]
+        batch, length, _ = hidden.shape
+        query = attn.q_proj(hidden).view(batch, length, -1, attn.head_dim)[:, :, :1].transpose(1, 2)
+        key = attn.k_proj(hidden).view(batch, length, -1, attn.head_dim)[:, :, :1].transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, *self.captured["rotary"])
+        b, t = rows[:, 0], rows[:, 1]
+        scores = torch.einsum("rd,rnd->rn", query[b, 0, t], key[b, 0]) * attn.scaling
+        scores = scores.masked_fill(torch.arange(length) > t[:, None], float("-inf"))
+        return scores.log_softmax(-1)
+
+    def attention_loss(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of head 0's attention at `rows` against `targets` [R, N]."""
+        return -(targets * self.head0_log_probs(rows).clamp_min(-1e4)).sum(-1).mean()
+
+    def alignment_loss(self, patch_labels: torch.Tensor, tokenizer) -> torch.Tensor:
+        """Mean squared distance of the projected patches to their word-embedding targets, relative to the
+        embeddings' mean square. patch_labels [B, 3, V] (see `targets.patch_labels`)."""
+        embeddings = self.model.get_input_embeddings().weight.detach()
+        words = torch.tensor(tokenizer.convert_tokens_to_ids([*COLOUR_NAMES, *POSITIONS]))
+        colour, cell = (patch_labels[:, 0] - 1).clamp_min(0), (patch_labels[:, 1] - 1).clamp_min(0)
+        target = embeddings[words[colour]] + embeddings[words[len(COLOUR_NAMES) + cell]]
+        target = target * (patch_labels[:, 0] > 0)[..., None]
+        return F.mse_loss(self.captured["projected"], target) / embeddings.pow(2).mean()
