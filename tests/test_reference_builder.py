@@ -9,7 +9,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from lvprune.data import build_processor
-from lvprune.data.shapes import POSITIONS
+from lvprune.data.shapes import COLOURS, POSITIONS
 from lvprune.reference import (
     REPORT_FILE,
     GroundingProbe,
@@ -139,23 +139,28 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
         with torch.no_grad():
             plain, _ = reference_loss(model, probe, b, replace(TINY, grounding_weight=0, alignment_weight=0),
                                       processor.tokenizer)
-            stock = model(**inputs, labels=b["labels"]).loss
+            stock = model(**inputs, labels=b["labels"], output_hidden_states=True)
             full, parts = reference_loss(model, probe, b, replace(TINY, grounding_weight=0.5, alignment_weight=2),
                                          processor.tokenizer)
-            features = model.model.get_image_features(pixel_values=b["pixel_values"]).pooler_output
     finally:
         probe.remove()
-    assert torch.allclose(plain, stock, atol=1e-6)
-    # alignment by hand: projected patch vs embedding(colour word) + embedding(cell word), 0 on background
-    embed = model.get_input_embeddings().weight
-    target = torch.zeros_like(torch.stack(list(features)))
+    assert torch.allclose(plain, stock.loss, atol=1e-6)
+    # alignment by hand: the grounding layer's normalised input at object patches vs the sum of the
+    # embeddings of the patch's colour word and cell word
+    layer = model.model.language_model.layers[TINY.grounding_layer]
+    hidden = layer.input_layernorm(stock.hidden_states[TINY.grounding_layer])
+    vision = b["input_ids"] == model.config.image_token_id
+    embed, colours = model.get_input_embeddings().weight, list(COLOURS)
+    distances = []
     for i, labels in enumerate(b["patch_labels"]):
+        patches = hidden[i][vision[i]]
         for v in (labels[0] > 0).nonzero()[:, 0].tolist():
-            words = [list(__import__("lvprune").data.shapes.COLOURS)[labels[0, v] - 1], POSITIONS[labels[1, v] - 1]]
-            target[i, v] = embed[processor.tokenizer.convert_tokens_to_ids(words)].sum(0)
-    alignment = ((torch.stack(list(features)) - target) ** 2).mean() / embed.pow(2).mean()
-    assert parts["alignment"] == pytest.approx(alignment.item(), rel=1e-5)
-    assert full.item() == pytest.approx(parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment.item(), rel=1e-5)
+            words = [colours[labels[0, v] - 1], POSITIONS[labels[1, v] - 1]]
+            target = embed[processor.tokenizer.convert_tokens_to_ids(words)].sum(0)
+            distances.append(1 - torch.cosine_similarity(patches[v], target, dim=0))
+    alignment = torch.stack(distances).mean().item()
+    assert parts["alignment"] == pytest.approx(alignment, rel=1e-5)
+    assert full.item() == pytest.approx(parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment, rel=1e-5)
 
 
 def test_config_names_bad_values():

@@ -16,8 +16,8 @@ class ReferenceConfig:
     steps, batch_size, learning_rate, warmup_steps: stage 2, projector + language model on the answers.
     grounding_weight: weight of the attention loss that points head 0 of `grounding_layer`, at the word that
         names the object, to the object's patches (0 turns it off).
-    alignment_weight: weight of the loss that pulls each object patch's projected feature towards the sum of
-        the embeddings of its colour word and its cell word (0 turns it off).
+    alignment_weight: weight of the loss that turns each object patch's hidden state at the grounding layer
+        towards the sum of the embeddings of its colour word and its cell word (0 turns it off).
     """
 
     image_size: int = 96
@@ -42,7 +42,7 @@ class ReferenceConfig:
     learning_rate: float = 2e-3
     warmup_steps: int = 50
     grounding_weight: float = 1.0
-    grounding_layer: int = 0
+    grounding_layer: int = 1
     alignment_weight: float = 1.0
     seed: int = 0
 

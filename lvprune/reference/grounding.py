@@ -5,9 +5,12 @@
   Learning this from the answers alone is a needle-in-a-haystack search over hundreds of vision tokens
   that a from-scratch model does not finish within a CPU budget; told where to look, it learns in a few
   hundred steps and the answers follow.
-- Alignment: the projector's output for an object patch should equal the sum of the input embeddings of its
-  colour word and its cell word (0 on background), so that a question word and the patches it names start
-  out similar for the attention to find.
+- Alignment: at the grounding layer's input, an object patch's (normalised) hidden state should point the
+  way of the sum of the input embeddings of its colour word and its cell word, so that a question word and
+  the patches it names look alike for the attention to find.
+
+The grounding layer is not the first: LVPruning's first stage prunes after the first layer, so an object
+looked up there is looked up among the tokens the pruner kept, and pruning the wrong ones costs answers.
 """
 
 from __future__ import annotations
@@ -31,15 +34,11 @@ class GroundingProbe:
         self.attention = model.model.language_model.layers[layer].self_attn
         self.handles = [
             self.attention.register_forward_pre_hook(self._grab_attention_input, with_kwargs=True),
-            model.model.multi_modal_projector.register_forward_hook(self._grab_projection),
         ]
 
     def _grab_attention_input(self, module, args, kwargs):
         self.captured["hidden"] = kwargs["hidden_states"]  # already normalised by the layer
         self.captured["rotary"] = kwargs["position_embeddings"]
-
-    def _grab_projection(self, module, args, output):
-        self.captured["projected"] = output
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -61,12 +60,16 @@ class GroundingProbe:
         """Cross-entropy of head 0's attention at `rows` against `targets` [R, N]."""
         return -(targets * self.head0_log_probs(rows).clamp_min(-1e4)).sum(-1).mean()
 
-    def alignment_loss(self, patch_labels: torch.Tensor, tokenizer) -> torch.Tensor:
-        """Mean squared distance of the projected patches to their word-embedding targets, relative to the
-        embeddings' mean square. patch_labels [B, 3, V] (see `targets.patch_labels`)."""
+    def alignment_loss(self, vision: torch.Tensor, patch_labels: torch.Tensor, tokenizer) -> torch.Tensor:
+        """1 - cosine between each object patch's hidden state at the grounding layer's input and the sum of
+        its colour and cell word embeddings, averaged over object patches.
+
+        vision: [B, N] bool, the vision positions; patch_labels [B, 3, V] (see `targets.patch_labels`).
+        """
         embeddings = self.model.get_input_embeddings().weight.detach()
         words = torch.tensor(tokenizer.convert_tokens_to_ids([*COLOUR_NAMES, *POSITIONS]))
         colour, cell = (patch_labels[:, 0] - 1).clamp_min(0), (patch_labels[:, 1] - 1).clamp_min(0)
-        target = embeddings[words[colour]] + embeddings[words[len(COLOUR_NAMES) + cell]]
-        target = target * (patch_labels[:, 0] > 0)[..., None]
-        return F.mse_loss(self.captured["projected"], target) / embeddings.pow(2).mean()
+        target = embeddings[words[colour]] + embeddings[words[len(COLOUR_NAMES) + cell]]  # [B, V, C]
+        hidden = self.captured["hidden"][vision].view(target.shape)
+        on_object = patch_labels[:, 0] > 0
+        return (1 - F.cosine_similarity(hidden, target, dim=-1))[on_object].mean()

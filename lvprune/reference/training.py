@@ -33,7 +33,8 @@ def reference_loss(model, probe: GroundingProbe, batch: dict, config: ReferenceC
     zero = answer.new_zeros(())
     grounding = probe.attention_loss(batch["grounding_rows"], batch["grounding_targets"]) \
         if config.grounding_weight else zero
-    alignment = probe.alignment_loss(batch["patch_labels"], tokenizer) if config.alignment_weight else zero
+    vision = batch["input_ids"] == model.config.image_token_id
+    alignment = probe.alignment_loss(vision, batch["patch_labels"], tokenizer) if config.alignment_weight else zero
     loss = answer + config.grounding_weight * grounding + config.alignment_weight * alignment
     return loss, {"answer": answer.item(), "grounding": grounding.item(), "alignment": alignment.item()}
 
