@@ -134,17 +134,30 @@ def test_grounding_attention_is_the_stock_attention(batch):
 def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     model, processor, train, b = batch
     inputs = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values")}
-    probe = GroundingProbe(model, TINY.grounding_layer)
+    probes = (GroundingProbe(model, TINY.grounding_layer), GroundingProbe(model, TINY.grounding_layer + 1))
+    off = replace(TINY, grounding_weight=0, alignment_weight=0, early_answer_weight=0, copy_weight=0)
+    on = replace(TINY, grounding_weight=0.5, alignment_weight=2, early_answer_weight=0.25, copy_weight=3)
     try:
         with torch.no_grad():
-            plain, _ = reference_loss(model, probe, b, replace(TINY, grounding_weight=0, alignment_weight=0),
-                                      processor.tokenizer)
-            stock = model(**inputs, labels=b["labels"], output_hidden_states=True)
-            full, parts = reference_loss(model, probe, b, replace(TINY, grounding_weight=0.5, alignment_weight=2),
-                                         processor.tokenizer)
+            plain, _ = reference_loss(model, probes, b, off, processor.tokenizer)
+            full, parts = reference_loss(model, probes, b, on, processor.tokenizer)
+            model.set_attn_implementation("eager")
+            stock = model(**inputs, labels=b["labels"], output_hidden_states=True, output_attentions=True)
     finally:
-        probe.remove()
-    assert torch.allclose(plain, stock.loss, atol=1e-6)
+        model.set_attn_implementation("sdpa")
+        for probe in probes:
+            probe.remove()
+    assert torch.allclose(plain, stock.loss, atol=1e-5)
+    # early answer: the output at each naming word against the answer's key word
+    rows = b["grounding_rows"]
+    early = torch.nn.functional.cross_entropy(stock.logits[rows[:, 0], rows[:, 1]], b["answer_words"])
+    assert parts["early_answer"] == pytest.approx(early.item(), rel=1e-4)
+    assert processor.tokenizer.convert_ids_to_tokens(b["answer_words"].tolist()) == \
+        [turn["answer"].split()[-1] for i in range(3) for turn in train_records(train, i)]
+    # copy: head 0 one layer above the grounding layer, from each answer position to its naming word
+    attention = stock.attentions[TINY.grounding_layer + 1][:, 0]
+    copy = -attention[b["copy_rows"][:, 0], b["copy_rows"][:, 1], b["copy_keys"]].log().mean()
+    assert parts["copy"] == pytest.approx(copy.item(), rel=1e-4)
     # alignment by hand: the grounding layer's normalised input at object patches vs the sum of the
     # embeddings of the patch's colour word and cell word
     layer = model.model.language_model.layers[TINY.grounding_layer]
@@ -160,7 +173,12 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
             distances.append(1 - torch.cosine_similarity(patches[v], target, dim=0))
     alignment = torch.stack(distances).mean().item()
     assert parts["alignment"] == pytest.approx(alignment, rel=1e-5)
-    assert full.item() == pytest.approx(parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment, rel=1e-5)
+    expected = parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment + 0.25 * early.item() + 3 * copy.item()
+    assert full.item() == pytest.approx(expected, rel=1e-4)
+
+
+def train_records(train, i):
+    return train.records[i]["qa"]
 
 
 def test_config_names_bad_values():
@@ -170,5 +188,5 @@ def test_config_names_bad_values():
         ReferenceConfig(num_kv_heads=3)
     with pytest.raises(ValueError, match="batch_size=0"):
         ReferenceConfig(batch_size=0)
-    with pytest.raises(ValueError, match="grounding_layer=4"):
-        ReferenceConfig(grounding_layer=4)
+    with pytest.raises(ValueError, match="grounding_layer=3"):
+        ReferenceConfig(grounding_layer=3)  # the copy needs the layer above

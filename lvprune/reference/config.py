@@ -18,6 +18,10 @@ class ReferenceConfig:
         names the object, to the object's patches (0 turns it off).
     alignment_weight: weight of the loss that turns each object patch's hidden state at the grounding layer
         towards the sum of the embeddings of its colour word and its cell word (0 turns it off).
+    early_answer_weight: weight of the cross-entropy that makes the model's output at the naming word predict
+        the answer's key word (the question positions are otherwise unsupervised, so nothing conflicts).
+    copy_weight: weight of the attention loss that points head 0 of the layer after `grounding_layer`, at the
+        positions that predict the answer, to the naming word.
     """
 
     image_size: int = 96
@@ -44,6 +48,8 @@ class ReferenceConfig:
     grounding_weight: float = 1.0
     grounding_layer: int = 1
     alignment_weight: float = 1.0
+    early_answer_weight: float = 1.0
+    copy_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -58,14 +64,16 @@ class ReferenceConfig:
                      "vision_batch_size", "vision_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-        for name in ("vision_steps", "warmup_steps", "grounding_weight", "alignment_weight"):
+        for name in ("vision_steps", "warmup_steps", "grounding_weight", "alignment_weight", "early_answer_weight",
+                     "copy_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         if self.learning_rate <= 0 or self.vision_learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate} and vision_learning_rate="
                              f"{self.vision_learning_rate} must be > 0.")
-        if not 0 <= self.grounding_layer < self.num_layers:
-            raise ValueError(f"grounding_layer={self.grounding_layer} must be in [0, num_layers={self.num_layers}).")
+        if not 0 <= self.grounding_layer < self.num_layers - 1:
+            raise ValueError(f"grounding_layer={self.grounding_layer} must be in [0, num_layers - 1 = "
+                             f"{self.num_layers - 1}): the copy is supervised one layer later.")
 
     @property
     def vision_tokens(self) -> int:

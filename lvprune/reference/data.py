@@ -42,7 +42,7 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
             raise ValueError(f"{json_path}: {stats.summary()}; every shapes record should load.")
         size = processor.image_processor.crop_size["height"]
         patch = processor.patch_size
-        self.examples = []
+        self.records, self.examples = records, []
         for record, example in zip(records, dataset):
             ids, labels = torch.as_tensor(example["input_ids"]), torch.as_tensor(example["labels"])
             self.examples.append({**example, "patch_labels": patch_labels(record["objects"], size, patch),
@@ -61,17 +61,23 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
         return torch.stack([torch.as_tensor(e["pixel_values"]).flatten(0, -4)[0] for e in self.examples])
 
     def collate(self, examples: list[dict]) -> dict:
-        """The collator's batch plus `patch_labels` [B, 3, V] and the grounding targets: `grounding_rows`
-        [R, 2] (sample, position) and `grounding_targets` [R, N] (rows sum to 1)."""
+        """The collator's batch plus `patch_labels` [B, 3, V] and, per turn (R in all): `grounding_rows` [R, 2]
+        (sample, naming word's position), `grounding_targets` [R, N] (rows sum to 1) and `answer_words` [R];
+        and per answer position (S in all): `copy_rows` [S, 2] (sample, position) and `copy_keys` [S]
+        (the naming word's position of that turn)."""
         batch = self.collator([{k: e[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
                                for e in examples])
         batch["patch_labels"] = torch.stack([e["patch_labels"] for e in examples])
-        length, rows, targets = batch["input_ids"].shape[1], [], []
+        length, rows, targets, words, copy_rows, copy_keys = batch["input_ids"].shape[1], [], [], [], [], []
         for b, example in enumerate(examples):
-            for row, keys, weights in example["grounding"]:
+            for row, keys, weights, answer_rows, word in example["grounding"]:
                 rows.append((b, row))
                 targets.append(torch.zeros(length).index_put_((torch.tensor(keys),), torch.tensor(weights),
                                                               accumulate=True))
-        batch["grounding_rows"] = torch.tensor(rows)
-        batch["grounding_targets"] = torch.stack(targets)
+                words.append(word)
+                copy_rows += [(b, t) for t in answer_rows]
+                copy_keys += [row] * len(answer_rows)
+        batch["grounding_rows"], batch["grounding_targets"] = torch.tensor(rows), torch.stack(targets)
+        batch["answer_words"] = torch.tensor(words)
+        batch["copy_rows"], batch["copy_keys"] = torch.tensor(copy_rows), torch.tensor(copy_keys)
         return batch

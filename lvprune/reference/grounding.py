@@ -60,6 +60,10 @@ class GroundingProbe:
         """Cross-entropy of head 0's attention at `rows` against `targets` [R, N]."""
         return -(targets * self.head0_log_probs(rows).clamp_min(-1e4)).sum(-1).mean()
 
+    def copy_loss(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """-log of head 0's attention at `rows` [S, 2] on the positions `keys` [S]."""
+        return -self.head0_log_probs(rows)[torch.arange(len(keys)), keys].mean()
+
     def alignment_loss(self, vision: torch.Tensor, patch_labels: torch.Tensor, tokenizer) -> torch.Tensor:
         """1 - cosine between each object patch's hidden state at the grounding layer's input and the sum of
         its colour and cell word embeddings, averaged over object patches.

@@ -21,22 +21,32 @@ from .vision import pretrain_vision_tower
 REPORT_FILE = "reference_report.json"
 
 
-def reference_loss(model, probe: GroundingProbe, batch: dict, config: ReferenceConfig, tokenizer):
-    """Answer cross-entropy + `grounding_weight` × attention grounding + `alignment_weight` × alignment.
+def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: dict, config: ReferenceConfig,
+                   tokenizer):
+    """Answer cross-entropy plus the weighted auxiliary terms (see `ReferenceConfig`): grounding and
+    alignment (read by `probes[0]`, at the grounding layer), early answer, and copy (`probes[1]`, one layer up).
 
-    Returns (loss, {"answer", "grounding", "alignment"} as floats). With both weights 0 the loss is exactly
-    the stock model's own language-modelling loss on `labels`.
+    Returns (loss, {"answer", "grounding", "alignment", "early", "copy"} as floats). With every weight 0 the
+    loss is exactly the stock model's own language-modelling loss on `labels`.
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    pixel_values=batch["pixel_values"]).logits
     answer = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
-    zero = answer.new_zeros(())
-    grounding = probe.attention_loss(batch["grounding_rows"], batch["grounding_targets"]) \
-        if config.grounding_weight else zero
-    vision = batch["input_ids"] == model.config.image_token_id
-    alignment = probe.alignment_loss(vision, batch["patch_labels"], tokenizer) if config.alignment_weight else zero
-    loss = answer + config.grounding_weight * grounding + config.alignment_weight * alignment
-    return loss, {"answer": answer.item(), "grounding": grounding.item(), "alignment": alignment.item()}
+    grounding_probe, copy_probe = probes
+    rows, vision = batch["grounding_rows"], batch["input_ids"] == model.config.image_token_id
+    terms = {
+        "grounding": lambda: grounding_probe.attention_loss(rows, batch["grounding_targets"]),
+        "alignment": lambda: grounding_probe.alignment_loss(vision, batch["patch_labels"], tokenizer),
+        "early_answer": lambda: F.cross_entropy(logits[rows[:, 0], rows[:, 1]], batch["answer_words"]),
+        "copy": lambda: copy_probe.copy_loss(batch["copy_rows"], batch["copy_keys"]),
+    }
+    loss, parts = answer, {"answer": answer.item()}
+    for name, term in terms.items():
+        weight = getattr(config, f"{name}_weight")
+        value = term() if weight else answer.new_zeros(())
+        loss = loss + weight * value
+        parts[name] = value.item()
+    return loss, parts
 
 
 def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig, tokenizer,
@@ -47,21 +57,22 @@ def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig,
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
     schedule = warmup_cosine(optimizer, config.warmup_steps, config.steps)
     generator = torch.Generator().manual_seed(config.seed)
-    probe = GroundingProbe(model, config.grounding_layer)
+    probes = (GroundingProbe(model, config.grounding_layer), GroundingProbe(model, config.grounding_layer + 1))
     model.model.language_model.train(), model.model.multi_modal_projector.train()
     history = []
     try:
         with tqdm(range(config.steps), desc="language model", disable=not progress) as bar:
             for _ in bar:
                 index = torch.randint(len(data), (config.batch_size,), generator=generator).tolist()
-                loss, parts = reference_loss(model, probe, data.collate([data[i] for i in index]), config, tokenizer)
+                loss, parts = reference_loss(model, probes, data.collate([data[i] for i in index]), config, tokenizer)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step(), schedule.step(), optimizer.zero_grad()
                 history.append(loss.item())
                 bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
     finally:
-        probe.remove()
+        for probe in probes:
+            probe.remove()
     model.requires_grad_(True)
     return history
 
