@@ -54,6 +54,8 @@ def make_batch(config: LlavaConfig, images_per_sample, text_lengths, *, padding_
     rows = []
     for n_images, n_text in zip(images_per_sample, text_lengths):
         text = torch.randint(4, vocab, (n_text,), generator=generator)
+        # a random text token must never be the image placeholder (bases built from a processor put it at 4)
+        text[text == config.image_token_id] = 5 if config.image_token_id == 4 else 4
         cuts = sorted(torch.randint(0, n_text, (n_images,), generator=generator).tolist())
         pieces, start = [], 0
         for cut in cuts:

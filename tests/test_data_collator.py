@@ -82,7 +82,7 @@ def tiny(tmp_path_factory):
     convs = [
         ("<image>\nWhat colour is the square?", "red", ["a.png"]),
         ("How many circles are there?", "two", []),
-        ("<image>\n<image>\nWhere is the red circle?", "top left", ["a.png", "b.png"]),
+        ("<image>\n<image>\nWhere is the red circle?", "in the northwest", ["a.png", "b.png"]),
     ]
     records = [
         {"id": str(i), "images": images, "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}

@@ -34,7 +34,7 @@ GOOD = [
     {
         "id": "two",
         "image": ["red.png", "blue.png"],
-        "conversations": turns("<image>\nWhat colour is the square? <image>", "top left"),
+        "conversations": turns("<image>\nWhat colour is the square? <image>", "in the northwest"),
     },
     {"id": "wide", "image": "wide.png", "conversations": turns("Is there a green square?\n<image>", "yes")},
 ]
@@ -42,10 +42,10 @@ EXPECTED_PROMPTS = [
     "<s>USER: <image>\nWhat colour is the square? ASSISTANT: red</s>",
     "<s>USER: What colour is the circle?\n<image> ASSISTANT: blue</s>USER: How many circles are there? "
     "ASSISTANT: one</s>USER: Is there a red circle? ASSISTANT: no</s>",
-    "<s>USER: <image>\nWhat colour is the square?\n<image> ASSISTANT: top left</s>",
+    "<s>USER: <image>\nWhat colour is the square?\n<image> ASSISTANT: in the northwest</s>",
     "<s>USER: Is there a green square?\n<image> ASSISTANT: yes</s>",
 ]
-EXPECTED_ANSWERS = [["red"], ["blue", "one", "no"], ["top left"], ["yes"]]
+EXPECTED_ANSWERS = [["red"], ["blue", "one", "no"], ["in the northwest"], ["yes"]]
 TEXT_ONLY = {"id": "text", "conversations": turns("How many circles are there?", "two")}
 BAD = [
     (TEXT_ONLY, "no_image"),

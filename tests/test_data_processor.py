@@ -16,7 +16,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from lvprune.data.processor import CHAT_TEMPLATE, ProcessorConfig, build_processor, words_in
 
-PROMPT = "USER: <image>\nWhere is the red circle? ASSISTANT: top left</s>"
+PROMPT = "USER: <image>\nWhere is the red circle? ASSISTANT: in the northwest</s>"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def messages(*images):
     first = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": "Where is the red circle?"}]
     return [
         {"role": "user", "content": first},
-        {"role": "assistant", "content": [{"type": "text", "text": "top left"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "in the northwest"}]},
         {"role": "user", "content": [{"type": "text", "text": "How many circles are there?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "two"}]},
     ]
@@ -64,7 +64,7 @@ def test_tokenizer_is_lossless_word_level(processor):
     ids = tok(PROMPT)["input_ids"]
     pieces = tok.convert_ids_to_tokens(ids)
     assert pieces[:8] == ["<s>", "USER", ":", " ", "<image>", "\n", "Where", " "]
-    assert pieces[-4:] == ["top", " ", "left", "</s>"]
+    assert pieces[-6:] == ["in", " ", "the", " ", "northwest", "</s>"]
     assert tok.decode(ids) == "<s>" + PROMPT
     assert tok.decode(ids, skip_special_tokens=True) == PROMPT.replace("<image>", "").replace("</s>", "")
     assert tok.convert_ids_to_tokens(tok("zebra")["input_ids"]) == ["<s>", "<unk>"]
@@ -75,7 +75,7 @@ def test_tokenizer_is_lossless_word_level(processor):
 def test_chat_template_renders_llava_v1(processor):
     text = processor.apply_chat_template(messages(None))
     assert text == (
-        "USER: <image>\nWhere is the red circle? ASSISTANT: top left</s>"
+        "USER: <image>\nWhere is the red circle? ASSISTANT: in the northwest</s>"
         "USER: How many circles are there? ASSISTANT: two</s>"
     )
     # image after the question, and a system prompt
@@ -85,7 +85,7 @@ def test_chat_template_renders_llava_v1(processor):
     )
     # the generation prompt is exactly the training text up to the first answer
     prompt = processor.apply_chat_template(messages(None)[:1], add_generation_prompt=True)
-    assert text.startswith(prompt) and text[len(prompt) :].startswith("top left</s>")
+    assert text.startswith(prompt) and text[len(prompt) :].startswith("in the northwest</s>")
 
 
 def test_assistant_mask_covers_answers_and_eos(processor, image):
@@ -94,7 +94,7 @@ def test_assistant_mask_covers_answers_and_eos(processor, image):
     )
     ids, mask = out["input_ids"][0], out["assistant_masks"][0].bool()
     assert (ids == processor.image_token_id).sum() == 576
-    assert processor.tokenizer.convert_ids_to_tokens(ids[mask]) == ["top", " ", "left", "</s>", "two", "</s>"]
+    assert processor.tokenizer.convert_ids_to_tokens(ids[mask]) == ["in", " ", "the", " ", "northwest", "</s>", "two", "</s>"]
 
 
 def test_pixel_values_are_clip_normalised(processor, image):
@@ -116,7 +116,7 @@ def test_save_and_load_round_trip(processor, image, tmp_path, monkeypatch):
         a = processor(text=PROMPT, images=[image], return_tensors="pt")
         b = loaded(text=PROMPT, images=[image], return_tensors="pt")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        assert loaded.tokenizer.decode(b["input_ids"][0, -7:]) == "ASSISTANT: top left</s>"
+        assert loaded.tokenizer.decode(b["input_ids"][0, -9:]) == "ASSISTANT: in the northwest</s>"
 
 
 def test_stock_llava_takes_the_processor_output(processor, image):

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from .questions import Question, prompt_batches
 
-MAX_NEW_TOKENS = 8  # the longest shapes answer ("middle centre") is 3 word-level tokens plus </s>
+MAX_NEW_TOKENS = 8  # the longest shapes answer ("in the northwest") is 5 word-level tokens (with spaces) plus </s>
 
 
 @torch.no_grad()
