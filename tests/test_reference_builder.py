@@ -9,7 +9,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from lvprune.data import build_processor
-from lvprune.data.shapes import COLOURS, NUMBERS, POSITIONS
+from lvprune.data.shapes import COLOURS, POSITIONS
 from lvprune.reference import (
     REPORT_FILE,
     GroundingProbe,
@@ -168,7 +168,7 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     for i, labels in enumerate(b["patch_labels"]):
         patches = hidden[i][vision[i]]
         for v in (labels[0] > 0).nonzero()[:, 0].tolist():
-            words = [colours[labels[0, v] - 1], POSITIONS[labels[1, v] - 1], NUMBERS[labels[2, v]]]
+            words = [colours[labels[0, v] - 1], POSITIONS[labels[1, v] - 1]]
             target = embed[processor.tokenizer.convert_tokens_to_ids(words)].sum(0)
             distances.append(1 - torch.cosine_similarity(patches[v], target, dim=0))
     alignment = torch.stack(distances).mean().item()

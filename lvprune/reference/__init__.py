@@ -11,9 +11,8 @@ would otherwise not find its way:
 1. `vision`: the CLIP tower alone learns per-patch colour, cell and count labels;
 2. `training`: with the tower frozen, the projector and language model learn the answers, helped by two
    auxiliary losses (`grounding`): head 0 of the second layer is told which patches the naming word refers
-   to, and object patches' hidden states there are turned towards the embeddings of their colour, cell and
-   count words; the output at the naming word predicts the answer's key word, and the answer positions
-   attend to the naming word one layer up. The lookup happens after LVPruning's first stage, so a pruner that drops the named object's
+   to, and object patches' hidden states there are turned towards the embeddings of their colour and cell
+   words. The lookup happens after LVPruning's first stage, so a pruner that drops the named object's
    patches costs answers: the benchmark can tell good pruning from bad.
 
 Training is deterministic in `ReferenceConfig.seed` (on one machine).

@@ -17,8 +17,7 @@ class ReferenceConfig:
     grounding_weight: weight of the attention loss that points head 0 of `grounding_layer`, at the word that
         names the object, to the object's patches (0 turns it off).
     alignment_weight: weight of the loss that turns each object patch's hidden state at the grounding layer
-        towards the sum of the embeddings of its colour word, its cell word and its colour's count word (0 turns
-        it off).
+        towards the sum of the embeddings of its colour word and its cell word (0 turns it off).
     early_answer_weight: weight of the cross-entropy that makes the model's output at the naming word predict
         the answer's key word (the question positions are otherwise unsupervised, so nothing conflicts).
     copy_weight: weight of the attention loss that points head 0 of the layer after `grounding_layer`, at the

@@ -6,9 +6,8 @@
   that a from-scratch model does not finish within a CPU budget; told where to look, it learns in a few
   hundred steps and the answers follow.
 - Alignment: at the grounding layer's input, an object patch's (normalised) hidden state should point the
-  way of the sum of the input embeddings of its colour word, its cell word and its colour's count word, so
-  that a question word and the patches it names look alike for the attention to find, and what they hold
-  reads like the answer.
+  way of the sum of the input embeddings of its colour word and its cell word, so that a question word and
+  the patches it names look alike for the attention to find.
 
 The grounding layer is not the first: LVPruning's first stage prunes after the first layer, so an object
 looked up there is looked up among the tokens the pruner kept, and pruning the wrong ones costs answers.
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..data.shapes import NUMBERS, POSITIONS
+from ..data.shapes import POSITIONS
 from .targets import COLOUR_NAMES
 
 
@@ -67,16 +66,14 @@ class GroundingProbe:
 
     def alignment_loss(self, vision: torch.Tensor, patch_labels: torch.Tensor, tokenizer) -> torch.Tensor:
         """1 - cosine between each object patch's hidden state at the grounding layer's input and the sum of
-        the embeddings of its colour word, its cell word and the number word of its colour's count (what the
-        four question types read), averaged over object patches.
+        its colour and cell word embeddings, averaged over object patches.
 
         vision: [B, N] bool, the vision positions; patch_labels [B, 3, V] (see `targets.patch_labels`).
         """
         embeddings = self.model.get_input_embeddings().weight.detach()
-        colours, cells, numbers = (torch.tensor(tokenizer.convert_tokens_to_ids(list(words)))
-                                   for words in (COLOUR_NAMES, POSITIONS, NUMBERS))
+        words = torch.tensor(tokenizer.convert_tokens_to_ids([*COLOUR_NAMES, *POSITIONS]))
         colour, cell = (patch_labels[:, 0] - 1).clamp_min(0), (patch_labels[:, 1] - 1).clamp_min(0)
-        target = embeddings[colours[colour]] + embeddings[cells[cell]] + embeddings[numbers[patch_labels[:, 2]]]
+        target = embeddings[words[colour]] + embeddings[words[len(COLOUR_NAMES) + cell]]  # [B, V, C]
         hidden = self.captured["hidden"][vision].view(target.shape)
         on_object = patch_labels[:, 0] > 0
         return (1 - F.cosine_similarity(hidden, target, dim=-1))[on_object].mean()
