@@ -82,8 +82,8 @@ def test_report_and_cache_hit(folder):
 
 def test_patch_labels_by_hand():
     red = {"shape": "square", "colour": "red", "position": "northwest", "bbox": [4, 4, 12, 12]}
-    blue = {"shape": "circle", "colour": "red", "position": "east", "bbox": [18, 10, 20, 12]}  # one patch
-    labels = patch_labels([red, blue], image_size=24, patch_size=4).view(3, 6, 6)
+    small = {"shape": "circle", "colour": "red", "position": "east", "bbox": [18, 10, 20, 12]}  # one patch
+    labels = patch_labels([red, small], image_size=24, patch_size=4).view(3, 6, 6)
     expected = torch.zeros(3, 6, 6, dtype=torch.long)
     expected[:, 1:3, 1:3] = torch.tensor([1, 1, 2])[:, None, None]  # red (1), northwest (1), 2 red objects
     expected[:, 2, 4] = torch.tensor([1, 1 + POSITIONS.index("east"), 2])
@@ -106,7 +106,9 @@ def test_grounding_targets_name_the_objects(batch, data):
     for (sample, row), target in zip(b["grounding_rows"].tolist(), b["grounding_targets"]):
         word = processor.tokenizer.convert_ids_to_tokens(int(b["input_ids"][sample, row]))
         turn = records[sample]["qa"][[r for s, r in b["grounding_rows"].tolist() if s == sample].index(row)]
-        assert word in turn["question"].split()[-1] or word in turn["question"].split()  # the naming word
+        words = turn["question"].rstrip("?").split()
+        # the naming word: the cell of a colour question, the colour of every other question
+        assert word == (words[-1] if turn["type"] == "colour" else next(w for w in words if w in COLOURS))
         named = [o for o in records[sample]["objects"] if word in (o["colour"], o["position"])]
         assert target[0] == pytest.approx(1 / (1 + len(named)))  # the <s> sink
         vision = b["input_ids"][sample] == model.config.image_token_id
@@ -139,8 +141,8 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     on = replace(TINY, grounding_weight=0.5, alignment_weight=2, early_answer_weight=0.25, copy_weight=3)
     try:
         with torch.no_grad():
-            plain, _ = reference_loss(model, probes, b, off, processor.tokenizer)
-            full, parts = reference_loss(model, probes, b, on, processor.tokenizer)
+            plain, _ = reference_loss(model, probes, b, off)
+            full, parts = reference_loss(model, probes, b, on)
             model.set_attn_implementation("eager")
             stock = model(**inputs, labels=b["labels"], output_hidden_states=True, output_attentions=True)
     finally:
@@ -165,7 +167,7 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     vision = b["input_ids"] == model.config.image_token_id
     embed, colours = model.get_input_embeddings().weight, list(COLOURS)
     distances = []
-    for i, labels in enumerate(b["patch_labels"]):
+    for i, labels in enumerate(train[j]["patch_labels"] for j in range(3)):
         patches = hidden[i][vision[i]]
         for v in (labels[0] > 0).nonzero()[:, 0].tolist():
             words = [colours[labels[0, v] - 1], POSITIONS[labels[1, v] - 1]]

@@ -60,7 +60,8 @@ def make_accelerator(config) -> Accelerator:
 
 
 def load_base(config, accelerator):
-    """(name, frozen LLaVA, processor); `tiny-random` is materialised first (once, by the main process)."""
+    """(name, frozen LLaVA, processor); `tiny-random` and `reference` are materialised first (once, by the
+    main process)."""
     name = config.base_model
     if name in (TINY_RANDOM, REFERENCE):
         with accelerator.main_process_first():

@@ -4,12 +4,12 @@ Each image shows a few coloured shapes (circle, square, triangle), one per cell 
 plain background. Each record asks about one object (or one kind of object) named in the question, by
 its place or by its colour:
 
-| type       | question                                  | answers                                  |
-| ---------- | ----------------------------------------- | ---------------------------------------- |
-| `colour`   | What colour is the object in the northwest? | one of 6 colours                       |
-| `position` | Where is the red object?                  | `in the northwest` ... (9 cells)         |
-| `presence` | Is there a blue object?                   | `yes` / `no` (POPE style)                |
-| `count`    | How many green objects are there?         | `zero` ... `four`                        |
+| type       | question                                    | answers                          |
+| ---------- | ------------------------------------------- | -------------------------------- |
+| `colour`   | What colour is the object in the northwest? | one of 6 colours                 |
+| `position` | Where is the red object?                    | `in the northwest` ... (9 cells) |
+| `presence` | Is there a blue object?                     | `yes` / `no` (POPE style)        |
+| `count`    | How many green objects are there?           | `zero` ... `four`                |
 
 The nine cells are named by single words (`northwest`, `north`, ..., `centre`, ..., `southeast`).
 Objects are named by colour and place, not by shape: colour and place are read from single patches,
@@ -119,7 +119,8 @@ def position_answer(position: str) -> str:
 
 
 def vocabulary() -> list[str]:
-    """All words the generator can write in questions and answers (no punctuation), sorted."""
+    """The words of the generator's questions and answers, plus the shape names and plurals (the scenes hold
+    shapes, so a processor built on this vocabulary can also be asked about them), sorted."""
     words = {w for t in QUESTION_TEMPLATES.values() for w in t.replace("?", " ").split() if "{" not in w}
     words |= set(SHAPES) | set(PLURALS.values()) | set(COLOURS) | set(POSITIONS)
     words |= set(NUMBERS) | {"yes", "no"}

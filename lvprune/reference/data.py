@@ -10,7 +10,8 @@ import torch
 
 from ..data import LlavaCollator, ShapesConfig, build_processor, load_llava_dataset, make_shapes_dataset
 from .config import ReferenceConfig
-from .targets import grounding_rows, patch_labels
+from ..data.shapes import POSITIONS
+from .targets import COLOUR_NAMES, grounding_rows, patch_labels
 
 
 def make_reference_data(data_dir: str | Path, config: ReferenceConfig):
@@ -49,6 +50,9 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
                                   "grounding": grounding_rows(record, ids, labels, processor.tokenizer,
                                                               image_token_id, size, patch)})
         self.collator = LlavaCollator(pad_token_id=processor.tokenizer.pad_token_id, padding_side="right")
+        # token ids of the colour words, then the cell words: what patch label k - 1 names
+        self.colour_words, self.cell_words = (torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(words)))
+                                              for words in (COLOUR_NAMES, POSITIONS))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -56,18 +60,23 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.examples[index]
 
-    def pixels(self) -> torch.Tensor:
-        """[n, 3, H, W]: every image, for the vision tower's stage."""
-        return torch.stack([torch.as_tensor(e["pixel_values"]).flatten(0, -4)[0] for e in self.examples])
+    def vision_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image [n, 3, H, W] and its patch labels [n, 3, V], for the vision tower's stage."""
+        pixels = torch.stack([torch.as_tensor(e["pixel_values"])[0] for e in self.examples])
+        return pixels, torch.stack([e["patch_labels"] for e in self.examples])
 
     def collate(self, examples: list[dict]) -> dict:
-        """The collator's batch plus `patch_labels` [B, 3, V] and, per turn (R in all): `grounding_rows` [R, 2]
+        """The collator's batch plus, per patch, `on_object` [B, V] and `alignment_words` [B, V, 2] (its object's
+        colour and cell word ids); per turn (R in all): `grounding_rows` [R, 2]
         (sample, naming word's position), `grounding_targets` [R, N] (rows sum to 1) and `answer_words` [R];
         and per answer position (S in all): `copy_rows` [S, 2] (sample, position) and `copy_keys` [S]
         (the naming word's position of that turn)."""
         batch = self.collator([{k: e[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
                                for e in examples])
-        batch["patch_labels"] = torch.stack([e["patch_labels"] for e in examples])
+        labels = torch.stack([e["patch_labels"] for e in examples])
+        batch["on_object"] = labels[:, 0] > 0
+        batch["alignment_words"] = torch.stack([self.colour_words[(labels[:, 0] - 1).clamp_min(0)],
+                                                self.cell_words[(labels[:, 1] - 1).clamp_min(0)]], dim=-1)
         length, rows, targets, words, copy_rows, copy_keys = batch["input_ids"].shape[1], [], [], [], [], []
         for b, example in enumerate(examples):
             for row, keys, weights, answer_rows, word in example["grounding"]:

@@ -19,12 +19,10 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..data.shapes import POSITIONS
-from .targets import COLOUR_NAMES
 
 
 class GroundingProbe:
-    """Captures one decoder layer's attention input and the projector's output during a forward pass.
+    """Captures one decoder layer's attention input (normalised hidden states, rotary tables) in a forward pass.
 
     model: a `LlavaForConditionalGeneration` with a Llama-family language model; layer: 0-based.
     """
@@ -32,17 +30,14 @@ class GroundingProbe:
     def __init__(self, model, layer: int):
         self.model, self.captured = model, {}
         self.attention = model.model.language_model.layers[layer].self_attn
-        self.handles = [
-            self.attention.register_forward_pre_hook(self._grab_attention_input, with_kwargs=True),
-        ]
+        self.handle = self.attention.register_forward_pre_hook(self._grab_attention_input, with_kwargs=True)
 
     def _grab_attention_input(self, module, args, kwargs):
         self.captured["hidden"] = kwargs["hidden_states"]  # already normalised by the layer
         self.captured["rotary"] = kwargs["position_embeddings"]
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+        self.handle.remove()
 
     def head0_log_probs(self, rows: torch.Tensor) -> torch.Tensor:
         """Log attention probabilities of head 0 at `rows` [R, 2] (sample, position) -> [R, N], causal."""
@@ -64,16 +59,13 @@ class GroundingProbe:
         """-log of head 0's attention at `rows` [S, 2] on the positions `keys` [S]."""
         return -self.head0_log_probs(rows)[torch.arange(len(keys)), keys].mean()
 
-    def alignment_loss(self, vision: torch.Tensor, patch_labels: torch.Tensor, tokenizer) -> torch.Tensor:
+    def alignment_loss(self, vision: torch.Tensor, words: torch.Tensor, on_object: torch.Tensor) -> torch.Tensor:
         """1 - cosine between each object patch's hidden state at the grounding layer's input and the sum of
         its colour and cell word embeddings, averaged over object patches.
 
-        vision: [B, N] bool, the vision positions; patch_labels [B, 3, V] (see `targets.patch_labels`).
+        vision: [B, N] bool, the vision positions; words: [B, V, 2] the colour and cell word ids of each patch;
+        on_object: [B, V] bool (see `data.ShapesTrainingSet.collate`).
         """
-        embeddings = self.model.get_input_embeddings().weight.detach()
-        words = torch.tensor(tokenizer.convert_tokens_to_ids([*COLOUR_NAMES, *POSITIONS]))
-        colour, cell = (patch_labels[:, 0] - 1).clamp_min(0), (patch_labels[:, 1] - 1).clamp_min(0)
-        target = embeddings[words[colour]] + embeddings[words[len(COLOUR_NAMES) + cell]]  # [B, V, C]
+        target = self.model.get_input_embeddings().weight.detach()[words].sum(-2)  # [B, V, C]
         hidden = self.captured["hidden"][vision].view(target.shape)
-        on_object = patch_labels[:, 0] > 0
         return (1 - F.cosine_similarity(hidden, target, dim=-1))[on_object].mean()

@@ -10,33 +10,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from .config import ReferenceConfig
 from .data import ShapesTrainingSet, make_reference_data
 from .grounding import GroundingProbe
 from .model import build_reference_model
-from .schedule import warmup_cosine
 from .vision import pretrain_vision_tower
 
 REPORT_FILE = "reference_report.json"
 
 
-def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: dict, config: ReferenceConfig,
-                   tokenizer):
+def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: dict, config: ReferenceConfig):
     """Answer cross-entropy plus the weighted auxiliary terms (see `ReferenceConfig`): grounding and
     alignment (read by `probes[0]`, at the grounding layer), early answer, and copy (`probes[1]`, one layer up).
 
-    Returns (loss, {"answer", "grounding", "alignment", "early", "copy"} as floats). With every weight 0 the
-    loss is exactly the stock model's own language-modelling loss on `labels`.
+    Returns (loss, {"answer", "grounding", "alignment", "early_answer", "copy"} as floats); "answer" is the
+    stock model's own language-modelling loss on `labels`.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"]).logits
-    answer = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"], labels=batch["labels"])
+    answer, logits = out.loss, out.logits
     grounding_probe, copy_probe = probes
     rows, vision = batch["grounding_rows"], batch["input_ids"] == model.config.image_token_id
     terms = {
         "grounding": lambda: grounding_probe.attention_loss(rows, batch["grounding_targets"]),
-        "alignment": lambda: grounding_probe.alignment_loss(vision, batch["patch_labels"], tokenizer),
+        "alignment": lambda: grounding_probe.alignment_loss(vision, batch["alignment_words"], batch["on_object"]),
         "early_answer": lambda: F.cross_entropy(logits[rows[:, 0], rows[:, 1]], batch["answer_words"]),
         "copy": lambda: copy_probe.copy_loss(batch["copy_rows"], batch["copy_keys"]),
     }
@@ -49,13 +48,12 @@ def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: 
     return loss, parts
 
 
-def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig, tokenizer,
-                        progress: bool = True) -> list[float]:
+def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig, progress: bool = True) -> list[float]:
     """Stage 2: the projector and the language model learn the answers (the tower stays frozen)."""
     model.model.vision_tower.requires_grad_(False).eval()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
-    schedule = warmup_cosine(optimizer, config.warmup_steps, config.steps)
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     generator = torch.Generator().manual_seed(config.seed)
     probes = (GroundingProbe(model, config.grounding_layer), GroundingProbe(model, config.grounding_layer + 1))
     model.model.language_model.train(), model.model.multi_modal_projector.train()
@@ -64,7 +62,7 @@ def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig,
         with tqdm(range(config.steps), desc="language model", disable=not progress) as bar:
             for _ in bar:
                 index = torch.randint(len(data), (config.batch_size,), generator=generator).tolist()
-                loss, parts = reference_loss(model, probes, data.collate([data[i] for i in index]), config, tokenizer)
+                loss, parts = reference_loss(model, probes, data.collate([data[i] for i in index]), config)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step(), schedule.step(), optimizer.zero_grad()
@@ -73,7 +71,7 @@ def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig,
     finally:
         for probe in probes:
             probe.remove()
-    model.requires_grad_(True)
+    model.requires_grad_(True)  # back to a plain, fully trainable model
     return history
 
 
@@ -92,12 +90,10 @@ def train_reference(out_dir: str | Path, config: ReferenceConfig | None = None, 
     model = build_reference_model(config, processor)
     data = ShapesTrainingSet(paths["train"], processor, model.config.image_token_id)
     start = time.perf_counter()
-    vision = pretrain_vision_tower(model.model.vision_tower, data.pixels(),
-                                   torch.stack([e["patch_labels"] for e in data.examples]),
-                                   steps=config.vision_steps, batch_size=config.vision_batch_size,
+    vision = pretrain_vision_tower(model.model.vision_tower, *data.vision_inputs(), steps=config.vision_steps, batch_size=config.vision_batch_size,
                                    learning_rate=config.vision_learning_rate, seed=config.seed, progress=progress)
     middle = time.perf_counter()
-    language = train_language_side(model, data, config, processor.tokenizer, progress)
+    language = train_language_side(model, data, config, progress)
     end = time.perf_counter()
     model.eval()
     report = {"config": asdict(config), "vision_seconds": round(middle - start, 1),

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-
-from .schedule import warmup_cosine
+from transformers import get_cosine_schedule_with_warmup
 
 HEAD_CLASSES = (7, 10, 10)  # background + 6 colours; background + 9 cells; 0-9 objects of that colour
 
@@ -43,7 +42,7 @@ def pretrain_vision_tower(tower, pixels: torch.Tensor, labels: torch.Tensor, *, 
     heads = torch.nn.ModuleList(torch.nn.Linear(tower.config.hidden_size, n) for n in HEAD_CLASSES)
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    schedule = warmup_cosine(optimizer, min(30, steps // 5), steps)
+    schedule = get_cosine_schedule_with_warmup(optimizer, min(30, steps // 5), steps)
     generator = torch.Generator().manual_seed(seed)
     tower.train()
     history = []
