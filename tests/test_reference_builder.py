@@ -114,6 +114,8 @@ def test_grounding_targets_name_the_objects(batch, data):
         vision = b["input_ids"][sample] == model.config.image_token_id
         assert target[~vision].sum() == pytest.approx(target[0])  # the rest lies on patches
         assert (target[vision] > 0).any() == bool(named)
+        cells = b["named_cells"][len([r for r in b["grounding_rows"].tolist() if r < [sample, row]])]
+        assert cells.nonzero()[:, 0].tolist() == sorted(POSITIONS.index(o["position"]) for o in named)
 
 
 def test_grounding_attention_is_the_stock_attention(batch):
@@ -137,12 +139,14 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     model, processor, train, b = batch
     inputs = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     probes = (GroundingProbe(model, TINY.grounding_layer), GroundingProbe(model, TINY.grounding_layer + 1))
-    off = replace(TINY, grounding_weight=0, alignment_weight=0, early_answer_weight=0, copy_weight=0)
-    on = replace(TINY, grounding_weight=0.5, alignment_weight=2, early_answer_weight=0.25, copy_weight=3)
+    off = replace(TINY, grounding_weight=0, alignment_weight=0, early_answer_weight=0, copy_weight=0, cells_weight=0)
+    on = replace(TINY, grounding_weight=0.5, alignment_weight=2, early_answer_weight=0.25, copy_weight=3,
+                 cells_weight=1.5)
+    cell_head = torch.nn.Linear(TINY.hidden_size, len(POSITIONS))
     try:
         with torch.no_grad():
             plain, _ = reference_loss(model, probes, b, off)
-            full, parts = reference_loss(model, probes, b, on)
+            full, parts = reference_loss(model, probes, b, on, cell_head)
             model.set_attn_implementation("eager")
             stock = model(**inputs, labels=b["labels"], output_hidden_states=True, output_attentions=True)
     finally:
@@ -175,7 +179,13 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
             distances.append(1 - torch.cosine_similarity(patches[v], target, dim=0))
     alignment = torch.stack(distances).mean().item()
     assert parts["alignment"] == pytest.approx(alignment, rel=1e-5)
-    expected = parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment + 0.25 * early.item() + 3 * copy.item()
+    # cells: the naming word's normalised input to the layer above the grounding layer, through the head
+    above = model.model.language_model.layers[TINY.grounding_layer + 1]
+    logits = cell_head(above.input_layernorm(stock.hidden_states[TINY.grounding_layer + 1])[rows[:, 0], rows[:, 1]])
+    cells = torch.nn.functional.binary_cross_entropy_with_logits(logits, b["named_cells"])
+    assert parts["cells"] == pytest.approx(cells.item(), rel=1e-5)
+    expected = (parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment + 0.25 * early.item() + 3 * copy.item()
+                + 1.5 * cells.item())
     assert full.item() == pytest.approx(expected, rel=1e-4)
 
 

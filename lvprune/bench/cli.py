@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-records", type=int, default=500, help="test questions (default 500)")
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch for accuracy (default 32)")
     parser.add_argument("--timing-runs", type=int, default=7, help="timing rounds, medians reported (default 7)")
+    parser.add_argument("--timing-batch-size", type=int, default=16,
+                        help="prompts per timed prefill / decode step (default 16; 1 times single prompts)")
     parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's layer K, 1-based (default 2)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -47,7 +49,7 @@ def run_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         out=args.out, base=args.base, pruner=args.pruner, test_json=args.test_json, image_folder=args.image_folder,
         cache_dir=args.cache_dir, quick=args.quick, test_records=args.test_records, batch_size=args.batch_size,
-        timing_runs=args.timing_runs, fastv_layer=args.fastv_layer, seed=args.seed,
+        timing_runs=args.timing_runs, timing_batch_size=args.timing_batch_size, fastv_layer=args.fastv_layer, seed=args.seed,
     )
     run(config)
     print((Path(args.out) / "results.md").read_text())

@@ -1,4 +1,4 @@
-"""Cost of one prompt at batch 1: prefill FLOPs, prefill and decode wall time, KV-cache bytes, kept patches.
+"""Cost of a prompt: prefill FLOPs, KV-cache bytes and kept patches (batch 1); prefill and decode wall time (any batch).
 
 FLOPs are `torch.utils.flop_counter.FlopCounterMode`'s count of one prefill forward as `generate()` runs it
 (`logits_to_keep=1`, cache on). The counter has no formula for the CPU kernel of SDPA, so this module lends

@@ -22,6 +22,9 @@ class ReferenceConfig:
         the answer's key word (the question positions are otherwise unsupervised, so nothing conflicts).
     copy_weight: weight of the attention loss that points head 0 of the layer after `grounding_layer`, at the
         positions that predict the answer, to the naming word.
+    cells_weight: weight of the loss that makes the hidden state at the naming word, one layer above the
+        grounding layer, say (through a linear head, thrown away afterwards) which grid cells hold the named
+        objects: a count is then the size of that set, and a place its only member.
     """
 
     image_size: int = 96
@@ -50,6 +53,7 @@ class ReferenceConfig:
     alignment_weight: float = 1.0
     early_answer_weight: float = 1.0
     copy_weight: float = 1.0
+    cells_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -65,7 +69,7 @@ class ReferenceConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         for name in ("vision_steps", "warmup_steps", "grounding_weight", "alignment_weight", "early_answer_weight",
-                     "copy_weight"):
+                     "copy_weight", "cells_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         if self.learning_rate <= 0 or self.vision_learning_rate <= 0:

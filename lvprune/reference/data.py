@@ -68,7 +68,8 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
     def collate(self, examples: list[dict]) -> dict:
         """The collator's batch plus, per patch, `on_object` [B, V] and `alignment_words` [B, V, 2] (its object's
         colour and cell word ids); per turn (R in all): `grounding_rows` [R, 2]
-        (sample, naming word's position), `grounding_targets` [R, N] (rows sum to 1) and `answer_words` [R];
+        (sample, naming word's position), `grounding_targets` [R, N] (rows sum to 1), `answer_words` [R] and
+        `named_cells` [R, 9] (1 on the cells of the named objects);
         and per answer position (S in all): `copy_rows` [S, 2] (sample, position) and `copy_keys` [S]
         (the naming word's position of that turn)."""
         batch = self.collator([{k: e[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
@@ -77,16 +78,17 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
         batch["on_object"] = labels[:, 0] > 0
         batch["alignment_words"] = torch.stack([self.colour_words[(labels[:, 0] - 1).clamp_min(0)],
                                                 self.cell_words[(labels[:, 1] - 1).clamp_min(0)]], dim=-1)
-        length, rows, targets, words, copy_rows, copy_keys = batch["input_ids"].shape[1], [], [], [], [], []
+        length, rows, targets, words, cells, copy_rows, copy_keys = batch["input_ids"].shape[1], [], [], [], [], [], []
         for b, example in enumerate(examples):
-            for row, keys, weights, answer_rows, word in example["grounding"]:
+            for row, keys, weights, answer_rows, word, cell_list in example["grounding"]:
                 rows.append((b, row))
                 targets.append(torch.zeros(length).index_put_((torch.tensor(keys),), torch.tensor(weights),
                                                               accumulate=True))
                 words.append(word)
+                cells.append(torch.zeros(len(POSITIONS)).index_fill_(0, torch.tensor(cell_list, dtype=torch.long), 1.0))
                 copy_rows += [(b, t) for t in answer_rows]
                 copy_keys += [row] * len(answer_rows)
         batch["grounding_rows"], batch["grounding_targets"] = torch.tensor(rows), torch.stack(targets)
-        batch["answer_words"] = torch.tensor(words)
+        batch["answer_words"], batch["named_cells"] = torch.tensor(words), torch.stack(cells)
         batch["copy_rows"], batch["copy_keys"] = torch.tensor(copy_rows), torch.tensor(copy_keys)
         return batch

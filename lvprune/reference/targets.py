@@ -6,7 +6,8 @@
   or a cell) and the attention distribution it should have over the prompt: `1 / (1 + k)` on the `<s>`
   token (a sink that says "nothing else here") and the rest spread evenly over the `k` named objects'
   patches. Attending like this makes presence ("sink only?") and counts (the sink's share) readable too.
-  Each turn also carries the positions that predict its answer and the answer's key word.
+  Each turn also carries the positions that predict its answer, the answer's key word, and the cells of
+  the named objects (a count is the size of that set).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def answer_spans(labels: torch.Tensor) -> list[list[int]]:
 
 
 def grounding_rows(record: dict, input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, image_token_id: int,
-                   image_size: int, patch_size: int) -> list[tuple[int, list[int], list[float], list[int], int]]:
-    """One `(row, keys, weights, answer_rows, answer_word)` per turn: the naming word's position, its target
-    attention over `keys`, the positions that predict the turn's answer tokens, and the id of the answer's
-    key word (its last word: "red", "yes", "two", "northwest")."""
+                   image_size: int, patch_size: int) -> list[tuple[int, list[int], list[float], list[int], int, list[int]]]:
+    """One `(row, keys, weights, answer_rows, answer_word, cells)` per turn: the naming word's position, its
+    target attention over `keys`, the positions that predict the turn's answer tokens, the id of the answer's
+    key word (its last word: "red", "yes", "two", "northwest"), and the grid cells (indices into `POSITIONS`)
+    of the named objects."""
     vision = (input_ids == image_token_id).nonzero()[:, 0]
     spans = answer_spans(labels)
     if len(spans) != len(record["qa"]):
@@ -80,6 +82,7 @@ def grounding_rows(record: dict, input_ids: torch.Tensor, labels: torch.Tensor, 
             keys += vision[torch.from_numpy(patches)].tolist()
             weights += [weights[0] / len(patches)] * len(patches)
         answer_word = tokenizer.convert_tokens_to_ids(turn["answer"].split()[-1])
-        rows.append((row, keys, weights, span, answer_word))
+        cells = sorted(POSITIONS.index(record["objects"][i]["position"]) for i in named)
+        rows.append((row, keys, weights, span, answer_word, cells))
         start = span[-1] + 1
     return rows

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..data.shapes import POSITIONS
 from .config import ReferenceConfig
 from .data import ShapesTrainingSet, make_reference_data
 from .grounding import GroundingProbe
@@ -21,12 +22,14 @@ from .vision import pretrain_vision_tower
 REPORT_FILE = "reference_report.json"
 
 
-def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: dict, config: ReferenceConfig):
+def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: dict, config: ReferenceConfig,
+                   cell_head: torch.nn.Module | None = None):
     """Answer cross-entropy plus the weighted auxiliary terms (see `ReferenceConfig`): grounding and
-    alignment (read by `probes[0]`, at the grounding layer), early answer, and copy (`probes[1]`, one layer up).
+    alignment (read by `probes[0]`, at the grounding layer), early answer, copy and cells (`probes[1]`, one
+    layer up; cells through `cell_head`, a linear map from the hidden size to the 9 cells).
 
-    Returns (loss, {"answer", "grounding", "alignment", "early_answer", "copy"} as floats); "answer" is the
-    stock model's own language-modelling loss on `labels`.
+    Returns (loss, {"answer", "grounding", "alignment", "early_answer", "copy", "cells"} as floats); "answer"
+    is the stock model's own language-modelling loss on `labels`.
     """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"], labels=batch["labels"])
@@ -38,6 +41,8 @@ def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: 
         "alignment": lambda: grounding_probe.alignment_loss(vision, batch["alignment_words"], batch["on_object"]),
         "early_answer": lambda: F.cross_entropy(logits[rows[:, 0], rows[:, 1]], batch["answer_words"]),
         "copy": lambda: copy_probe.copy_loss(batch["copy_rows"], batch["copy_keys"]),
+        "cells": lambda: F.binary_cross_entropy_with_logits(cell_head(copy_probe.captured["hidden"][rows[:, 0], rows[:, 1]]),
+                                                            batch["named_cells"]),
     }
     loss, parts = answer, {"answer": answer.item()}
     for name, term in terms.items():
@@ -51,7 +56,9 @@ def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: 
 def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig, progress: bool = True) -> list[float]:
     """Stage 2: the projector and the language model learn the answers (the tower stays frozen)."""
     model.model.vision_tower.requires_grad_(False).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(config.seed)
+    cell_head = torch.nn.Linear(config.hidden_size, len(POSITIONS))  # thrown away afterwards
+    params = [p for p in model.parameters() if p.requires_grad] + list(cell_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     generator = torch.Generator().manual_seed(config.seed)
@@ -62,7 +69,7 @@ def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig,
         with tqdm(range(config.steps), desc="language model", disable=not progress) as bar:
             for _ in bar:
                 index = torch.randint(len(data), (config.batch_size,), generator=generator).tolist()
-                loss, parts = reference_loss(model, probes, data.collate([data[i] for i in index]), config)
+                loss, parts = reference_loss(model, probes, data.collate([data[i] for i in index]), config, cell_head)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step(), schedule.step(), optimizer.zero_grad()
