@@ -83,3 +83,16 @@ def test_metrics_by_hand():
     assert yes_no_f1(predictions, answers) == pytest.approx(0.5)
     assert chance_accuracy(answers, ["p", "p", "p", "c", "n", "p"]) == pytest.approx((2 + 1 + 1) / 6)
     assert math.isnan(yes_no_f1(["red"], ["red"]))
+
+
+def test_plphp_flag_sets_every_field():
+    from lvprune.bench.cli import plphp_config
+    from lvprune.plphp import PLPHPConfig
+
+    assert plphp_config(None) == PLPHPConfig()
+    assert plphp_config([0.3, 0.3, 0.6, 0.25, 0.0]) == PLPHPConfig(r=0.3, delta_r=0.3, alpha=0.6, beta=0.25,
+                                                                   start_layer=0)
+    with pytest.raises(ValueError, match="START"):
+        plphp_config([0.3, 0.3, 0.6, 0.25, 1.5])
+    with pytest.raises(ValueError, match="beta"):
+        plphp_config([0.3, 0.3, 0.2, 0.6, 0])

@@ -9,7 +9,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from lvprune.data import build_processor
-from lvprune.data.shapes import COLOURS, POSITIONS
+from lvprune.data.shapes import COLOURS, NUMBERS, POSITIONS
 from lvprune.reference import (
     REPORT_FILE,
     GroundingProbe,
@@ -18,6 +18,7 @@ from lvprune.reference import (
     build_reference_model,
     load_reference,
     make_reference_data,
+    object_patches,
     patch_labels,
     reference_base,
     reference_loss,
@@ -83,10 +84,10 @@ def test_report_and_cache_hit(folder):
 def test_patch_labels_by_hand():
     red = {"shape": "square", "colour": "red", "position": "northwest", "bbox": [4, 4, 12, 12]}
     small = {"shape": "circle", "colour": "red", "position": "east", "bbox": [18, 10, 20, 12]}  # one patch
-    labels = patch_labels([red, small], image_size=24, patch_size=4).view(3, 6, 6)
-    expected = torch.zeros(3, 6, 6, dtype=torch.long)
-    expected[:, 1:3, 1:3] = torch.tensor([1, 1, 2])[:, None, None]  # red (1), northwest (1), 2 red objects
-    expected[:, 2, 4] = torch.tensor([1, 1 + POSITIONS.index("east"), 2])
+    labels = patch_labels([red, small], image_size=24, patch_size=4).view(2, 6, 6)
+    expected = torch.zeros(2, 6, 6, dtype=torch.long)
+    expected[:, 1:3, 1:3] = torch.tensor([1, 1])[:, None, None]  # red (1), northwest (1)
+    expected[:, 2, 4] = torch.tensor([1, 1 + POSITIONS.index("east")])
     assert torch.equal(labels, expected)
 
 
@@ -110,10 +111,14 @@ def test_grounding_targets_name_the_objects(batch, data):
         # the naming word: the cell of a colour question, the colour of every other question
         assert word == (words[-1] if turn["type"] == "colour" else next(w for w in words if w in COLOURS))
         named = [o for o in records[sample]["objects"] if word in (o["colour"], o["position"])]
-        assert target[0] == pytest.approx(1 / (1 + len(named)))  # the <s> sink
-        vision = b["input_ids"][sample] == model.config.image_token_id
-        assert target[~vision].sum() == pytest.approx(target[0])  # the rest lies on patches
-        assert (target[vision] > 0).any() == bool(named)
+        patches = [p for o in named for p in object_patches(o, TINY.image_size, TINY.patch_size).tolist()]
+        vision = (b["input_ids"][sample] == model.config.image_token_id).nonzero()[:, 0]
+        expected = torch.zeros_like(target)
+        if patches:  # evenly on the named objects' patches
+            expected[vision[patches]] = 1 / len(patches)
+        else:  # nothing named: all on the <s> sink
+            expected[0] = 1.0
+        assert torch.allclose(target, expected)
         cells = b["named_cells"][len([r for r in b["grounding_rows"].tolist() if r < [sample, row]])]
         assert cells.nonzero()[:, 0].tolist() == sorted(POSITIONS.index(o["position"]) for o in named)
 
@@ -142,7 +147,7 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     off = replace(TINY, grounding_weight=0, alignment_weight=0, early_answer_weight=0, copy_weight=0, cells_weight=0)
     on = replace(TINY, grounding_weight=0.5, alignment_weight=2, early_answer_weight=0.25, copy_weight=3,
                  cells_weight=1.5)
-    cell_head = torch.nn.Linear(TINY.hidden_size, len(POSITIONS))
+    cell_head = torch.nn.Linear(TINY.hidden_size, len(POSITIONS) + len(NUMBERS))
     try:
         with torch.no_grad():
             plain, _ = reference_loss(model, probes, b, off)
@@ -182,7 +187,11 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     # cells: the naming word's normalised input to the layer above the grounding layer, through the head
     above = model.model.language_model.layers[TINY.grounding_layer + 1]
     logits = cell_head(above.input_layernorm(stock.hidden_states[TINY.grounding_layer + 1])[rows[:, 0], rows[:, 1]])
-    cells = torch.nn.functional.binary_cross_entropy_with_logits(logits, b["named_cells"])
+    named = [len([o for o in train_records_objects(train, s) if word in (o["colour"], o["position"])])
+             for s, word in ((s, processor.tokenizer.convert_ids_to_tokens(int(b["input_ids"][s, r])))
+                             for s, r in rows.tolist())]
+    cells = (torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :9], b["named_cells"])
+             + torch.nn.functional.cross_entropy(logits[:, 9:], torch.tensor(named)))
     assert parts["cells"] == pytest.approx(cells.item(), rel=1e-5)
     expected = (parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment + 0.25 * early.item() + 3 * copy.item()
                 + 1.5 * cells.item())
@@ -191,6 +200,10 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
 
 def train_records(train, i):
     return train.records[i]["qa"]
+
+
+def train_records_objects(train, i):
+    return train.records[i]["objects"]
 
 
 def test_config_names_bad_values():

@@ -165,11 +165,12 @@ def export(accelerator, config, model, lora, data_name: str, summary: dict) -> P
 def benchmark(accelerator, config, base_name: str, final: Path) -> None:
     """Run `lvprune bench` on the base and the exported pruner (main process) and print its table."""
     if accelerator.is_main_process:
+        from lvprune.bench.cli import plphp_config
         from lvprune.bench.harness import BenchConfig, run
 
         out = Path(config.output_dir) / "bench"
         run(BenchConfig(out=out, base=Path(base_name), pruner=final, quick=config.evaluate == "quick",
-                        cache_dir=Path(config.assets_dir)))
+                        cache_dir=Path(config.assets_dir), plphp=plphp_config(config.bench_plphp)))
         accelerator.print((out / "results.md").read_text())
     accelerator.wait_for_everyone()
 

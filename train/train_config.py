@@ -101,6 +101,8 @@ class TrainConfig:
     hub_private: bool = doc(False, "create the Hub repository as private")
     evaluate: str = doc("none", "after the export, benchmark the base and the new pruner against the other "
                         "methods (`lvprune bench`): none, quick (a smoke test) or full; writes output_dir/bench")
+    bench_plphp: list[float] | None = doc(None, "PLPHP's [r, delta_r, alpha, beta, start_layer] for the benchmark's "
+                                          "PLPHP rows (null: PLPHPConfig's defaults)")
 
     def __post_init__(self):
         self.check()
@@ -122,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
             raise ValueError(f"num_train_epochs={self.num_train_epochs} must be positive when max_steps is 0.")
+        if self.bench_plphp is not None and len(self.bench_plphp) != 5:
+            raise ValueError(f"bench_plphp={self.bench_plphp} must be [r, delta_r, alpha, beta, start_layer].")
         if self.chat_template not in (None, "llava-1.5"):
             raise ValueError(f"chat_template={self.chat_template!r} must be null or 'llava-1.5'.")
 

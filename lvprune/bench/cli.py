@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing-runs", type=int, default=7, help="timing rounds, medians reported (default 7)")
     parser.add_argument("--timing-batch-size", type=int, default=16,
                         help="prompts per timed prefill / decode step (default 16; 1 times single prompts)")
+    parser.add_argument("--plphp", type=float, nargs=5, default=None, metavar=("R", "DR", "ALPHA", "BETA", "START"),
+                        help="PLPHP's r, delta_r, alpha, beta and first pruned layer (0-based) for the plphp rows "
+                             "(default: PLPHPConfig's defaults)")
     parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's layer K, 1-based (default 2)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -42,6 +45,18 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def plphp_config(values) -> PLPHPConfig:
+    """`--plphp R DR ALPHA BETA START` as a `PLPHPConfig` (its defaults without the flag)."""
+    from ..plphp import PLPHPConfig
+
+    if values is None:
+        return PLPHPConfig()
+    r, delta_r, alpha, beta, start = values
+    if start != int(start):
+        raise ValueError(f"--plphp START must be a layer index, got {start}")
+    return PLPHPConfig(r=r, delta_r=delta_r, alpha=alpha, beta=beta, start_layer=int(start))
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments; prints the Markdown table and returns 0."""
     from .harness import BenchConfig, run
@@ -49,7 +64,8 @@ def run_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         out=args.out, base=args.base, pruner=args.pruner, test_json=args.test_json, image_folder=args.image_folder,
         cache_dir=args.cache_dir, quick=args.quick, test_records=args.test_records, batch_size=args.batch_size,
-        timing_runs=args.timing_runs, timing_batch_size=args.timing_batch_size, fastv_layer=args.fastv_layer, seed=args.seed,
+        timing_runs=args.timing_runs, timing_batch_size=args.timing_batch_size,
+        plphp=plphp_config(args.plphp), fastv_layer=args.fastv_layer, seed=args.seed,
     )
     run(config)
     print((Path(args.out) / "results.md").read_text())

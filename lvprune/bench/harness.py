@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import ShapesConfig, make_shapes_dataset
 from ..modeling import LVPrunerModel
+from ..plphp import PLPHPConfig
 from ..reference import load_reference, reference_base
 from . import profile
 from .answers import answer_questions
@@ -52,6 +53,7 @@ class BenchConfig:
     kv_samples: int = 32
     examples: int = 4
     fastv_layer: int = 2
+    plphp: PLPHPConfig = field(default_factory=PLPHPConfig)
     seed: int = 0
     pruner_training: PrunerTrainingConfig = field(default_factory=PrunerTrainingConfig)
 
@@ -70,9 +72,11 @@ def test_split(config: BenchConfig, image_size: int) -> tuple[Path, Path]:
     if config.test_json is not None:
         return Path(config.test_json), Path(config.image_folder or Path(config.test_json).parent)
     cache = Path(config.cache_dir or Path.home() / ".cache" / "lvprune").expanduser()
-    folder = cache / f"shapes-test-{image_size}px-{config.test_records}-seed{config.seed}"
+    shapes = ShapesConfig(image_size=image_size, seed=config.seed)
+    low, high = shapes.object_size
+    folder = cache / f"shapes-test-{image_size}px-objects{low:g}-{high:g}-{config.test_records}-seed{config.seed}"
     if not (folder / "test.json").is_file():
-        make_shapes_dataset(folder, {"test": config.test_records}, ShapesConfig(image_size=image_size, seed=config.seed))
+        make_shapes_dataset(folder, {"test": config.test_records}, shapes)
     return folder / "test.json", folder
 
 
@@ -131,7 +135,7 @@ def run(config: BenchConfig) -> list[dict]:
     size = processor.image_processor.crop_size["height"]
     questions = load_questions(*test_split(config, size), limit=config.test_records)
     pruner = load_pruner(config, base_dir, model, processor)
-    methods = build_methods(model, pruner, fastv_layer=config.fastv_layer, seed=config.seed)
+    methods = build_methods(model, pruner, plphp=config.plphp, fastv_layer=config.fastv_layer, seed=config.seed)
     rows = [measure_method(m, model, processor, questions, config) for m in tqdm(methods, desc="methods")]
     timing_batch = next(prompt_batches(questions[: config.timing_batch_size], processor, config.timing_batch_size))
     timings = time_methods(methods, model, timing_batch, config)

@@ -16,6 +16,10 @@ Objects are named by colour and place, not by shape: colour and place are read f
 while telling a circle from a square needs a patch's neighbours, which a vision tower trained from
 scratch on CPU learns far more slowly. The shapes stay in the scene as visual variety.
 
+Objects are small by default (`object_size` 0.25-0.4 of a cell's side: at 96 px with 6-px patches, about
+3 patches each), so that dropping a random half of the image's patches loses a named object now and then:
+a benchmark on larger objects cannot tell a pruner that keeps the right patches from a random one.
+
 The answer of every record is drawn first, balanced within each split and type, and the scene is then
 built to match it, so the question alone does not predict the answer: the task needs the image.
 
@@ -75,7 +79,7 @@ class ShapesConfig:
     max_count: int = 4
     turns: int = 1
     types: tuple[str, ...] = QUESTION_TYPES
-    object_size: tuple[float, float] = (0.5, 0.8)
+    object_size: tuple[float, float] = (0.25, 0.4)
     seed: int = 0
 
     def __post_init__(self):
@@ -150,14 +154,15 @@ def _scene_for(rng: random.Random, qtype: str, answer: str, config: ShapesConfig
     """Build a scene whose answer to a fresh `qtype` question is `answer`; returns (objects, question).
 
     The named colour occurs `k` times (1 for colour/position questions, 0/1 for presence, the answer for
-    count) and every other object has its own colour, distinct from the rest.
+    count); the other objects draw their colours from the rest, repeats allowed, so that later turns (see
+    `ask_about`) can count more than one object of a colour too.
     """
     n = rng.randint(config.min_objects, config.max_objects)
     named = answer if qtype == "colour" else rng.choice(list(COLOURS))
     k = {"colour": 1, "position": 1, "presence": int(answer == "yes")}.get(qtype)
     k = NUMBERS.index(answer) if k is None else k
     n = max(n, k)
-    others = rng.sample([c for c in COLOURS if c != named], min(n - k, len(COLOURS) - 1))
+    others = [rng.choice([c for c in COLOURS if c != named]) for _ in range(n - k)]
     colours = [named] * k + others
     cells = rng.sample(range(9), len(colours))
     if qtype == "position":  # the named object goes into the answer's cell
@@ -173,7 +178,9 @@ def _scene_for(rng: random.Random, qtype: str, answer: str, config: ShapesConfig
 def ask_about(rng: random.Random, objects: list[dict], qtype: str) -> dict:
     """A `{"type", "question", "answer"}` turn about an existing scene (used for later turns).
 
-    A position question needs a colour that occurs once; without one it becomes a colour question.
+    A position question needs a colour that occurs once; without one it becomes a colour question. Presence
+    and count questions name a colour of the scene half of the time (else any colour), so that counts above
+    one are common.
     """
     colours = [o["colour"] for o in objects]
     unique = [o for o in objects if colours.count(o["colour"]) == 1]
@@ -185,7 +192,7 @@ def ask_about(rng: random.Random, objects: list[dict], qtype: str) -> dict:
         qtype, obj = "colour", rng.choice(objects)
         question, answer = QUESTION_TEMPLATES["colour"].format(position=obj["position"]), obj["colour"]
     else:
-        colour = rng.choice(list(COLOURS))
+        colour = rng.choice(colours if rng.random() < 0.5 else list(COLOURS))
         question = QUESTION_TEMPLATES[qtype].format(colour=colour)
         count = colours.count(colour)
         answer = ("no", "yes")[count > 0] if qtype == "presence" else NUMBERS[count]

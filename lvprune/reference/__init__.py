@@ -8,12 +8,14 @@ image and falls to chance without it. `reference_base()` returns its folder (wei
 The recipe follows LLaVA's stages, with dense supervision where a from-scratch model on a CPU budget
 would otherwise not find its way:
 
-1. `vision`: the CLIP tower alone learns per-patch colour, cell and count labels;
-2. `training`: with the tower frozen, the projector and language model learn the answers, helped by two
-   auxiliary losses (`grounding`): head 0 of the second layer is told which patches the naming word refers
-   to, and object patches' hidden states there are turned towards the embeddings of their colour and cell
-   words. The lookup happens after LVPruning's first stage, so a pruner that drops the named object's
-   patches costs answers: the benchmark can tell good pruning from bad.
+1. `vision`: the CLIP tower alone learns per-patch colour and cell labels;
+2. `training`: with the tower frozen, the projector and language model learn the answers, helped by
+   auxiliary losses read off the stock model through hooks (`grounding`): head 0 of the second layer is told
+   which patches the naming word refers to; object patches' hidden states there are turned towards the
+   embeddings of their colour and cell words; the naming word's output predicts the answer's key word and,
+   one layer up, which grid cells the named objects sit in; and the answer attends to the naming word.
+   The lookup happens after LVPruning's first stage and the objects are small (a few patches each), so a
+   pruner that drops the named object's patches costs answers: the benchmark can tell good pruning from bad.
 
 Training is deterministic in `ReferenceConfig.seed` (on one machine).
 """
@@ -23,11 +25,11 @@ from .config import ReferenceConfig
 from .data import ShapesTrainingSet, make_reference_data
 from .grounding import GroundingProbe
 from .model import build_reference_model, reference_llava_config
-from .targets import grounding_rows, patch_labels
+from .targets import grounding_rows, object_patches, patch_labels
 from .training import REPORT_FILE, reference_loss, train_reference
 
 __all__ = [
     "DEFAULT_CACHE_DIR", "REPORT_FILE", "GroundingProbe", "ReferenceConfig", "ShapesTrainingSet",
     "build_reference_model", "grounding_rows", "is_reference_folder", "load_reference", "make_reference_data",
-    "patch_labels", "reference_base", "reference_llava_config", "reference_loss", "train_reference",
+    "object_patches", "patch_labels", "reference_base", "reference_llava_config", "reference_loss", "train_reference",
 ]

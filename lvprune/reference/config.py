@@ -24,12 +24,12 @@ class ReferenceConfig:
         positions that predict the answer, to the naming word.
     cells_weight: weight of the loss that makes the hidden state at the naming word, one layer above the
         grounding layer, say (through a linear head, thrown away afterwards) which grid cells hold the named
-        objects: a count is then the size of that set, and a place its only member.
+        objects and how many there are: a place is then the set's only member, a count its size.
     """
 
     image_size: int = 96
     patch_size: int = 6
-    object_size: tuple[float, float] = (0.5, 0.8)
+    object_size: tuple[float, float] = (0.25, 0.4)
     vision_hidden_size: int = 64
     vision_layers: int = 2
     vision_heads: int = 2
@@ -41,10 +41,10 @@ class ReferenceConfig:
     train_records: int = 3000
     test_records: int = 500
     turns: int = 12
-    vision_steps: int = 200
+    vision_steps: int = 400
     vision_batch_size: int = 32
     vision_learning_rate: float = 2e-3
-    steps: int = 1500
+    steps: int = 1400
     batch_size: int = 8
     learning_rate: float = 2e-3
     warmup_steps: int = 50

@@ -30,7 +30,7 @@ def make_reference_data(data_dir: str | Path, config: ReferenceConfig):
 
 
 class ShapesTrainingSet(torch.utils.data.Dataset):
-    """The encoded training records of a shapes split, each with `patch_labels` [3, V] and `grounding` rows.
+    """The encoded training records of a shapes split, each with `patch_labels` [2, V] and `grounding` rows.
 
     Everything is encoded once up front (a few thousand small records), so batches cost no decoding.
     """
@@ -61,7 +61,7 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
         return self.examples[index]
 
     def vision_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every image [n, 3, H, W] and its patch labels [n, 3, V], for the vision tower's stage."""
+        """Every image [n, 3, H, W] and its patch labels [n, 2, V], for the vision tower's stage."""
         pixels = torch.stack([torch.as_tensor(e["pixel_values"])[0] for e in self.examples])
         return pixels, torch.stack([e["patch_labels"] for e in self.examples])
 

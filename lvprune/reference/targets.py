@@ -1,11 +1,12 @@
 """What the reference base is taught besides the answers: per-patch labels and per-turn grounding targets.
 
-- `patch_labels`: for the vision tower's stage 1, the colour, the grid cell and the colour's count in the
-  scene of the object under each patch.
+- `patch_labels`: for the vision tower's stage 1, the colour and the grid cell of the object under each
+  patch.
 - `grounding_rows`: for each turn of a record, the position of the word that names the object(s) (a colour
-  or a cell) and the attention distribution it should have over the prompt: `1 / (1 + k)` on the `<s>`
-  token (a sink that says "nothing else here") and the rest spread evenly over the `k` named objects'
-  patches. Attending like this makes presence ("sink only?") and counts (the sink's share) readable too.
+  or a cell) and the attention distribution it should have over the prompt: spread evenly over the named
+  objects' patches, or all on the `<s>` token (a sink that says "nothing here") when nothing is named.
+  A per-patch target is one attention can meet exactly (query "red" against keys that look red), so it
+  can be met sharply; an even share per *object* would need the model to know each object's size.
   Each turn also carries the positions that predict its answer, the answer's key word, and the cells of
   the named objects (a count is the size of that set).
 """
@@ -29,15 +30,12 @@ def object_patches(obj: dict, image_size: int, patch_size: int) -> np.ndarray:
 
 
 def patch_labels(objects: list[dict], image_size: int, patch_size: int) -> torch.Tensor:
-    """[3, V] long: per patch, 1 + colour index, 1 + cell index, and how many objects share its colour;
-    0 on background patches."""
-    labels = torch.zeros(3, (image_size // patch_size) ** 2, dtype=torch.long)
-    colours = [o["colour"] for o in objects]
+    """[2, V] long: per patch, 1 + colour index and 1 + cell index of the object under it; 0 on background."""
+    labels = torch.zeros(2, (image_size // patch_size) ** 2, dtype=torch.long)
     for obj in objects:
         patches = torch.from_numpy(object_patches(obj, image_size, patch_size))
         labels[0, patches] = 1 + COLOUR_NAMES.index(obj["colour"])
         labels[1, patches] = 1 + POSITIONS.index(obj["position"])
-        labels[2, patches] = colours.count(obj["colour"])
     return labels
 
 
@@ -76,11 +74,9 @@ def grounding_rows(record: dict, input_ids: torch.Tensor, labels: torch.Tensor, 
         word, named = named_objects(turn, record["objects"])
         word_id = tokenizer.convert_tokens_to_ids(word)
         row = next(t for t in range(start, span[0] + 1) if int(input_ids[t]) == word_id)
-        seen = [p for p in (object_patches(record["objects"][i], image_size, patch_size) for i in named) if len(p)]
-        keys, weights = [0], [1.0 / (1 + len(seen))]  # an object too small to cover a patch is not seen
-        for patches in seen:
-            keys += vision[torch.from_numpy(patches)].tolist()
-            weights += [weights[0] / len(patches)] * len(patches)
+        patches = [p for i in named for p in object_patches(record["objects"][i], image_size, patch_size).tolist()]
+        keys = vision[torch.tensor(patches, dtype=torch.long)].tolist() if patches else [0]
+        weights = [1.0 / len(keys)] * len(keys)
         answer_word = tokenizer.convert_tokens_to_ids(turn["answer"].split()[-1])
         cells = sorted(POSITIONS.index(record["objects"][i]["position"]) for i in named)
         rows.append((row, keys, weights, span, answer_word, cells))

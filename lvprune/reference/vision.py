@@ -1,10 +1,11 @@
 """Stage 1: train the vision tower alone to see what the questions ask about.
 
 Linear heads on the tower's last hidden states (what LLaVA projects, CLS dropped) predict, per patch, the
-colour of the object under it (or background), its grid cell and how many objects share its colour. A
-tower trained from scratch through the language model alone barely learns within a CPU budget; with these
-dense labels it reads colour and cell from each patch within a couple of hundred steps. The heads are
-thrown away afterwards.
+colour of the object under it (or background) and its grid cell. A tower trained from scratch through the
+language model alone barely learns within a CPU budget; with these dense labels it reads colour and cell
+from each patch within a few hundred steps. The heads are thrown away afterwards. (How many objects share a
+patch's colour is not asked: a 2-layer tower does not learn to count within the budget; the language model
+counts grid cells instead, see `training.reference_loss`.)
 """
 
 from __future__ import annotations
@@ -14,29 +15,29 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-HEAD_CLASSES = (7, 10, 10)  # background + 6 colours; background + 9 cells; 0-9 objects of that colour
+HEAD_CLASSES = (7, 10)  # background + 6 colours; background + 9 cells
 
 
 def patch_losses(tower, heads, pixels: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """Cross-entropy of each head. pixels [B, 3, H, W]; labels [B, 3, V] (see `targets.patch_labels`).
+    """Cross-entropies [colour on every patch, colour on object patches, cell on object patches].
 
-    Colour is scored on every patch (background included); cell and count on object patches only, so the
-    many background patches do not drown them.
+    pixels [B, 3, H, W]; labels [B, 2, V] (see `targets.patch_labels`). Small
+    objects cover a few percent of the patches, so colour is also scored on object patches alone: scored on
+    every patch only, a patch half covered by an object is cheaper to call background.
     """
     hidden = tower(pixel_values=pixels).last_hidden_state[:, 1:]  # [B, V, C]
     on_object = labels[:, 0] > 0
-    losses = []
-    for k, head in enumerate(heads):
-        target = labels[:, k] if k == 0 else labels[:, k].masked_fill(~on_object, -100)
-        losses.append(F.cross_entropy(head(hidden).flatten(0, 1), target.flatten()))
-    return losses
+    colour, cell = heads[0](hidden), heads[1](hidden)
+    return [F.cross_entropy(colour.flatten(0, 1), labels[:, 0].flatten()),
+            F.cross_entropy(colour[on_object], labels[:, 0][on_object]),
+            F.cross_entropy(cell[on_object], labels[:, 1][on_object])]
 
 
 def pretrain_vision_tower(tower, pixels: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int,
                           learning_rate: float, seed: int, progress: bool = True) -> list[float]:
     """Train `tower` (a CLIP vision model) on per-patch labels; returns the loss of each step.
 
-    pixels [n, 3, H, W]; labels [n, 3, V]. Batches are drawn with replacement from a `seed`ed generator.
+    pixels [n, 3, H, W]; labels [n, 2, V]. Batches are drawn with replacement from a `seed`ed generator.
     """
     torch.manual_seed(seed)
     heads = torch.nn.ModuleList(torch.nn.Linear(tower.config.hidden_size, n) for n in HEAD_CLASSES)

@@ -1,0 +1,62 @@
+"""PLPHP's settings measured on the reference base: accuracy and KV cache per (start layer, r, Δr).
+
+    python benchmarks/plphp_sweep.py --pruner outputs/reference-pruner/final [--base DIR] [--questions 500]
+
+For every first pruned layer L and the paper's (r, Δr) sweep, with the thresholds `alpha`/`beta` measured
+for that L (`lvprune.calibration.suggest_thresholds`), it runs PLPHP alone and on top of LVPruning at
+ρ = 0.5 over the shapes test questions and prints accuracy and KV bytes (% of the unpruned cache), the way
+`lvprune bench` measures them. PLPHP's paper publishes neither L nor the thresholds; this is how the
+project picks them for a base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from lvprune.bench.harness import BenchConfig, measure_method, test_split
+from lvprune.bench.methods import REFERENCE_RHO, Method, schedule
+from lvprune.bench.questions import load_questions, prompt_batches
+from lvprune.calibration import suggest_thresholds, vision_attention_profile
+from lvprune.modeling import LVPrunerModel
+from lvprune.plphp import PLPHPConfig
+from lvprune.reference import load_reference, reference_base
+
+PAPER_RATES = ((0.3, 0.3), (0.4, 0.3), (0.5, 0.3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=None, help="base LLaVA folder (default: the reference base)")
+    parser.add_argument("--pruner", type=Path, required=True, help="trained LVPruning pruner folder")
+    parser.add_argument("--questions", type=int, default=500)
+    parser.add_argument("--start-layers", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    model, processor = load_reference(args.base or reference_base())
+    pruner = LVPrunerModel.from_pretrained(args.pruner).eval()
+    size = processor.image_processor.crop_size["height"]
+    config = BenchConfig(out=Path("."), test_records=args.questions, examples=1)
+    questions = load_questions(*test_split(config, size), limit=args.questions)
+    with torch.no_grad():
+        profile = vision_attention_profile(model, prompt_batches(questions[:128], processor, batch_size=16))
+    unpruned = measure_method(Method("unpruned"), model, processor, questions, config)
+    print(f"unpruned: accuracy {100 * unpruned['accuracy']:.1f}; vision attention per layer "
+          f"{suggest_thresholds(profile)['per_layer_mean']}")
+    print("| start layer | alpha | beta | r | Δr | PLPHP acc. | PLPHP KV | LVP 0.5 + PLPHP acc. | LVP 0.5 + PLPHP KV |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for start, (r, delta_r) in itertools.product(args.start_layers, PAPER_RATES):
+        thresholds = suggest_thresholds(profile, start)
+        plphp = PLPHPConfig(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"], start_layer=start)
+        cells = []
+        for method in (Method("plphp", plphp=plphp), Method("both", pruner, tuple(schedule(REFERENCE_RHO)), plphp)):
+            row = measure_method(method, model, processor, questions, config)
+            cells += [f"{100 * row['accuracy']:.1f}", f"{row['kv_cache_bytes'] / unpruned['kv_cache_bytes']:.0%}"]
+        print(f"| {start} | {plphp.alpha:.3f} | {plphp.beta:.3f} | {r} | {delta_r} | " + " | ".join(cells) + " |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
