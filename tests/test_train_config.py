@@ -47,6 +47,7 @@ def test_layering_defaults_then_yaml_then_command_line(tmp_path):
     (["--precision", "fp16"], "precision='fp16' is not one of"),
     (["--warmup_ratio", "1.5"], "warmup_ratio=1.5 must be in [0, 1)"),
     (["--keep_ratios", "0.5", "high"], "keep_ratios='high' is not a valid float"),
+    (["--bench_plphp", "0.3", "0.3", "0.9"], "must be [r, delta_r, alpha, beta, start_layer]"),
 ])
 def test_bad_command_line_names_the_key(argv, message):
     with pytest.raises(ValueError) as error:
