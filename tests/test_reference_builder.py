@@ -196,6 +196,8 @@ def test_loss_is_the_stock_loss_plus_the_auxiliary_terms(batch):
     expected = (parts["answer"] + 0.5 * parts["grounding"] + 2 * alignment + 0.25 * early.item() + 3 * copy.item()
                 + 1.5 * cells.item())
     assert full.item() == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="cell_head"):
+        reference_loss(model, probes, b, on)
 
 
 def train_records(train, i):

@@ -46,6 +46,8 @@ def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: 
     Returns (loss, {"answer", "grounding", "alignment", "early_answer", "copy", "cells"} as floats); "answer"
     is the stock model's own language-modelling loss on `labels`.
     """
+    if config.cells_weight and cell_head is None:
+        raise ValueError("cells_weight > 0 needs a cell_head (a Linear(hidden_size, LAYOUT_OUTPUTS)).")
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"], labels=batch["labels"])
     answer, logits = out.loss, out.logits
