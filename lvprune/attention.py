@@ -73,10 +73,15 @@ def masked_softmax_attention(module, query, key, value, allowed, keep, query_ord
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
     scores = (query @ key.transpose(-1, -2)).float() * scaling
     scores = scores.masked_fill(~expand_heads(allowed, query.shape[1]), float("-inf"))
-    scores = scores - scores.amax(dim=-1, keepdim=True).detach()
     is_self = query_order[:, :, None] == query_order[:, None, :]  # [B, Q, K]: M_ii = 1
     multiplier = torch.where(is_self, torch.ones_like(keep)[:, None, :], keep[:, None, :])[:, None]
-    weights = scores.exp() * multiplier
+    # Shift by the row max over the keys still kept, not over all keys: when a pruned key dominates a row, the
+    # kept keys' exponentials would otherwise underflow below EPS and the row would shrink towards 0 instead of
+    # renormalising over the kept keys as removal does at inference. Pruned keys above that max are capped at
+    # it (they are multiplied by 0, so only their straight-through gradient sees the cap): a pruned key that
+    # outscores every kept one by Δ would otherwise get a gradient e^Δ times the kept ones', and overflow.
+    kept_max = scores.masked_fill(multiplier.detach() == 0, float("-inf")).amax(dim=-1, keepdim=True).detach()
+    weights = (scores - kept_max).clamp(max=0).exp() * multiplier
     weights = weights / (weights.sum(dim=-1, keepdim=True) + EPS)
     return (weights.to(value.dtype) @ value).transpose(1, 2).contiguous()
 

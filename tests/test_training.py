@@ -183,3 +183,29 @@ def test_activation_checkpointing_is_refused(pruner):
     base.gradient_checkpointing_enable()
     with pytest.raises(ValueError, match="checkpointing"):
         LVPruningForTraining(base, pruner)
+
+
+def test_masked_softmax_renormalises_when_a_pruned_key_dominates():
+    """A pruned key that outscores every kept key must not shrink the row: the output is removal's softmax
+    over the kept keys (stock SDPA with a blocking mask), and the decisions' gradient stays finite."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from lvprune.attention import masked_softmax_attention
+
+    torch.manual_seed(0)
+    batch, heads, n, dim = 2, 2, 6, 4
+    query, key, value = (torch.randn(batch, heads, n, dim) for _ in range(3))
+    key[:, :, 1] = query[:, :, -1] * 40  # key 1 dominates the last query's row by far (Δ ≈ 40·|q|²/√d)
+    keep = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    order = torch.arange(n).expand(batch, n)
+    allowed = (order[:, None, :] <= order[:, :, None])[:, None]  # causal [B, 1, Q, K]
+    module = SimpleNamespace(num_key_value_groups=1)
+    out = masked_softmax_attention(module, query, key, value, allowed, keep, order, dim**-0.5)
+    blocked = allowed & (keep.detach().bool()[:, None, None, :] | torch.eye(n, dtype=torch.bool))
+    reference = F.scaled_dot_product_attention(query, key, value, attn_mask=blocked).transpose(1, 2)
+    assert_close(out, reference, 1e-5, "masked softmax vs removal")
+    out.sum().backward()
+    assert torch.isfinite(keep.grad).all()
+    assert keep.grad.abs().max() < 1e3, "a dominating pruned key must not blow up the decisions' gradient"
