@@ -10,6 +10,8 @@ state on at every decode step; after each prefill `model.pruning_stats` describe
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -94,7 +96,7 @@ class Pruning:
         return args, kwargs
 
     def _new_state(self, input_ids, kwargs, use_cache: bool) -> PruningState:
-        if self.pruner is not None and self.pruner.device != input_ids.device:
+        if self.pruner is not None and _device(self.pruner) not in (None, input_ids.device):
             # Only when needed: walking the modules' parameters costs ~3 ms, a tenth of a small model's prefill.
             self.pruner.to(input_ids.device)
         cache = PrunedCache(config=self.model.config.get_text_config()) if use_cache else None
@@ -112,6 +114,12 @@ class Pruning:
         if state is not None and state.prefill:
             self.model.pruning_stats = PruningStats.collect(state, self.model.config.get_text_config())
         return output
+
+
+def _device(module: nn.Module) -> torch.device | None:
+    """Where `module`'s first parameter or buffer lives (None for a module without tensors)."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return None if tensor is None else tensor.device
 
 
 def pruning(model: nn.Module, pruner: LVPrunerModel | None = None, *, keep_ratios=None,
