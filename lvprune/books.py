@@ -67,10 +67,14 @@ def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     point at dropped slots (distinct from every kept one) and have `real == False`.
     """
     width = int(keep.sum(-1).max())
-    positions = torch.arange(keep.shape[-1], device=keep.device)
-    # Kept slots sort after dropped ones, each group in its original order; the last `width` are kept + fillers.
-    rank = torch.where(keep, positions + keep.shape[-1], positions)
-    index = rank.argsort(dim=-1)[..., keep.shape[-1] - width :]
+    fillers = width - keep.sum(-1, keepdim=True)  # [B, h, 1] filler slots each row needs on its left
+    kept_rank, dropped_rank = keep.cumsum(-1) - 1, (~keep).cumsum(-1) - 1
+    # Kept slots go right, in order; the first `fillers` dropped slots go left, in order; the rest to a spare
+    # column that is cut off. Counting and one scatter, not a sort: sorting is the slow part on a CPU.
+    target = torch.where(keep, fillers + kept_rank, torch.where(dropped_rank < fillers, dropped_rank, width))
+    slots = torch.arange(keep.shape[-1], device=keep.device).expand_as(keep)
+    index = torch.zeros(*keep.shape[:-1], width + 1, dtype=torch.long, device=keep.device)
+    index = index.scatter_(-1, target, slots)[..., :width]
     return index, keep.gather(-1, index)
 
 

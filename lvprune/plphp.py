@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .decisions import top_counts
+
 CLASSES = ("indifferent", "balanced", "attentive")
 
 
@@ -68,9 +70,7 @@ def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig) -> tuple[torch.T
     cls, rate = config.rates(vision_attention)
     present = vision.sum(-1)[:, 0]  # [B]
     counts = torch.ceil(rate.double() * present - 1e-9).long()  # ceil, robust to float noise (0.4 * 10)
-    masked = scores.masked_fill(~vision, float("-inf"))
-    rank = masked.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
-    chosen = (rank < counts[:, None, None]) & vision
+    chosen = top_counts(scores.masked_fill(~vision, float("-inf")), counts) & vision
     keep = chosen | (book.valid & ~book.vision)
     stats = dict(vision_tokens=present, plphp_class=[CLASSES[c] for c in cls.tolist()], plphp_rate=rate,
                  vision_attention=vision_attention, kept_per_head=chosen.sum(-1))

@@ -1,0 +1,35 @@
+"""Token bookkeeping primitives against sort-based references."""
+
+import pytest
+import torch
+
+from lvprune.books import compact
+from lvprune.decisions import top_counts
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_compact_matches_a_stable_sort(seed):
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(4, 3, 37, generator=generator) < torch.rand(4, 3, 1, generator=generator)
+    keep[0, 0] = False  # a row that keeps nothing
+    keep[1, 2] = True   # a row that keeps everything
+    index, real = compact(keep)
+    width = int(keep.sum(-1).max())
+    # Reference: kept slots sort after dropped ones, each group in its original order; take the last `width`.
+    positions = torch.arange(keep.shape[-1])
+    expected = torch.where(keep, positions + keep.shape[-1], positions).argsort(dim=-1)[..., keep.shape[-1] - width:]
+    assert torch.equal(index, expected)
+    assert torch.equal(real, keep.gather(-1, expected))
+    assert torch.equal(real.sum(-1), keep.sum(-1))
+
+
+def test_top_counts_keeps_each_rows_best():
+    generator = torch.Generator().manual_seed(0)
+    score = torch.randn(3, 2, 20, generator=generator)
+    score[2, :, 5:] = float("-inf")  # fewer finite entries than the count asks for
+    counts = torch.tensor([0, 7, 9])
+    chosen = top_counts(score, counts)
+    rank = score.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    finite = score.isfinite()  # among -inf entries any may fill a count; callers mask them out
+    assert torch.equal(chosen & finite, (rank < counts[:, None, None]) & finite)
+    assert chosen.sum(-1).tolist() == [[0, 0], [7, 7], [9, 9]]
