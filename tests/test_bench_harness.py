@@ -96,3 +96,22 @@ def test_plphp_flag_sets_every_field():
         plphp_config([0.3, 0.3, 0.6, 0.25, 1.5])
     with pytest.raises(ValueError, match="beta"):
         plphp_config([0.3, 0.3, 0.2, 0.6, 0])
+
+
+def test_bench_config_refuses_empty_counts(tmp_path):
+    from lvprune.bench.harness import BenchConfig
+
+    with pytest.raises(ValueError, match="timing_repeats=0"):
+        BenchConfig(out=tmp_path, timing_repeats=0)
+    with pytest.raises(ValueError, match="test_records=0"):
+        BenchConfig(out=tmp_path, test_records=0)
+
+
+def test_timing_keeps_the_fastest_run(monkeypatch):
+    from lvprune.bench import profile
+
+    clock = iter([0.0, 0.030, 1.0, 1.010, 2.0, 2.020])  # start/end of three runs: 30, 10 and 20 ms
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: next(clock))
+    calls = []
+    assert profile._fastest_ms(lambda: calls.append(1), runs=3) == pytest.approx(10.0)
+    assert len(calls) == 4  # one warm-up, three timed

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-records", type=int, default=500, help="test questions (default 500)")
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch for accuracy (default 32)")
     parser.add_argument("--timing-runs", type=int, default=7, help="timing rounds, medians reported (default 7)")
+    parser.add_argument("--timing-repeats", type=int, default=3,
+                        help="back-to-back runs per method and round, the fastest counts (default 3)")
     parser.add_argument("--timing-batch-size", type=int, default=16,
                         help="prompts per timed prefill / decode step (default 16; 1 times single prompts)")
     parser.add_argument("--plphp", type=float, nargs=5, default=None, metavar=("R", "DR", "ALPHA", "BETA", "START"),
@@ -64,7 +66,7 @@ def run_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         out=args.out, base=args.base, pruner=args.pruner, test_json=args.test_json, image_folder=args.image_folder,
         cache_dir=args.cache_dir, quick=args.quick, test_records=args.test_records, batch_size=args.batch_size,
-        timing_runs=args.timing_runs, timing_batch_size=args.timing_batch_size,
+        timing_runs=args.timing_runs, timing_repeats=args.timing_repeats, timing_batch_size=args.timing_batch_size,
         plphp=plphp_config(args.plphp), fastv_layer=args.fastv_layer, seed=args.seed,
     )
     run(config)

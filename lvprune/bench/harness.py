@@ -3,8 +3,9 @@
 For each method (see `methods.py`): exact-match `accuracy` over all test questions, `yes_no_f1` over the
 yes/no ones (batched greedy generation); at batch 1, `prefill_tflops` (FlopCounterMode, one prefill) and
 `kv_cache_bytes` (mean over `kv_samples` prompts); and `prefill_ms` and `decode_ms_per_token` of one batch of
-`timing_batch_size` prompts (medians; the methods take turns run by run, so a change in machine load hits
-them all alike). Timing is batched because that is how a model is served, and because at batch 1 a small
+`timing_batch_size` prompts: in each of `timing_runs` rounds every method in turn runs `timing_repeats` times
+back to back and its fastest run counts (other tenants of a shared machine only ever add time); the medians
+over the rounds are reported. Taking turns makes a change in machine load hit all methods alike. Timing is batched because that is how a model is served, and because at batch 1 a small
 model's forward is bound by per-operator overhead, not by the FLOPs that pruning removes. Writes `results.json`,
 `results.md`, `accuracy_vs_flops.png` and `kept_patches.png` to the output folder.
 """
@@ -48,6 +49,7 @@ class BenchConfig:
     test_records: int = 500
     batch_size: int = 32
     timing_runs: int = 7
+    timing_repeats: int = 3
     timing_batch_size: int = 16
     decode_tokens: int = 16
     kv_samples: int = 32
@@ -57,11 +59,18 @@ class BenchConfig:
     seed: int = 0
     pruner_training: PrunerTrainingConfig = field(default_factory=PrunerTrainingConfig)
 
+    def __post_init__(self):
+        for name in ("test_records", "batch_size", "timing_runs", "timing_repeats", "timing_batch_size",
+                     "decode_tokens", "kv_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+
     def resolved(self) -> "BenchConfig":
         """The config with `quick`'s smaller counts applied."""
         if not self.quick:
             return self
         small = dict(test_records=min(self.test_records, 24), timing_runs=min(self.timing_runs, 2),
+                     timing_repeats=1,
                      timing_batch_size=min(self.timing_batch_size, 2),
                      decode_tokens=min(self.decode_tokens, 4), kv_samples=min(self.kv_samples, 4))
         return BenchConfig(**{**self.__dict__, **small, "pruner_training": QUICK_PRUNER, "quick": False})
@@ -115,14 +124,15 @@ def measure_method(method, model, processor, questions, config: BenchConfig) -> 
 
 
 def time_methods(methods, model, inputs: dict, config: BenchConfig) -> dict[str, dict]:
-    """Median prefill ms and decode ms/token per method; the methods take turns in every round."""
+    """Median over rounds of each method's fastest prefill ms and decode ms/token; methods take turns each round."""
     samples = {m.name: {"prefill_ms": [], "decode_ms_per_token": []} for m in methods}
     for _ in tqdm(range(config.timing_runs), desc="timing rounds", leave=False):
         for method in methods:
             with method.applied(model):
-                samples[method.name]["prefill_ms"].append(profile.prefill_ms(model, inputs, runs=1))
+                runs = config.timing_repeats
+                samples[method.name]["prefill_ms"].append(profile.prefill_ms(model, inputs, runs=runs))
                 samples[method.name]["decode_ms_per_token"].append(
-                    profile.decode_ms_per_token(model, inputs, config.decode_tokens, runs=1))
+                    profile.decode_ms_per_token(model, inputs, config.decode_tokens, runs=runs))
     return {name: {k: statistics.median(v) for k, v in parts.items()} for name, parts in samples.items()}
 
 
