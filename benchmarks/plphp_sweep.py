@@ -26,6 +26,7 @@ from lvprune.plphp import PLPHPConfig
 from lvprune.reference import load_reference, reference_base
 
 PAPER_RATES = ((0.3, 0.3), (0.4, 0.3), (0.5, 0.3))
+PROFILE_QUESTIONS = 128  # questions whose last-token vision attention sets alpha/beta
 
 
 def main() -> None:
@@ -41,7 +42,8 @@ def main() -> None:
     config = BenchConfig(out=Path("."), test_records=args.questions, examples=1)
     questions = load_questions(*test_split(config, size), limit=args.questions)
     with torch.no_grad():
-        profile = vision_attention_profile(model, prompt_batches(questions[:128], processor, batch_size=16))
+        batches = prompt_batches(questions[:PROFILE_QUESTIONS], processor, batch_size=16)
+        profile = vision_attention_profile(model, batches)
     unpruned = measure_method(Method("unpruned"), model, processor, questions, config)
     print(f"unpruned: accuracy {100 * unpruned['accuracy']:.1f}; vision attention per layer "
           f"{suggest_thresholds(profile)['per_layer_mean']}")
@@ -49,7 +51,8 @@ def main() -> None:
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for start, (r, delta_r) in itertools.product(args.start_layers, PAPER_RATES):
         thresholds = suggest_thresholds(profile, start)
-        plphp = PLPHPConfig(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"], start_layer=start)
+        plphp = PLPHPConfig(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"],
+                            start_layer=start)
         cells = []
         for method in (Method("plphp", plphp=plphp), Method("both", pruner, tuple(schedule(REFERENCE_RHO)), plphp)):
             row = measure_method(method, model, processor, questions, config)

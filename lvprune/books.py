@@ -66,8 +66,9 @@ def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     keep [B, h, K] bool -> index [B, h, K'] long, real [B, h, K'] bool with K' = max kept count. Filler slots
     point at dropped slots (distinct from every kept one) and have `real == False`.
     """
-    width = int(keep.sum(-1).max())
-    fillers = width - keep.sum(-1, keepdim=True)  # [B, h, 1] filler slots each row needs on its left
+    kept = keep.sum(-1, keepdim=True)  # [B, h, 1]
+    width = int(kept.max())
+    fillers = width - kept  # filler slots each row needs on its left
     kept_rank, dropped_rank = keep.cumsum(-1) - 1, (~keep).cumsum(-1) - 1
     # Kept slots go right, in order; the first `fillers` dropped slots go left, in order; the rest to a spare
     # column that is cut off. Counting and one scatter, not a sort: sorting is the slow part on a CPU.

@@ -104,7 +104,7 @@ def test_grounding_targets_name_the_objects(batch, data):
     records = json.loads(data[1]["train"][0].read_text())
     assert b["grounding_rows"].shape == (3 * TINY.turns, 2)
     assert torch.allclose(b["grounding_targets"].sum(-1), torch.ones(3 * TINY.turns))
-    for (sample, row), target in zip(b["grounding_rows"].tolist(), b["grounding_targets"]):
+    for (sample, row), target, cells in zip(b["grounding_rows"].tolist(), b["grounding_targets"], b["named_cells"]):
         word = processor.tokenizer.convert_ids_to_tokens(int(b["input_ids"][sample, row]))
         turn = records[sample]["qa"][[r for s, r in b["grounding_rows"].tolist() if s == sample].index(row)]
         words = turn["question"].rstrip("?").split()
@@ -119,7 +119,6 @@ def test_grounding_targets_name_the_objects(batch, data):
         else:  # nothing named: all on the <s> sink
             expected[0] = 1.0
         assert torch.allclose(target, expected)
-        cells = b["named_cells"][len([r for r in b["grounding_rows"].tolist() if r < [sample, row]])]
         assert cells.nonzero()[:, 0].tolist() == sorted(POSITIONS.index(o["position"]) for o in named)
 
 

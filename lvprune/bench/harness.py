@@ -5,8 +5,9 @@ yes/no ones (batched greedy generation); at batch 1, `prefill_tflops` (FlopCount
 `kv_cache_bytes` (mean over `kv_samples` prompts); and `prefill_ms` and `decode_ms_per_token` of one batch of
 `timing_batch_size` prompts: in each of `timing_runs` rounds every method in turn runs `timing_repeats` times
 back to back and its fastest run counts (other tenants of a shared machine only ever add time); the medians
-over the rounds are reported. Taking turns makes a change in machine load hit all methods alike. Timing is batched because that is how a model is served, and because at batch 1 a small
-model's forward is bound by per-operator overhead, not by the FLOPs that pruning removes. Writes `results.json`,
+over the rounds are reported. Taking turns makes a change in machine load hit all methods alike. Timing is
+batched because that is how a model is served, and because at batch 1 a small model's forward is bound by
+per-operator overhead, not by the FLOPs that pruning removes. Writes `results.json`,
 `results.md`, `accuracy_vs_flops.png` and `kept_patches.png` to the output folder.
 """
 
@@ -126,10 +127,10 @@ def measure_method(method, model, processor, questions, config: BenchConfig) -> 
 def time_methods(methods, model, inputs: dict, config: BenchConfig) -> dict[str, dict]:
     """Median over rounds of each method's fastest prefill ms and decode ms/token; methods take turns each round."""
     samples = {m.name: {"prefill_ms": [], "decode_ms_per_token": []} for m in methods}
+    runs = config.timing_repeats
     for _ in tqdm(range(config.timing_runs), desc="timing rounds", leave=False):
         for method in methods:
             with method.applied(model):
-                runs = config.timing_repeats
                 samples[method.name]["prefill_ms"].append(profile.prefill_ms(model, inputs, runs=runs))
                 samples[method.name]["decode_ms_per_token"].append(
                     profile.decode_ms_per_token(model, inputs, config.decode_tokens, runs=runs))

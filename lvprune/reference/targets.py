@@ -60,7 +60,7 @@ def answer_spans(labels: torch.Tensor) -> list[list[int]]:
 
 
 def grounding_rows(record: dict, input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, image_token_id: int,
-                   image_size: int, patch_size: int) -> list[tuple[int, list[int], list[float], list[int], int, list[int]]]:
+                   image_size: int, patch_size: int) -> list[tuple]:
     """One `(row, keys, weights, answer_rows, answer_word, cells)` per turn: the naming word's position, its
     target attention over `keys`, the positions that predict the turn's answer tokens, the id of the answer's
     key word (its last word: "red", "yes", "two", "northwest"), and the grid cells (indices into `POSITIONS`)
