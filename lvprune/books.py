@@ -81,6 +81,19 @@ def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows `index` [B, K'] of x [B, K, ...] (x may have batch 1: it is broadcast)."""
-    x = x.expand(index.shape[0], *x.shape[1:])
-    shape = index.shape + (1,) * (x.dim() - 2)
-    return x.gather(1, index.view(shape).expand(*index.shape, *x.shape[2:]))
+    if x.shape[0] == 1:
+        return x[0].index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[2:])
+    return take(x, index)
+
+
+def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Slots `index` [*lead, K'] of x [*lead, K, ...] along its dim `index.dim() - 1` -> [*lead, K', ...].
+
+    One `index_select` over the flattened leading dims: on a CPU it copies whole rows and is several times
+    faster than `gather` with an index expanded over the trailing dims.
+    """
+    lead = index.dim() - 1
+    width = x.shape[lead]
+    offsets = torch.arange(index[..., 0].numel(), device=index.device).view(index.shape[:-1] + (1,)) * width
+    flat = x.reshape(-1, *x.shape[lead + 1:])
+    return flat.index_select(0, (index + offsets).reshape(-1)).view(*index.shape, *x.shape[lead + 1:])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from .books import take
+
 
 class PrunedCache(DynamicCache):
     """KV cache of a pruned call: layer `l` holds `[B, kv_heads, n_l, head_dim]`, `n_l` ≤ the sequence length.
@@ -29,8 +31,7 @@ class PrunedCache(DynamicCache):
     def keep_slots(self, layer_idx: int, index: torch.Tensor) -> None:
         """Keep slots `index` [B, kv_heads, K'] of layer `layer_idx` (each head its own)."""
         layer = self.layers[layer_idx]
-        full = index[..., None].expand(*index.shape, layer.keys.shape[-1])
-        layer.keys, layer.values = layer.keys.gather(2, full), layer.values.gather(2, full)
+        layer.keys, layer.values = take(layer.keys, index), take(layer.values, index)
 
     def nbytes(self) -> int:
         """Bytes of the key and value tensors actually held."""

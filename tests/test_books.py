@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lvprune.books import compact
+from lvprune.books import compact, gather_rows, take
 from lvprune.decisions import top_counts
 
 
@@ -33,3 +33,20 @@ def test_top_counts_keeps_each_rows_best():
     finite = score.isfinite()  # among -inf entries any may fill a count; callers mask them out
     assert torch.equal(chosen & finite, (rank < counts[:, None, None]) & finite)
     assert chosen.sum(-1).tolist() == [[0, 0], [7, 7], [9, 9]]
+
+
+def test_take_matches_gather():
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(2, 3, 11, 4, generator=generator)  # [B, h, K, D], a cache layer
+    index = torch.randint(0, 11, (2, 3, 7), generator=generator)
+    expected = keys.gather(2, index[..., None].expand(-1, -1, -1, 4))
+    assert torch.equal(take(keys, index), expected)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gather_rows_matches_gather_and_broadcasts_batch_one(batch):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 9, 5, generator=generator)
+    index = torch.randint(0, 9, (3, 4), generator=generator)
+    expected = x.expand(3, -1, -1).gather(1, index[..., None].expand(-1, -1, 5))
+    assert torch.equal(gather_rows(x, index), expected)

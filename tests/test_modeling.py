@@ -1,0 +1,33 @@
+"""The decision modules' cross-attention (paper eq. 3) against stock SDPA."""
+
+import torch
+import torch.nn.functional as F
+
+from lvprune import LVPrunerConfig
+from lvprune.modeling import CrossAttentionBlock
+
+from conftest import assert_close
+
+
+def sdpa_block(block, queries, text, text_mask):
+    """Eq. 3 and the FFN with `F.scaled_dot_product_attention` and a boolean key mask."""
+    q = block.q_proj(queries)
+    k, v = block._heads(block.k_proj(text)), block._heads(block.v_proj(text))
+    attended = F.scaled_dot_product_attention(block._heads(q), k, v, attn_mask=text_mask[:, None, None, :])
+    out = attended.transpose(1, 2).flatten(2) + q
+    return out + block.ffn(out)
+
+
+def test_cross_attention_equals_sdpa_and_a_sample_without_text_attends_to_nothing():
+    torch.manual_seed(0)
+    config = LVPrunerConfig(hidden_size=32, num_heads=4, num_hidden_layers=2, after_layers=[1], keep_ratios=[0.5])
+    block = CrossAttentionBlock(config)
+    queries, text = torch.randn(3, 7, 32), torch.randn(3, 5, 32)
+    text_mask = torch.tensor([[True] * 5, [False, True, True, False, True], [False] * 5])
+    queries.requires_grad_(True)
+    out = block(queries, text, text_mask)
+    assert_close(out[:2], sdpa_block(block, queries[:2], text[:2], text_mask[:2]), 1e-5, "with text")
+    q = block.q_proj(queries[2:])
+    assert_close(out[2:], q + block.ffn(q), 1e-6, "without text: O = Q")
+    out.sum().backward()
+    assert queries.grad.isfinite().all()
