@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -57,6 +58,13 @@ def make_accelerator(config) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=config.output_dir,
                                             logging_dir=str(Path(config.output_dir) / "logs")),
     )
+
+
+def cpu_share() -> int:
+    """This process's share of the cores it may run on: `accelerate launch` sets OMP_NUM_THREADS=1 when it is
+    not given, so torch's own default would leave all but one core idle."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, len(os.sched_getaffinity(0)) // local_processes)
 
 
 def load_base(config, accelerator):
@@ -191,8 +199,8 @@ def main(argv=None) -> dict:
     # ---------------------------------------------------------------- configuration
     config = parse_config(argv)
     accelerator = make_accelerator(config)
-    if accelerator.device.type == "cpu" and config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(config.cpu_threads or cpu_share())
     output_dir = prepare_output_dir(accelerator, config)
 
     # ---------------------------------------------------------------- frozen base + trainable pruner (+ LoRA)

@@ -82,8 +82,9 @@ class TrainConfig:
     precision: str = doc("fp32", "fp32, or bf16 (base weights in bf16 and bf16 autocast; the pruner's "
                          "master weights stay fp32)")
     seed: int = doc(0, "seed of the pruner's initialisation, the data order and the Gumbel noise")
-    cpu_threads: int = doc(1, "torch threads per process when training on the CPU (0: torch's default); tiny "
-                           "models run fastest on one, and several processes should not oversubscribe the cores")
+    cpu_threads: int = doc(1, "torch threads per process when training on the CPU (0: the process's share of the "
+                           "cores); tiny models run fastest on one, and several processes should not "
+                           "oversubscribe the cores")
     # ---------------------------------------------------------------- checkpoints, logs, export
     output_dir: str = doc("outputs/tiny-cpu", "checkpoints, logs and the final export go here")
     assets_dir: str = doc("outputs/assets", "where `tiny-random` and `synthetic-shapes` are materialised")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from ..config import LVPrunerConfig
 from ..data import LlavaCollator, ShapesConfig, load_llava_dataset, make_shapes_dataset
@@ -32,6 +34,8 @@ class PrunerTrainingConfig:
     keep_ratios: training targets per stage (paper: [ρ, ρ−0.2, ρ−0.4] with ρ = 0.5).
     after_layers: 1-based stage layers; None scales the paper's (1, 8, 16) of 32 layers to the base.
     train_records: single-question shapes records (the split the pruner sees; generated from `seed`).
+    learning_rate, warmup_ratio: the peak rate, after a linear warm-up over that fraction of the steps and
+        before a cosine decay to 0, as `train/train.py` schedules it.
     """
 
     keep_ratios: tuple[float, ...] = (0.5, 0.3, 0.1)
@@ -40,6 +44,7 @@ class PrunerTrainingConfig:
     epochs: int = 1
     batch_size: int = 8
     learning_rate: float = 1e-3
+    warmup_ratio: float = 0.03
     gumbel_tau: float = 1.0
     seed: int = 0
 
@@ -49,6 +54,8 @@ class PrunerTrainingConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
 
     def pruner_config(self, base_config) -> LVPrunerConfig:
         extra = {} if self.after_layers is None else {"after_layers": list(self.after_layers)}
@@ -77,14 +84,16 @@ def train_pruner(base, processor, split: tuple, config: PrunerTrainingConfig | N
         collate_fn=LlavaCollator(pad_token_id=processor.tokenizer.pad_token_id, padding_side="right"))
     model = LVPruningForTraining(base, pruner).train()
     optimizer = torch.optim.AdamW(pruner.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    total = config.epochs * len(loader)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
     try:
-        with tqdm(total=config.epochs * len(loader), desc="pruner", disable=not progress) as bar:
+        with tqdm(total=total, desc="pruner", disable=not progress) as bar:
             for _ in range(config.epochs):
                 for batch in loader:
                     out = model(**batch)
                     out.loss.backward()
                     torch.nn.utils.clip_grad_norm_(pruner.parameters(), 1.0)
-                    optimizer.step(), optimizer.zero_grad()
+                    optimizer.step(), scheduler.step(), optimizer.zero_grad()
                     kept = ",".join(f"{f:.2f}" for f in out.keep_fractions.tolist())
                     bar.set_postfix(causal=f"{out.causal_loss.item():.3f}", kept=kept)
                     bar.update()
