@@ -25,7 +25,9 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
     if state is None:
         raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
     layer = module.layer_idx
-    allowed = state.allowed(layer)  # [B, h, Q, K]
+    # A prefill over rows that are all real tokens is plain causal attention: no mask, and SDPA runs its causal
+    # kernel, as the stock model does for an unpadded batch. Training's masked softmax always needs the mask.
+    allowed = None if state.keep is None and state.causal(layer) else state.allowed(layer)  # [B, h, Q, K]
     if state.keep is not None:
         output = masked_softmax_attention(module, query, key, value, allowed, state.keep, state.query_order, scaling)
     else:
@@ -47,14 +49,21 @@ def expand_heads(mask: torch.Tensor, num_query_heads: int) -> torch.Tensor:
 
 
 def delegate(impl, module, query, key, value, allowed, scaling, dropout):
-    """Run the base implementation (`sdpa` or `eager`) with our boolean mask."""
-    mask = expand_heads(allowed, query.shape[1])
+    """Run the base implementation (`sdpa` or `eager`) with our boolean mask (None: plain causal attention)."""
     if impl == "eager":
+        mask = _causal(query, key) if allowed is None else expand_heads(allowed, query.shape[1])
         additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
         additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
         return _eager(module, query, key, value, additive, scaling)
     # Any other implementation (flash kernels cannot take arbitrary masks) runs as SDPA.
-    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False)[0]
+    mask = None if allowed is None else expand_heads(allowed, query.shape[1])
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
+                                  is_causal=allowed is None)[0]
+
+
+def _causal(query, key):
+    """[Q, K] bool: query i sees keys 0..i (queries and keys are the same rows)."""
+    return torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
 
 
 def _eager(module, query, key, value, additive, scaling):
@@ -94,7 +103,8 @@ def last_query_scores(module, query, key, allowed, scaling):
     """
     key = repeat_kv(key, module.num_key_value_groups)
     logits = (query[:, :, -1:] @ key.transpose(-1, -2)).float() * scaling  # [B, Hq, 1, K]
-    logits = logits.masked_fill(~expand_heads(allowed[:, :, -1:], query.shape[1]), float("-inf"))
+    if allowed is not None:  # None: causal, and the last query sees every key
+        logits = logits.masked_fill(~expand_heads(allowed[:, :, -1:], query.shape[1]), float("-inf"))
     probs = logits.softmax(dim=-1)[:, :, 0]
     return probs.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
 

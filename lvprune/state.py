@@ -62,6 +62,7 @@ class PruningState:
         self.last_query: dict[int, torch.Tensor] = {}
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
         self._mask_for = None  # (book, query_order, mask) of the last mask built
+        self._causal_for = None  # (book, whether its rows are all real tokens)
 
     # ---------------------------------------------------------------- steps
 
@@ -84,6 +85,17 @@ class PruningState:
         if self.position_embeddings is None:
             self.position_embeddings = position_embeddings
         return self.position_embeddings
+
+    def causal(self, layer_idx: int) -> bool:
+        """Whether layer `layer_idx` is plain causal attention: a prefill over the rows themselves, all of them
+        real tokens (no padding, no fillers), so their original order is their slot order. One host sync per
+        set of rows."""
+        book = self.books[layer_idx]
+        if not self.prefill or book is not self.rows:
+            return False
+        if self._causal_for is None or self._causal_for[0] is not book:
+            self._causal_for = (book, bool(book.valid.all()))
+        return self._causal_for[1]
 
     def allowed(self, layer_idx: int) -> torch.Tensor:
         """Layer `layer_idx`'s attention mask [B, h, Q, K] bool, shared by consecutive layers with the same keys."""

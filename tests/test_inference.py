@@ -239,3 +239,34 @@ def test_loads_base_and_pruner_from_folders(stock, pruner, mixed_batch, tmp_path
     with lvprune.pruning(tiny_llava(seed=0), pruner, keep_ratios=[0.6, 0.4, 0.2]) as handle:
         expected = handle.model.generate(**mixed_batch, **GREEDY)
     assert torch.equal(model.generate(**mixed_batch, **GREEDY), expected)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_unpadded_prompt_runs_causal_attention_and_matches_references(pruner, impl, monkeypatch):
+    """A prompt without padding needs no mask: SDPA's causal kernel, and the same tokens and logits."""
+    model = tiny_llava(seed=0)
+    batch = make_batch(model.config, [1], [7], seed=3)
+    masked_logits, masked_ids = generated_with_masked_reference(model, pruner, batch, [0.5, 0.3, 0.1], steps=3)
+    model.set_attn_implementation(impl)
+    stock_ids = model.generate(**batch, **GREEDY)
+    causal_flags = []
+    forward = lvprune.attention.sdpa_attention_forward
+
+    def spy(*args, **kwargs):
+        causal_flags.append(kwargs["is_causal"])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lvprune.attention, "sdpa_attention_forward", spy)
+    with pruning(model):
+        assert torch.equal(model.generate(**batch, **GREEDY), stock_ids)
+    with pruning(model, pruner, keep_ratios=[0.5, 0.3, 0.1], plphp=PLPHPConfig(0.4, 0.3, start_layer=1)):
+        with torch.no_grad():
+            logits = model(**batch, use_cache=True).logits[:, -1]  # PLPHP prunes the cache, not the prefill
+    assert_close(logits, masked_logits, 1e-4, "last prompt logits")
+    with pruning(model, pruner, keep_ratios=[0.5, 0.3, 0.1]):
+        assert torch.equal(model.generate(**batch, **{**GREEDY, "max_new_tokens": 3}), masked_ids)
+    layers = model.config.text_config.num_hidden_layers
+    if impl == "sdpa":  # every prefill layer is causal; a decode step (one query) passes the cache's mask
+        assert causal_flags[:layers] == [True] * layers and causal_flags[-layers:] == [False] * layers
+    else:
+        assert causal_flags == []
