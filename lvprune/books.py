@@ -6,6 +6,7 @@ with *filler* slots on the left (so the last prompt token stays last) and filler
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,6 @@ def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """
     lead = index.dim() - 1
     width = x.shape[lead]
-    offsets = torch.arange(index[..., 0].numel(), device=index.device).view(index.shape[:-1] + (1,)) * width
+    offsets = torch.arange(math.prod(index.shape[:-1]), device=index.device).view(index.shape[:-1] + (1,)) * width
     flat = x.reshape(-1, *x.shape[lead + 1:])
     return flat.index_select(0, (index + offsets).reshape(-1)).view(*index.shape, *x.shape[lead + 1:])

@@ -39,12 +39,12 @@ class CrossAttentionBlock(nn.Module):
         """queries [B, V, C], text [B, T, C], text_mask [B, T] bool (True = a key) -> [B, V, C]."""
         q = self.q_proj(queries)
         k, v = self._heads(self.k_proj(text)), self._heads(self.v_proj(text))
-        # Plain matmuls, not SDPA: with a few dozen keys, CPU SDPA's blocked kernel is ~30% slower. A finite
+        # Plain matmuls, not SDPA: with a few dozen keys, CPU SDPA's blocked kernel is ~30% slower. A finite fp32
         # bias keeps rows without any key finite, and zeroed values make them 0 (a sample without prompt text).
-        bias = torch.zeros(text_mask.shape, dtype=q.dtype, device=q.device)
-        bias = bias.masked_fill_(~text_mask, torch.finfo(q.dtype).min)[:, None, None, :]
-        scores = self._heads(q) @ (k * k.shape[-1] ** -0.5).transpose(-1, -2) + bias  # [B, heads, V, T]
-        weights = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
+        bias = torch.zeros(text_mask.shape, device=q.device)
+        bias = bias.masked_fill_(~text_mask, torch.finfo(torch.float32).min)[:, None, None, :]
+        scores = (self._heads(q) @ (k * k.shape[-1] ** -0.5).transpose(-1, -2)).float() + bias  # [B, heads, V, T]
+        weights = scores.softmax(-1).to(v.dtype)
         attended = weights @ (v * text_mask.any(-1)[:, None, None, None])
         out = attended.transpose(1, 2).flatten(2) + q
         return out + self.ffn(out)

@@ -41,6 +41,7 @@ def test_take_matches_gather():
     index = torch.randint(0, 11, (2, 3, 7), generator=generator)
     expected = keys.gather(2, index[..., None].expand(-1, -1, -1, 4))
     assert torch.equal(take(keys, index), expected)
+    assert take(keys, index[..., :0]).shape == (2, 3, 0, 4)  # nothing kept anywhere
 
 
 @pytest.mark.parametrize("batch", [1, 3])

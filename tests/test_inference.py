@@ -190,6 +190,12 @@ def test_text_only_sample_passes_through_unpruned(stock, base, pruner, pruned):
     assert_close(logits[1, valid], alone[0], 1e-5, "text-only sample")
 
 
+def test_text_only_batch_generates_the_stock_tokens(stock, pruner, pruned):
+    batch = make_batch(stock.config, [0, 0], [6, 8], seed=9)  # no vision token anywhere: every stage is empty
+    reference = stock.generate(**batch, **GREEDY)
+    assert torch.equal(pruned(pruner, plphp=PLPHPConfig(start_layer=1)).generate(**batch, **GREEDY), reference)
+
+
 def test_forward_without_cache_prunes_hidden_states_only(base, pruner, mixed_batch, pruned):
     model = pruned(pruner, plphp=PLPHPConfig(start_layer=1))
     with torch.no_grad():

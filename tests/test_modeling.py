@@ -1,5 +1,6 @@
 """The decision modules' cross-attention (paper eq. 3) against stock SDPA."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -31,3 +32,19 @@ def test_cross_attention_equals_sdpa_and_a_sample_without_text_attends_to_nothin
     assert_close(out[2:], q + block.ffn(q), 1e-6, "without text: O = Q")
     out.sum().backward()
     assert queries.grad.isfinite().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cross_attention_in_half_precision_stays_finite_without_text(dtype):
+    torch.manual_seed(0)
+    config = LVPrunerConfig(hidden_size=32, num_heads=4, num_hidden_layers=2, after_layers=[1], keep_ratios=[0.5])
+    block = CrossAttentionBlock(config)
+    queries, text = torch.randn(2, 7, 32) * 30, torch.randn(2, 5, 32) * 30  # large scores: overflow territory
+    text_mask = torch.tensor([[True, True, False, True, True], [False] * 5])
+    with torch.no_grad():
+        expected = block(queries, text, text_mask)
+        out = block.to(dtype)(queries.to(dtype), text.to(dtype), text_mask)
+    assert out.isfinite().all()
+    q = block.q_proj(queries[1:].to(dtype))
+    assert torch.equal(out[1:], q + block.ffn(q)), "without text: O = Q"
+    assert_close(out.float(), expected, 0.1 * expected.abs().max().item(), f"{dtype} against fp32")
