@@ -25,9 +25,8 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
     if state is None:
         raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
     layer = module.layer_idx
-    # A prefill over rows that are all real tokens is plain causal attention: no mask, and SDPA runs its causal
-    # kernel, as the stock model does for an unpadded batch. Training's masked softmax always needs the mask.
-    allowed = None if state.keep is None and state.causal(layer) else state.allowed(layer)  # [B, h, Q, K]
+    # Plain causal attention needs no mask: SDPA runs its causal kernel, as the stock model does unpadded.
+    allowed = None if state.causal(layer) else state.allowed(layer)  # [B, h, Q, K]
     if state.keep is not None:
         output = masked_softmax_attention(module, query, key, value, allowed, state.keep, state.query_order, scaling)
     else:

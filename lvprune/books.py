@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -35,6 +36,11 @@ class KeyBook:
     @property
     def num_heads(self) -> int:
         return self.order.shape[1]
+
+    @cached_property
+    def all_valid(self) -> bool:
+        """Every slot is a real token: no padding, no filler (one host sync per book)."""
+        return bool(self.valid.all())
 
     def append(self, order: torch.Tensor, valid: torch.Tensor) -> "KeyBook":
         """Add new (non-vision) tokens at the end: order, valid [B, q]."""

@@ -41,5 +41,5 @@ def top_counts(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     if width <= 0:
         return chosen
     index = score.topk(width, dim=-1).indices  # [B, ..., width], best first
-    take = torch.arange(width, device=score.device) < counts.view(-1, *(1,) * (score.dim() - 1))
-    return chosen.scatter_(-1, index, take.expand_as(index))
+    wanted = torch.arange(width, device=score.device) < counts.view(-1, *(1,) * (score.dim() - 1))
+    return chosen.scatter_(-1, index, wanted.expand_as(index))

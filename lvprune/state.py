@@ -62,7 +62,6 @@ class PruningState:
         self.last_query: dict[int, torch.Tensor] = {}
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
         self._mask_for = None  # (book, query_order, mask) of the last mask built
-        self._causal_for = None  # (book, whether its rows are all real tokens)
 
     # ---------------------------------------------------------------- steps
 
@@ -88,14 +87,9 @@ class PruningState:
 
     def causal(self, layer_idx: int) -> bool:
         """Whether layer `layer_idx` is plain causal attention: a prefill over the rows themselves, all of them
-        real tokens (no padding, no fillers), so their original order is their slot order. One host sync per
-        set of rows."""
+        real tokens (so their original order is their slot order), and no training mask on pruned keys."""
         book = self.books[layer_idx]
-        if not self.prefill or book is not self.rows:
-            return False
-        if self._causal_for is None or self._causal_for[0] is not book:
-            self._causal_for = (book, bool(book.valid.all()))
-        return self._causal_for[1]
+        return self.prefill and self.keep is None and book is self.rows and book.all_valid
 
     def allowed(self, layer_idx: int) -> torch.Tensor:
         """Layer `layer_idx`'s attention mask [B, h, Q, K] bool, shared by consecutive layers with the same keys."""

@@ -192,3 +192,15 @@ def test_model_card_states_the_recipe():
     assert meta["base_model"] == "llava-hf/llava-1.5-7b-hf" and meta["library_name"] == "lvprune"
     assert 'load_pruned_model("llava-hf/llava-1.5-7b-hf", pruner="me/pruner")' in card
     assert "| 1 | 8 | 0.3 |" in card and "| causal_loss | 1.235 |" in card and "- steps: `9700`" in card
+
+
+def test_cpu_threads_zero_shares_the_cores_among_local_processes(monkeypatch):
+    import train
+
+    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert train.cpu_share() == 8  # `accelerate launch` alone: the one process gets every core
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert train.cpu_share() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert train.cpu_share() == 1
