@@ -16,6 +16,7 @@ import time
 import torch
 
 from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig, pruning
+from lvprune.contract import cache_kwarg, cache_layers, output_cache
 from lvprune.testing import make_batch, tiny_llava
 
 
@@ -42,12 +43,12 @@ def timed(fn, repeats):
 def decode_loop(model, batch, new_tokens):
     """Greedy decoding by hand from a fresh prefill; returns seconds per decode step (prefill excluded)."""
     out = model(**batch, use_cache=True)
-    cache, mask = out.past_key_values, batch["attention_mask"]
+    cache, mask = output_cache(out), batch["attention_mask"]
     token = out.logits[:, -1:].argmax(-1)
     start = time.perf_counter()
     for _ in range(new_tokens):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
         token = out.logits[:, -1:].argmax(-1)
     return (time.perf_counter() - start) / new_tokens
 
@@ -56,8 +57,8 @@ def decode_loop(model, batch, new_tokens):
 def measure(model, batch, new_tokens, repeats):
     """Prefill seconds, decode seconds per token, KV bytes after prefill (medians over `repeats`)."""
     prefill = timed(lambda: model(**batch, use_cache=True), repeats)
-    cache = model(**batch, use_cache=True).past_key_values
-    kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    cache = output_cache(model(**batch, use_cache=True))
+    kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache_layers(cache))
     decode = statistics.median(decode_loop(model, batch, new_tokens) for _ in range(repeats))
     return prefill, decode, kv
 

@@ -9,10 +9,7 @@ No mask is registered for this name, so transformers skips building its own (we 
 from __future__ import annotations
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
+from .contract import register_attention, repeat_kv, sdpa_attention_forward
 from .plphp import plphp_keep
 
 NAME = "lvprune"
@@ -110,5 +107,4 @@ def last_query_scores(module, query, key, allowed, scaling):
 
 def register() -> None:
     """Make `NAME` selectable with `model.set_attn_implementation` (idempotent)."""
-    if NAME not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(NAME, lvprune_attention)
+    register_attention(NAME, lvprune_attention)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
-
 from .books import take
+from .contract import DynamicCache, cache_layers
 
 
 class PrunedCache(DynamicCache):
@@ -30,12 +29,12 @@ class PrunedCache(DynamicCache):
 
     def keep_slots(self, layer_idx: int, index: torch.Tensor) -> None:
         """Keep slots `index` [B, kv_heads, K'] of layer `layer_idx` (each head its own)."""
-        layer = self.layers[layer_idx]
+        layer = cache_layers(self)[layer_idx]
         layer.keys, layer.values = take(layer.keys, index), take(layer.values, index)
 
     def nbytes(self) -> int:
         """Bytes of the key and value tensors actually held."""
-        return sum(t.nbytes for layer in self.layers for t in (layer.keys, layer.values) if t is not None)
+        return sum(t.nbytes for layer in cache_layers(self) for t in (layer.keys, layer.values) if t is not None)
 
     def _unsupported(self, *args, **kwargs):
         raise NotImplementedError(

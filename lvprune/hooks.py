@@ -13,28 +13,16 @@ from functools import partial
 from torch import nn
 
 from . import attention
+from .contract import POSITION_EMBEDDINGS_KWARG, decoder_layers, set_text_attention, text_attention
 
 STATE_KWARG = "lvprune_state"
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The language model's decoder layers of a `LlavaForConditionalGeneration` (or its `LlavaModel`)."""
-    inner = getattr(model, "model", model)
-    language_model = getattr(inner, "language_model", None)
-    if language_model is None or not hasattr(language_model, "layers"):
-        raise TypeError(f"{type(model).__name__} is not a LLaVA-style model with `model.language_model.layers`.")
-    return language_model.layers
-
-
-def text_attention(model: nn.Module) -> str:
-    """The attention implementation the language model runs with (`sdpa`, `eager`, ...)."""
-    return model.config.get_text_config()._attn_implementation
 
 
 def _enter_layer(layer_idx, module, args, kwargs):
     state = kwargs.get(STATE_KWARG)
     if state is not None:
-        kwargs["position_embeddings"] = state.enter_layer(layer_idx, kwargs.get("position_embeddings"))
+        rotary = state.enter_layer(layer_idx, kwargs.get(POSITION_EMBEDDINGS_KWARG))
+        kwargs[POSITION_EMBEDDINGS_KWARG] = rotary
     return args, kwargs
 
 
@@ -57,7 +45,7 @@ class LayerHooks:
         attention.register()
         if self.base_attention == attention.NAME:
             raise RuntimeError("lvprune is already attached to this model; detach it first.")
-        self.model.set_attn_implementation({"text_config": attention.NAME})
+        set_text_attention(self.model, attention.NAME)
         for i, layer in enumerate(decoder_layers(self.model)):
             self.handles.append(layer.register_forward_pre_hook(partial(_enter_layer, i), with_kwargs=True))
             stage = self.pruner.stage_for_layer(i) if self.pruner is not None else None
@@ -69,4 +57,4 @@ class LayerHooks:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-        self.model.set_attn_implementation({"text_config": self.base_attention})
+        set_text_attention(self.model, self.base_attention)

@@ -17,7 +17,8 @@ from torch import nn
 
 from .cache import PrunedCache
 from .config import check_stages
-from .hooks import STATE_KWARG, LayerHooks, decoder_layers
+from .contract import cache_kwarg, decoder_layers, image_token_id, pop_cache, text_config
+from .hooks import STATE_KWARG, LayerHooks
 from .modeling import LVPrunerModel
 from .plphp import PLPHPConfig
 from .state import PruningState
@@ -47,6 +48,7 @@ class Pruning:
             raise TypeError(f"plphp must be a PLPHPConfig or None, got {type(plphp).__name__}.")
         self.model, self.pruner, self.keep_ratios, self.plphp = model, pruner, keep_ratios, plphp
         self.num_layers = len(decoder_layers(model))
+        self.cache_kwarg = cache_kwarg(model)
         self.hooks = LayerHooks(model, pruner)
         self.handles = []
 
@@ -80,7 +82,7 @@ class Pruning:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise ValueError("a pruned model needs input_ids: vision positions come from config.image_token_id.")
-        cache = kwargs.get("past_key_values")
+        cache = pop_cache(kwargs)
         if isinstance(cache, PrunedCache) and cache.state is not None and cache.get_seq_length() > 0:
             state = cache.state
             mask = kwargs.get("attention_mask")
@@ -89,9 +91,10 @@ class Pruning:
         else:
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("a pruned model cannot continue from a cache it did not make; pass no cache.")
-            use_cache = cache is not None or kwargs.get("use_cache", self.model.config.get_text_config().use_cache)
+            use_cache = cache is not None or kwargs.get("use_cache", text_config(self.model).use_cache)
             state = self._new_state(input_ids, kwargs, use_cache is not False)
-            kwargs["past_key_values"] = state.cache
+        # Handed back under the name this transformers release reads (lvprune.contract).
+        kwargs[self.cache_kwarg] = state.cache
         kwargs[STATE_KWARG] = state
         return args, kwargs
 
@@ -99,9 +102,9 @@ class Pruning:
         if self.pruner is not None and _device(self.pruner) not in (None, input_ids.device):
             # Only when needed: walking the modules' parameters costs ~3 ms, a tenth of a small model's prefill.
             self.pruner.to(input_ids.device)
-        cache = PrunedCache(config=self.model.config.get_text_config()) if use_cache else None
+        cache = PrunedCache(config=text_config(self.model)) if use_cache else None
         state = PruningState(
-            input_ids, kwargs.get("attention_mask"), self.model.config.image_token_id, self.num_layers,
+            input_ids, kwargs.get("attention_mask"), image_token_id(self.model), self.num_layers,
             pruner=self.pruner, keep_ratios=self.keep_ratios, sample=False, remove=True, plphp=self.plphp,
             cache=cache, base_attention=self.hooks.base_attention,
         )
@@ -112,7 +115,7 @@ class Pruning:
     def _after_call(self, module, args, kwargs, output):
         state = kwargs.get(STATE_KWARG)
         if state is not None and state.prefill:
-            self.model.pruning_stats = PruningStats.collect(state, self.model.config.get_text_config())
+            self.model.pruning_stats = PruningStats.collect(state, text_config(self.model))
         return output
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .contract import cache_layers
+
 
 @dataclass
 class LayerStats:
@@ -38,9 +40,14 @@ class PruningStats:
     @classmethod
     def collect(cls, state, text_config) -> "PruningStats":
         layers = [_layer(book, extra) for book, extra in zip(state.books, state.layer_stats)]
-        if state.cache is None or not state.cache.layers:
+        if state.cache is None:
             return cls(layers)
-        keys = state.cache.layers[0].keys
+        filled = cache_layers(state.cache)
+        if not filled or filled[0].keys is None:
+            # The model filled another cache than lvprune's: its cache keyword has changed (lvprune.contract).
+            raise RuntimeError("the model did not fill lvprune's KV cache; this transformers release passes the "
+                               "cache under a name lvprune.contract does not know.")
+        keys = filled[0].keys
         batch, kv_heads, _, head_dim = keys.shape
         unpruned = 2 * len(state.books) * batch * kv_heads * state.seen * head_dim * keys.element_size()
         return cls(layers, state.cache.nbytes(), unpruned)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .hooks import STATE_KWARG, LayerHooks, decoder_layers
+from .contract import activation_checkpointing, decoder_layers, image_token_id
+from .hooks import STATE_KWARG, LayerHooks
 from .modeling import LVPrunerModel
 from .state import PruningState
 
@@ -57,13 +58,13 @@ class LVPruningForTraining(nn.Module):
     def __init__(self, base_model: nn.Module, pruner: LVPrunerModel):
         super().__init__()
         pruner.config.check_base(base_model.config)
-        if getattr(base_model, "is_activation_checkpointing", False):
+        if activation_checkpointing(base_model):
             # Recomputing a stage layer in the backward pass would draw its decisions a second time.
             raise ValueError("LVPruningForTraining does not support activation (gradient) checkpointing of the base.")
         self.base_model, self.pruner = base_model, pruner
         self.base_model.requires_grad_(False)
         self.num_layers = len(decoder_layers(base_model))
-        self.image_token_id = base_model.config.image_token_id
+        self.image_token_id = image_token_id(base_model)
         self.hooks = LayerHooks(base_model, pruner).attach()
         self.train(False)
 

@@ -6,6 +6,7 @@ from transformers import LlavaForConditionalGeneration
 
 from lvprune import LVPrunerConfig, LVPrunerModel, pruning
 from lvprune.baselines import FastVPruner, RandomPruner
+from lvprune.contract import output_cache
 from lvprune.bench.methods import schedule
 from lvprune.testing import make_batch, tiny_llava
 
@@ -32,7 +33,7 @@ def prefill_state(model, pruner, batch, **kwargs):
     """The pruning state of one prefill of `batch` under `pruner`."""
     with pruning(model, pruner, **kwargs), torch.no_grad():
         out = model(**batch, use_cache=True)
-    return out.past_key_values.state, model.pruning_stats
+    return output_cache(out).state, model.pruning_stats
 
 
 def kept_positions(state, layer: int = -1) -> list[set[int]]:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..cache import PrunedCache
+from ..contract import cache_layers, image_token_id, output_cache
 
 
 
@@ -44,7 +45,7 @@ def kv_cache_bytes(model, inputs: dict) -> int:
     out = prefill(model, inputs)
     if getattr(model, "lvprune", None) is not None:
         return model.pruning_stats.kv_cache_bytes
-    return sum(t.nbytes for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+    return sum(t.nbytes for layer in cache_layers(output_cache(out)) for t in (layer.keys, layer.values))
 
 
 @torch.no_grad()
@@ -52,8 +53,8 @@ def kept_vision_tokens(model, inputs: dict) -> list[int]:
     """Indices (0-based, in prompt order) of the vision tokens of sample 0 still in the last layer's KV cache
     after one prefill; for per-head (PLPHP) caches, the union over heads. All of them without lvprune."""
     ids = inputs["input_ids"][0]
-    positions = (ids == model.config.image_token_id).nonzero()[:, 0]
-    cache = prefill(model, inputs).past_key_values
+    positions = (ids == image_token_id(model)).nonzero()[:, 0]
+    cache = output_cache(prefill(model, inputs))
     if not isinstance(cache, PrunedCache):
         return list(range(len(positions)))
     book = cache.state.books[-1]

@@ -1,0 +1,37 @@
+# The two quick-start commands, each setting itself up on first use:
+#   make demo    the main job: train a pruner on the shipped reference base, benchmark it, print the table
+#   make test    the test suite
+# Both create ./.venv with the CPU build of torch (constraints.txt) on first use. On a GPU machine:
+#   make demo CONSTRAINTS=
+# Other settings: VENV (the environment's folder), PIN (extra requirements, e.g. PIN="transformers==5.4.0"),
+# PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'").
+
+VENV ?= .venv
+PYTHON ?= python3
+CONSTRAINTS ?= constraints.txt
+PIN ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lvprune-installed
+CONSTRAINT_FLAG := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+.PHONY: demo test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@echo "setting up $(VENV): torch, transformers, accelerate, deepspeed ... (about 2 minutes, once)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(CONSTRAINT_FLAG) -e ".[deepspeed,train,bench,test]" $(PIN)
+	@$(BIN)/python -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}')"
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/accelerate launch --config_file configs/accelerate/single.yaml train/train.py
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest tests/ -p no:cacheprovider $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
