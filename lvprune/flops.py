@@ -48,9 +48,10 @@ tokens would still cost only 0.59); the gap is left open, not closed by a tuned 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .plphp import ceil_count
 
 DECISION_BLOCKS = 2
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -225,7 +226,7 @@ def kv_vision_tokens_per_layer(vision_per_layer: list[int], plan: PruningPlan) -
     if plan.plphp is None:
         return list(vision_per_layer)
     r = plan.plphp[0]
-    return [math.ceil(r * n) if layer >= plan.plphp_start_layer else n
+    return [ceil_count(r, n) if layer >= plan.plphp_start_layer else n
             for layer, n in enumerate(vision_per_layer)]
 
 

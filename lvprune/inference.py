@@ -17,10 +17,12 @@ from torch import nn
 
 from .cache import PrunedCache
 from .config import check_stages
-from .contract import cache_kwarg, decoder_layers, image_token_id, pop_cache, text_config
+from .contract import DynamicCache, cache_kwarg, decoder_layers, image_token_id, pop_cache, text_config
+from .generation import CheckedGenerate
 from .hooks import STATE_KWARG, LayerHooks
 from .modeling import LVPrunerModel
 from .plphp import PLPHPConfig
+from .scoring import pruned_loss
 from .state import PruningState
 from .stats import PruningStats
 
@@ -48,6 +50,9 @@ class Pruning:
             raise TypeError(f"plphp must be a PLPHPConfig or None, got {type(plphp).__name__}.")
         self.model, self.pruner, self.keep_ratios, self.plphp = model, pruner, keep_ratios, plphp
         self.num_layers = len(decoder_layers(model))
+        if plphp is not None and plphp.start_layer >= self.num_layers:
+            raise ValueError(f"PLPHP start_layer={plphp.start_layer} is at or beyond the model's depth "
+                             f"({self.num_layers} layers, 0-based): it would prune nothing.")
         self.cache_kwarg = cache_kwarg(model)
         self.hooks = LayerHooks(model, pruner)
         self.handles = []
@@ -59,6 +64,8 @@ class Pruning:
         self.hooks.attach()
         self.handles.append(self.model.register_forward_pre_hook(self._before_call, with_kwargs=True))
         self.handles.append(self.model.register_forward_hook(self._after_call, with_kwargs=True))
+        # generate() settings a pruned cache cannot honour are refused before generation starts.
+        self.model.generate = CheckedGenerate(self.model)
         self.model.lvprune = self
         return self
 
@@ -68,6 +75,8 @@ class Pruning:
             handle.remove()
         self.handles.clear()
         self.hooks.detach()
+        if isinstance(self.model.__dict__.get("generate"), CheckedGenerate):
+            del self.model.generate  # the class's own method again
         self.model.lvprune = None
         return self.model
 
@@ -82,8 +91,14 @@ class Pruning:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise ValueError("a pruned model needs input_ids: vision positions come from config.image_token_id.")
+        labels = kwargs.pop("labels", None)  # scored here, over the kept rows (lvprune.scoring)
         cache = pop_cache(kwargs)
+        if cache is not None and not isinstance(cache, DynamicCache):
+            raise ValueError(f"a pruned model keeps its own cache; do not pass a {type(cache).__name__} "
+                             "(for generate: drop cache_implementation).")
         if isinstance(cache, PrunedCache) and cache.state is not None and cache.get_seq_length() > 0:
+            if labels is not None:
+                raise ValueError("labels score a whole prompt in one forward; pass them without a cache.")
             state = cache.state
             mask = kwargs.get("attention_mask")
             new = input_ids.shape[1]
@@ -91,20 +106,22 @@ class Pruning:
         else:
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("a pruned model cannot continue from a cache it did not make; pass no cache.")
+            if labels is not None and kwargs.get("logits_to_keep") not in (None, 0):
+                raise ValueError("labels need the logits of every kept row: drop logits_to_keep.")
             use_cache = cache is not None or kwargs.get("use_cache", text_config(self.model).use_cache)
-            state = self._new_state(input_ids, kwargs, use_cache is not False)
+            state = self._new_state(input_ids, kwargs, use_cache is not False, labels)
         # Handed back under the name this transformers release reads (lvprune.contract).
         kwargs[self.cache_kwarg] = state.cache
         kwargs[STATE_KWARG] = state
         return args, kwargs
 
-    def _new_state(self, input_ids, kwargs, use_cache: bool) -> PruningState:
+    def _new_state(self, input_ids, kwargs, use_cache: bool, labels) -> PruningState:
         if self.pruner is not None and _device(self.pruner) not in (None, input_ids.device):
             # Only when needed: walking the modules' parameters costs ~3 ms, a tenth of a small model's prefill.
             self.pruner.to(input_ids.device)
         cache = PrunedCache(config=text_config(self.model)) if use_cache else None
         state = PruningState(
-            input_ids, kwargs.get("attention_mask"), image_token_id(self.model), self.num_layers,
+            input_ids, kwargs.get("attention_mask"), image_token_id(self.model), self.num_layers, labels=labels,
             pruner=self.pruner, keep_ratios=self.keep_ratios, sample=False, remove=True, plphp=self.plphp,
             cache=cache, base_attention=self.hooks.base_attention,
         )
@@ -114,8 +131,13 @@ class Pruning:
 
     def _after_call(self, module, args, kwargs, output):
         state = kwargs.get(STATE_KWARG)
-        if state is not None and state.prefill:
-            self.model.pruning_stats = PruningStats.collect(state, text_config(self.model))
+        if state is None or not state.prefill:
+            return output
+        self.model.pruning_stats = PruningStats.collect(state, text_config(self.model))
+        if state.labels is not None:
+            loss = pruned_loss(output.logits, state.labels, state.rows.order[:, 0], state.rows.valid[:, 0])
+            fields = {name: value for name, value in output.items() if name != "loss"}
+            output = type(output)(loss=loss, **fields)
         return output
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import torch
 
@@ -51,32 +52,55 @@ class PLPHPConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def rates(self, vision_attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer class (0 indifferent, 1 balanced, 2 attentive) and clamped rate: vision_attention [B] -> [B], [B]."""
+    def class_rates(self) -> tuple[Fraction, Fraction, Fraction]:
+        """Exact rates of the indifferent, balanced and attentive classes: `r − Δr`, `r`, `r + Δr` in [0, 1].
+
+        Exact as the user wrote them (`Fraction("0.4")` is 2/5): in float32 0.4 is 0.4000000059604645, and
+        `ceil(0.4 × 25)` would keep 11 tokens, not 10.
+        """
+        r, delta = Fraction(repr(self.r)), Fraction(repr(self.delta_r))
+        return tuple(min(max(r + k * delta, Fraction(0)), Fraction(1)) for k in (-1, 0, 1))
+
+    def classes(self, vision_attention: torch.Tensor) -> torch.Tensor:
+        """Layer class (0 indifferent, 1 balanced, 2 attentive): vision_attention [B] -> [B] long."""
         cls = torch.ones_like(vision_attention, dtype=torch.long)
-        cls = torch.where(vision_attention >= self.alpha, 2, torch.where(vision_attention <= self.beta, 0, cls))
-        rate = (self.r + (cls - 1).to(vision_attention.dtype) * self.delta_r).clamp(0.0, 1.0)
-        return cls, rate
+        return torch.where(vision_attention >= self.alpha, 2, torch.where(vision_attention <= self.beta, 0, cls))
+
+    def rates(self, vision_attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer class and its rate (as a float, for reporting): vision_attention [B] -> [B] long, [B] float."""
+        cls = self.classes(vision_attention)
+        table = torch.tensor([float(q) for q in self.class_rates()], device=cls.device)
+        return cls, table[cls]
+
+    def counts(self, cls: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Vision tokens each KV head keeps, exactly `ceil(rate × present)`: cls, present [B] long -> [B] long."""
+        rates = self.class_rates()
+        numerator = torch.tensor([q.numerator for q in rates], device=cls.device)[cls]
+        denominator = torch.tensor([q.denominator for q in rates], device=cls.device)[cls]
+        return -((-numerator * present) // denominator)  # integer ceil division
 
 
-def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig) -> tuple[torch.Tensor, dict]:
+def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig, last: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Which cache slots each KV head keeps.
 
-    scores [B, Hkv, K] last-query attention per KV head; book: the layer's `KeyBook` (one head).
+    scores [B, Hkv, K] last-query attention per KV head; book: the layer's `KeyBook` (one head); last [B] the
+    original position of each sample's last prompt token, which is always kept (it is the query that predicts,
+    and every generated token attends to it), within the head's count when it is a vision token.
     Returns keep [B, Hkv, K] bool (valid text slots + each head's top vision slots) and per-sample stats.
     """
     vision = book.vision & book.valid  # [B, 1, K]
     vision_attention = (scores * vision).sum(-1).mean(-1)  # [B]
     cls, rate = config.rates(vision_attention)
     present = vision.sum(-1)[:, 0]  # [B]
-    counts = torch.ceil(rate.double() * present - 1e-9).long()  # ceil, robust to float noise (0.4 * 10)
-    chosen = top_counts(scores.masked_fill(~vision, float("-inf")), counts) & vision
-    keep = chosen | (book.valid & ~book.vision)
+    protected = book.order == last[:, None, None]  # [B, 1, K]
+    ranked = scores.masked_fill(protected, float("inf")).masked_fill(~vision, float("-inf"))
+    chosen = top_counts(ranked, config.counts(cls, present)) & vision
+    keep = chosen | (book.valid & ~book.vision) | (protected & book.valid)
     stats = dict(vision_tokens=present, plphp_class=[CLASSES[c] for c in cls.tolist()], plphp_rate=rate,
                  vision_attention=vision_attention, kept_per_head=chosen.sum(-1))
     return keep, stats
 
 
 def ceil_count(rate: float, n: int) -> int:
-    """`ceil(rate × n)` as `plphp_keep` computes it (for analytic estimates)."""
-    return math.ceil(rate * n - 1e-9)
+    """`ceil(rate × n)` with the rate exact as written, as `plphp_keep` computes it (for analytic estimates)."""
+    return math.ceil(Fraction(repr(rate)) * n)

@@ -47,7 +47,10 @@ class PruningState:
         text_key = valid & ~vision if labels is None else valid & ~vision & (labels == -100)
         self.rows, self.text_key = KeyBook.from_sequence(valid, vision), text_key
         self.num_vision = vision.sum(-1)
-        self.pruner, self.sample, self.remove = pruner, sample, remove
+        # Each sample's last prompt token is never pruned: it is the query whose logits predict the next token.
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        self.last = torch.where(valid, positions, -1).amax(-1)  # [B]
+        self.pruner, self.sample, self.remove, self.labels = pruner, sample, remove, labels
         self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
         self.plphp, self.cache, self.base_attention = plphp, cache, base_attention
         self.books: list[KeyBook | None] = [None] * num_layers
@@ -61,6 +64,7 @@ class PruningState:
         self.attention_layers = set(getattr(pruner, "attention_layers", ())) if pruner is not None else set()
         self.last_query: dict[int, torch.Tensor] = {}
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
+        self.widths: list[int] = [0] * num_layers  # hidden rows each layer computes on in the prefill
         self._mask_for = None  # (book, query_order, mask) of the last mask built
 
     # ---------------------------------------------------------------- steps
@@ -81,6 +85,7 @@ class PruningState:
         if not self.prefill:
             return position_embeddings
         self.books[layer_idx] = self.rows
+        self.widths[layer_idx] = self.rows.order.shape[-1]
         if self.position_embeddings is None:
             self.position_embeddings = position_embeddings
         return self.position_embeddings
@@ -106,15 +111,19 @@ class PruningState:
         present = vision if self.keep is None else vision & (self.keep > 0)
         gamma, slots = self._scores(stage, hidden, vision if self.sample else present)
         counts = keep_counts(self.num_vision, self.keep_ratios[stage])
+        # The last prompt token is kept, within the count (it ranks first): [B, V] over the query slots.
+        last = (gather_rows(self.rows.order[:, 0], slots.index) == self.last[:, None]) & slots.real
         if self.sample:
             decided = sample_decisions(gamma, self.pruner.config.gumbel_tau)
         else:
-            decided = topk_decisions(keep_score(gamma, self.pruner.config.rank_by), slots.real, counts)
+            score = keep_score(gamma, self.pruner.config.rank_by).float().masked_fill(last, float("inf"))
+            decided = topk_decisions(score, slots.real, counts)
         # Fillers write a neutral 1 onto rows that are not queries (slot indices are distinct).
-        decided = torch.where(slots.real, decided, torch.ones_like(decided))
+        decided = torch.where(slots.real & ~last, decided, torch.ones_like(decided))
         full = torch.ones_like(vision, dtype=decided.dtype).scatter(1, slots.index, decided)
         if self.remove:
-            return self._remove(hidden, full.bool() | ~vision)
+            # Padding rows leave too: a stage's width is the widest sample's real kept rows.
+            return self._remove(hidden, (full.bool() | ~vision) & self.rows.valid[:, 0])
         self.keep = full if self.keep is None else self.keep * full  # eq. 10: a pruned token never returns
         self.keep_fractions.append(self._fraction(self.keep, vision))
         self.decisions.append(self.keep)
