@@ -2,8 +2,9 @@
 
 A checkpoint is written into a hidden temporary folder `output_dir/.tmp-checkpoint-<step>/`; a completion
 marker (`checkpoint_complete.json`, holding the step) is written last, and only then is the folder renamed to
-its final name. A run killed while saving therefore leaves at worst a temporary folder (or, from other tools, a
-`checkpoint-*` folder without a marker); `latest_checkpoint` ignores both and `clean_incomplete` removes them.
+its final name. A run killed while saving therefore leaves at worst a temporary folder; `latest_checkpoint` ignores it and
+`clean_incomplete` removes it. A `checkpoint-*` folder without a marker (another tool's: HF Trainer uses the
+same names) is ignored and never deleted.
 
     staging = begin_checkpoint(output_dir, step)      # empty folder to write into
     ...                                                # accelerator.save_state(staging), save_pretrained, ...
@@ -64,6 +65,9 @@ def commit_checkpoint(output_dir, step: int, **info) -> Path:
     is replaced. The rename is atomic on POSIX file systems, so readers see either no folder or a full one.
     """
     staging, final = staging_dir(output_dir, step), checkpoint_dir(output_dir, step)
+    if final.exists() and not is_complete(final):
+        raise FileExistsError(f"{final} exists and is not an lvprune checkpoint (no {MARKER}); lvprune never "
+                              "deletes another tool's folder: move it out of output_dir.")
     marker = staging / MARKER
     marker.write_text(json.dumps({"step": step, "time": time.time(), **info}, indent=1) + "\n")
     _fsync(marker)
@@ -96,14 +100,13 @@ def latest_checkpoint(output_dir) -> Path | None:
 
 
 def clean_incomplete(output_dir) -> list[Path]:
-    """Remove staging folders and marker-less `checkpoint-*` folders left by killed saves; returns them."""
+    """Remove lvprune's own staging folders (`.tmp-checkpoint-<n>`) left by killed saves; returns them."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
     removed = []
     for path in sorted(root.iterdir()):
-        leftover = path.name.startswith(TMP_PREFIX) or (_NAME.match(path.name) and not is_complete(path))
-        if leftover and path.is_dir():
+        if re.fullmatch(rf"{re.escape(TMP_PREFIX)}\d+", path.name) and path.is_dir():
             shutil.rmtree(path)
             removed.append(path)
     return removed

@@ -37,8 +37,8 @@ class LVPrunerConfig(PreTrainedConfig):
 
     model_type = "lvpruner"
 
-    hidden_size: int = 4096
-    num_hidden_layers: int = 32
+    hidden_size: int | None = None  # from the base: `LVPrunerConfig.from_base_config(base.config)`
+    num_hidden_layers: int | None = None
     after_layers: list[int] | tuple[int, ...] = PAPER_AFTER_LAYERS
     keep_ratios: list[float] | tuple[float, ...] = (0.5, 0.3, 0.1)
     num_blocks: int = 2
@@ -67,6 +67,12 @@ class LVPrunerConfig(PreTrainedConfig):
 
     def check(self) -> None:
         """Raise `ValueError` naming the first invalid field."""
+        missing = [name for name in ("hidden_size", "num_hidden_layers") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                f"LVPrunerConfig needs {' and '.join(missing)} of the base it prunes: build it with "
+                "LVPrunerConfig.from_base_config(base.config). (A config.json saved by lvprune 0.1 for "
+                'LLaVA-1.5-7B omits them: add "hidden_size": 4096, "num_hidden_layers": 32.)')
         check_stages(self.after_layers, self.keep_ratios, self.num_hidden_layers)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size}.")

@@ -16,12 +16,25 @@ import yaml
 CARD_NAME = "README.md"
 
 
+def public_name(name: str | None) -> str | None:
+    """`name` as a card may show it: a Hub id as is, a local path by its last component (no local paths)."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
+    return path.name if local else name
+
+
+def is_hub_id(name: str | None) -> bool:
+    return bool(name) and public_name(name) == name
+
+
 def card_metadata(config, data: str | None = None) -> dict:
     """The YAML front matter of a pruner's card (Hub search fields)."""
     meta = {"library_name": "lvprune", "tags": ["lvprune", "lvpruning", "vision-token-pruning", "llava"]}
-    if config.base_model_name_or_path:
+    if is_hub_id(config.base_model_name_or_path):  # the Hub links `base_model` to that repository
         meta["base_model"] = config.base_model_name_or_path
-    if data:
+    if is_hub_id(data):
         meta["datasets"] = [data]
     return meta
 
@@ -34,8 +47,18 @@ def _metrics_table(metrics: dict) -> str:
     return "| metric | value |\n| --- | --- |\n" + rows + "\n"
 
 
+UNCHANGED_NOTE = "; the base model is unchanged and loaded from its own repository."
+LORA_NOTE = (", and in `lora/` a LoRA adapter of the base's language model trained with them: merge it into the "
+             "base before pruning, as below.")
+LORA_USAGE = """from peft import PeftModel
+from transformers import AutoModelForImageTextToText
+
+base = AutoModelForImageTextToText.from_pretrained("{base}")
+base = PeftModel.from_pretrained(base, "{where}", subfolder="lora").merge_and_unload()"""
+
+
 def model_card(config, *, repo_id: str | None = None, data: str | None = None, metrics: dict | None = None,
-               training: dict | None = None) -> str:
+               training: dict | None = None, lora: bool = False) -> str:
     """README.md text for a pruner with `config` (an `LVPrunerConfig`).
 
     Args:
@@ -43,14 +66,18 @@ def model_card(config, *, repo_id: str | None = None, data: str | None = None, m
         data: the training data (file name or dataset id).
         metrics: final training metrics, e.g. `{"causal_loss": 1.2, "kept_fraction/stage_0": 0.5}`.
         training: the training settings worth showing (lr, batch, steps, ...).
+        lora: the folder also holds a LoRA adapter of the language model in `lora/`.
+
+    Local paths (of the base, of the data) are shown by their last component only.
     """
-    base = config.base_model_name_or_path or "<base model>"
+    base = public_name(config.base_model_name_or_path) or "<base model>"
+    meta, data = card_metadata(config, data), public_name(data)
     where = repo_id or "path/to/this/folder"
     stages = "\n".join(f"| {s} | {layer} | {ratio:g} |"
                        for s, (layer, ratio) in enumerate(zip(config.after_layers, config.keep_ratios)))
     settings = "".join(f"- {key}: `{value}`\n" for key, value in (training or {}).items())
     return f"""---
-{yaml.safe_dump(card_metadata(config, data), sort_keys=False).strip()}
+{yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
 
 # LVPruning decision modules for `{base}`
@@ -58,7 +85,7 @@ def model_card(config, *, repo_id: str | None = None, data: str | None = None, m
 Language-guided vision-token pruning (LVPruning): {config.num_stages} small decision modules that read the
 hidden states of `{base}` and remove vision tokens after the decoder layers below. This repository holds only
 the decision modules ({config.num_blocks} cross-attention blocks with {config.num_heads} heads each, hidden
-size {config.hidden_size}); the base model is unchanged and loaded from its own repository.
+size {config.hidden_size}){LORA_NOTE if lora else UNCHANGED_NOTE}
 
 | stage | after decoder layer (1-based) | training keep ratio |
 | --- | --- | --- |
@@ -71,8 +98,8 @@ can be chosen at load time without retraining.
 
 ```python
 import lvprune
-
-model = lvprune.load_pruned_model("{base}", pruner="{where}")
+{LORA_USAGE.format(where=where, base=base) if lora else ""}
+model = lvprune.load_pruned_model({"base" if lora else f'"{base}"'}, pruner="{where}")
 # optional: other inference ratios, e.g. keep_ratios=[0.6, 0.4, 0.2]
 output = model.generate(**inputs, max_new_tokens=64)
 print(model.pruning_stats)
@@ -97,7 +124,7 @@ def write_model_card(folder, config, **card_kwargs) -> Path:
 
 
 def push_folder(folder, repo_id: str, *, endpoint: str | None = None, token: str | None = None,
-                private: bool = False, commit_message: str = "Upload LVPruning decision modules") -> str:
+                private: bool | None = None, commit_message: str = "Upload LVPruning decision modules") -> str:
     """Create `repo_id` (if needed) on the Hub at `endpoint` and upload every file of `folder`.
 
     Returns the URL of the commit.

@@ -12,6 +12,8 @@ from transformers import PreTrainedModel
 
 from .config import LVPrunerConfig
 
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
 
 class CrossAttentionBlock(nn.Module):
     """`O = softmax(Q Kᵀ/√d) V + Q` (eq. 3), then FFN `[LN, Linear(C, rC), SiLU, Linear(rC, C), LN]` with a residual."""
@@ -79,6 +81,25 @@ class LVPrunerModel(PreTrainedModel):
         super().__init__(config)
         self.stages = nn.ModuleList(DecisionModule(config) for _ in range(config.num_stages))
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing anything that is not a complete lvprune pruner: another
+        model type, or weights missing, unexpected or of the wrong shape (which would be randomly initialised
+        with a warning only)."""
+        if kwargs.get("config") is None:
+            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+            found, _ = cls.config_class.get_config_dict(pretrained_model_name_or_path, **hub)
+            if found.get("model_type") != cls.config_class.model_type:
+                raise ValueError(f"{pretrained_model_name_or_path} holds a {found.get('model_type')!r} model, not "
+                                 f"an lvprune pruner ({cls.config_class.model_type!r}).")
+        with_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(map(str, v))[:4] for k, v in info.items()
+                    if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if problems:
+            raise ValueError(f"{pretrained_model_name_or_path} is not a complete lvprune pruner: {problems}.")
+        return (model, info) if with_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

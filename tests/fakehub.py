@@ -62,7 +62,8 @@ class FakeHub:
 
     def create_repo(self, body: dict) -> tuple[int, dict]:
         repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
-        self.repos.setdefault(repo_id, {"private": bool(body.get("private")), "commits": 0})
+        # huggingface_hub sends `visibility` ("private" / "public"), or nothing for the namespace's default.
+        self.repos.setdefault(repo_id, {"visibility": body.get("visibility"), "commits": 0})
         self.repo_dir(repo_id).mkdir(parents=True, exist_ok=True)
         return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id}
 

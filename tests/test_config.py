@@ -26,7 +26,7 @@ from lvprune.testing import tiny_llava_config
 )
 def test_config_validation_names_the_bad_value(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-        LVPrunerConfig(**kwargs)
+        LVPrunerConfig(**{"hidden_size": 4096, "num_hidden_layers": 32, **kwargs})
 
 
 def test_from_base_config_scales_paper_layers():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lvprune.data.llava_format import IGNORE_INDEX, encode_record, load_llava_dataset, prompt_length
 from lvprune.data.processor import build_processor
-from lvprune.data.records import normalize_record
+from lvprune.data.records import NoRecords, normalize_record
 from lvprune.data.shapes import ShapesConfig, make_shapes_dataset
 
 RUN = "<image>" * 576
@@ -141,7 +141,8 @@ def test_bad_records_are_counted_and_skipped(loaded, caplog, folder, processor):
     with caplog.at_level(logging.DEBUG, logger="lvprune.data.records"):
         load_llava_dataset(folder / "train.json", folder, processor)
     levels = {r.getMessage(): r.levelno for r in caplog.records}
-    assert levels["skipping record missing: missing_image_file"] == logging.WARNING
+    missing = next(m for m in levels if m.startswith("skipping record missing: missing_image_file"))
+    assert levels[missing] == logging.WARNING and "nope.png" in missing  # the file at fault is named
     assert levels["skipping record text: no_image"] == logging.DEBUG
 
 
@@ -207,3 +208,76 @@ def test_encode_record_matches_the_processor_called_directly(folder, processor):
     direct = processor(text=text, images=[Image.open(folder / "blue.png")], return_tensors="pt")
     assert torch.equal(example["input_ids"], direct["input_ids"][0])
     np.testing.assert_array_equal(example["pixel_values"].numpy(), direct["pixel_values"].numpy())
+
+
+# ------------------------------------------------------------------ records that must not stop a run
+
+
+def one_record(image="red.png", roles=("human", "gpt"), record_id="r"):
+    return {"id": record_id, "image": image, "conversations": [
+        {"from": roles[0], "value": "<image>\nWhat colour is the square?"}, {"from": roles[1], "value": "red"}]}
+
+
+def test_a_truncated_image_is_skipped_and_named(tmp_path, processor, caplog):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
+    whole = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "half.png").write_bytes(whole[: len(whole) // 2])  # a half-downloaded file: its header is valid
+    with Image.open(tmp_path / "half.png") as header_only:
+        assert header_only.size == (96, 96)
+    (tmp_path / "train.json").write_text(json.dumps([one_record("ok.png", record_id="a"),
+                                                     one_record("half.png", record_id="b")]))
+    with caplog.at_level(logging.WARNING, logger="lvprune.data.records"):
+        dataset, stats = load_llava_dataset(tmp_path / "train.json", tmp_path, processor)
+    assert stats.kept == 1 and dict(stats.skipped) == {"unreadable_image": 1}
+    assert any("record b" in m and "half.png" in m for m in caplog.messages)
+    assert len(dataset) == 1 and dataset[0]["pixel_values"].shape[0] == 1
+
+
+def test_a_decompression_bomb_is_skipped(tmp_path, processor, monkeypatch):
+    Image.new("RGB", (96, 96), (255, 0, 0)).save(tmp_path / "red.png")
+    (tmp_path / "train.json").write_text(json.dumps([one_record()]))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 96 x 96 is then over twice PIL's limit
+    with pytest.raises(NoRecords, match="unreadable_image=1"):
+        load_llava_dataset(tmp_path / "train.json", tmp_path, processor)
+
+
+def test_bad_jsonl_lines_are_skipped_and_counted(tmp_path, processor):
+    Image.new("RGB", (96, 96), (255, 0, 0)).save(tmp_path / "red.png")
+    good = json.dumps(one_record()).encode()
+    lines = [b"\xef\xbb\xbf" + good, b'{"id": "cut", "conver', b'{"id": "\xff\xfe"}', good]  # BOM, cut, not UTF-8
+    (tmp_path / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    dataset, stats = load_llava_dataset(tmp_path / "train.jsonl", tmp_path, processor)
+    assert stats.kept == 2 and dict(stats.skipped) == {"unreadable_line": 2}
+    streamed, _ = load_llava_dataset(tmp_path / "train.jsonl", tmp_path, processor, streaming=True)
+    assert len(list(streamed)) == 2
+
+
+def test_a_json_file_with_a_byte_order_mark_loads(tmp_path, processor):
+    Image.new("RGB", (96, 96), (255, 0, 0)).save(tmp_path / "red.png")
+    (tmp_path / "train.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([one_record()]).encode())
+    assert load_llava_dataset(tmp_path / "train.json", tmp_path, processor)[1].kept == 1
+    (tmp_path / "bad.json").write_bytes(b"[" + json.dumps(one_record()).encode() + b", {")
+    with pytest.raises(ValueError, match="bad.json is not a readable JSON list"):
+        load_llava_dataset(tmp_path / "bad.json", tmp_path, processor)
+
+
+@pytest.mark.parametrize("records, folder, message", [
+    ([], ".", "kept 0 of 0 records"),
+    ([one_record()], "elsewhere", "missing_image_file=1"),
+    ([one_record(roles=("system", "gpt"))], ".", "bad_roles=1"),
+])
+def test_a_data_set_with_nothing_to_keep_ends_with_the_summary(tmp_path, processor, records, folder, message):
+    Image.new("RGB", (96, 96), (255, 0, 0)).save(tmp_path / "red.png")
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    with pytest.raises(NoRecords, match=message) as error:
+        load_llava_dataset(tmp_path / "train.json", tmp_path / folder, processor)
+    assert "image_folder" in str(error.value)
+
+
+def test_sharegpt_roles_load_as_llava_roles(tmp_path, processor):
+    Image.new("RGB", (96, 96), (255, 0, 0)).save(tmp_path / "red.png")
+    (tmp_path / "a.json").write_text(json.dumps([one_record()]))
+    (tmp_path / "b.json").write_text(json.dumps([one_record(roles=("user", "assistant"))]))
+    a = load_llava_dataset(tmp_path / "a.json", tmp_path, processor)[0][0]
+    b = load_llava_dataset(tmp_path / "b.json", tmp_path, processor)[0][0]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -48,3 +48,35 @@ def test_cross_attention_in_half_precision_stays_finite_without_text(dtype):
     q = block.q_proj(queries[1:].to(dtype))
     assert torch.equal(out[1:], q + block.ffn(q)), "without text: O = Q"
     assert_close(out.float(), expected, 0.1 * expected.abs().max().item(), f"{dtype} against fp32")
+
+
+# ------------------------------------------------------------------ loading refuses what is not a pruner
+
+
+def test_from_pretrained_refuses_what_is_not_a_complete_pruner(tmp_path, pruner, stock):
+    from safetensors.torch import load_file, save_file
+
+    from lvprune import LVPrunerModel
+
+    stock.save_pretrained(tmp_path / "llava")
+    with pytest.raises(ValueError, match="'llava' model, not an lvprune pruner"):
+        LVPrunerModel.from_pretrained(tmp_path / "llava")
+    pruner.save_pretrained(tmp_path / "pruner")
+    loaded = LVPrunerModel.from_pretrained(tmp_path / "pruner")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), pruner.state_dict().values()))
+    tensors = load_file(tmp_path / "pruner" / "model.safetensors")
+    for name, edit in (("missing", lambda t: t.pop(next(iter(t)))), ("extra", lambda t: t.update(x=torch.ones(1)))):
+        edited = dict(tensors)
+        edit(edited)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text((tmp_path / "pruner" / "config.json").read_text())
+        save_file(edited, tmp_path / name / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match="not a complete lvprune pruner"):
+            LVPrunerModel.from_pretrained(tmp_path / name)
+
+
+def test_config_sizes_come_from_the_base():
+    with pytest.raises(ValueError, match="from_base_config"):
+        LVPrunerConfig()
+    with pytest.raises(ValueError, match="hidden_size"):
+        LVPrunerConfig(num_hidden_layers=32)

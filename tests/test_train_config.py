@@ -48,6 +48,12 @@ def test_layering_defaults_then_yaml_then_command_line(tmp_path):
     (["--warmup_ratio", "1.5"], "warmup_ratio=1.5 must be in [0, 1)"),
     (["--keep_ratios", "0.5", "high"], "keep_ratios='high' is not a valid float"),
     (["--bench_plphp", "0.3", "0.3", "0.9"], "must be [r, delta_r, alpha, beta, start_layer]"),
+    (["--learning_rate", ".inf"], "learning_rate=inf must be a finite number"),
+    (["--max_grad_norm", ".nan"], "max_grad_norm=nan must be a finite number"),
+    (["--keep_ratios", "0.5", ".nan"], "must be a finite number"),
+    (["--lambda_ratio", "-1"], "lambda_ratio=-1.0 must be >= 0"),
+    (["--seed", "4294967296"], "must be below 2**32"),
+    (["--keep_ratios", "1.5", "0.3", "0.1"], "must each be in (0, 1]"),
 ])
 def test_bad_command_line_names_the_key(argv, message):
     with pytest.raises(ValueError) as error:
@@ -122,14 +128,16 @@ def test_atomic_checkpoints_and_resume_choice(tmp_path):
     for step in (5, 10):
         _save(tmp_path, step)
     checkpointing.begin_checkpoint(tmp_path, 15)  # killed while writing step 15
-    (tmp_path / "checkpoint-20").mkdir()  # a folder without a marker
+    (tmp_path / "checkpoint-20").mkdir()  # a folder without a marker: another tool's (HF Trainer's names)
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text("{}")
     assert checkpointing.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert checkpointing.checkpoint_step(tmp_path / "checkpoint-10") == 10
     with pytest.raises(ValueError, match="incomplete"):
         checkpointing.resolve_resume(tmp_path, str(tmp_path / "checkpoint-20"))
     removed = checkpointing.clean_incomplete(tmp_path)
-    assert sorted(p.name for p in removed) == [".tmp-checkpoint-15", "checkpoint-20"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
+    assert [p.name for p in removed] == [".tmp-checkpoint-15"]  # only lvprune's own staging folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-5"]
+    assert (tmp_path / "checkpoint-20" / "trainer_state.json").is_file()
     _save(tmp_path, 10)  # saving a step again replaces it
     assert checkpointing.rotate_checkpoints(tmp_path, 1) == [tmp_path / "checkpoint-5"]
     assert (tmp_path / "checkpoint-10" / "state.bin").read_bytes() == bytes([10])
@@ -142,7 +150,7 @@ def test_epoch_sampler_is_a_seeded_permutation_per_epoch():
     sampler = EpochSampler(50, seed=3)
     first = list(sampler)
     assert sorted(first) == list(range(50)) and list(sampler) == first
-    sampler.set_epoch(1)
+    sampler.use_epoch(1)
     assert list(sampler) != first and sorted(sampler) == list(range(50))
     assert list(EpochSampler(50, seed=3)) == first
 
@@ -204,3 +212,20 @@ def test_cpu_threads_zero_shares_the_cores_among_local_processes(monkeypatch):
     assert train.cpu_share() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert train.cpu_share() == 1
+
+
+def test_push_sends_visibility_only_when_asked(tmp_path, monkeypatch):
+    from fakehub import FakeHub
+
+    from lvprune.hub import push_folder
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text("{}")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the fake Hub is on 127.0.0.1
+    with FakeHub(tmp_path / "hub") as hub:
+        for repo, private in (("me/default", None), ("me/private", True), ("me/public", False)):
+            push_folder(tmp_path / "folder", repo, endpoint=hub.url, token="t", private=private)
+        assert {repo: hub.repos[repo]["visibility"] for repo in hub.repos} == \
+            {"me/default": None, "me/private": "private", "me/public": "public"}

@@ -27,6 +27,8 @@ from conftest import free_port
 STEPS, LR, SEED, KEEP = 6, 1e-2, 0, [0.9, 0.8, 0.7]
 STAGES = (2, 3)
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the real script
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):

@@ -43,6 +43,8 @@ from conftest import free_port
 REPO_ID = "lvprune-test/tiny-pruner"
 NUM_SAMPLES = 32
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the real script
+
 
 # =============================================================================== helpers
 
@@ -55,8 +57,8 @@ def tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def launch(assets, out: Path, *extra, processes: int = 1, env: dict | None = None) -> dict:
-    """Run train/train.py under `accelerate launch`; returns its train_summary.json and stdout."""
+def command(assets, out: Path, *extra, processes: int = 1, env: dict | None = None) -> tuple[list[str], dict]:
+    """The `accelerate launch train/train.py ...` command line of a tiny run, and its environment."""
     accelerate = ["--config_file", str(ROOT / "configs/accelerate/single.yaml")]
     if processes > 1:
         accelerate = ["--config_file", str(ROOT / "configs/accelerate/ddp.yaml"), "--num_processes",
@@ -67,7 +69,12 @@ def launch(assets, out: Path, *extra, processes: int = 1, env: dict | None = Non
             "--save_steps", "1", "--record_samples", "true", *map(str, extra)]
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "ACCELERATE_USE_CPU": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate, "train/train.py", *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", *accelerate, "train/train.py", *args], env
+
+
+def launch(assets, out: Path, *extra, processes: int = 1, env: dict | None = None) -> dict:
+    """Run train/train.py under `accelerate launch`; returns its train_summary.json and stdout."""
+    cmd, env = command(assets, out, *extra, processes=processes, env=env)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return {**json.loads((out / "train_summary.json").read_text()), "stdout": proc.stdout}
@@ -122,11 +129,12 @@ def stopped(assets, tmp_path_factory):
 def resumed(assets, stopped, tmp_path_factory):
     out = tmp_path_factory.mktemp("resumed") / "run"
     shutil.copytree(stopped[0], out)
-    # A save killed at step 2: a half-written staging folder, and a final-named folder without its marker.
+    # A save killed at step 2: a half-written staging folder.
     (out / ".tmp-checkpoint-2" / "pruner").mkdir(parents=True)
     (out / ".tmp-checkpoint-2" / "optimizer.bin").write_bytes(b"\0" * 10)
-    shutil.copytree(out / "checkpoint-1", out / "checkpoint-2")
-    (out / "checkpoint-2" / "checkpoint_complete.json").unlink()
+    # Another tool's folder, named as HF Trainer names its checkpoints: lvprune must leave it alone.
+    (out / "checkpoint-500").mkdir()
+    (out / "checkpoint-500" / "trainer_state.json").write_text("{}")
     return out, launch(assets, out, "--gradient_accumulation_steps", 2, "--resume_from_checkpoint", "latest")
 
 
@@ -176,12 +184,15 @@ def test_pruned_model_generates(reference, assets):
 def test_model_card(reference, assets):
     out, summary = reference
     card = (out / "final" / "README.md").read_text()
-    assert f"base_model: {assets['base']}" in card
-    assert f'load_pruned_model("{assets["base"]}", pruner="{REPO_ID}")' in card
+    base = assets["base"].name  # local paths appear by their last component only
+    assert "base_model:" not in card and str(assets["base"].parent) not in card
+    assert f'load_pruned_model("{base}", pruner="{REPO_ID}")' in card
     for row in ("| 0 | 1 | 0.5 |", "| 1 | 2 | 0.3 |", "| 2 | 3 | 0.1 |"):
         assert row in card
     assert f"| causal_loss | {summary['causal_loss']:.4g} |" in card
-    assert str(assets["data"]) in card
+    assert f"`{assets['data'].name}`" in card and str(assets["data"].parent) not in card
+    assert "the base model is unchanged" in card  # no LoRA in this run
+    assert all(p.stat().st_mode & 0o044 for p in (out / "final").iterdir())  # readable as the umask allows
 
 
 def test_push_to_hub(reference, hub):
@@ -194,6 +205,7 @@ def test_push_to_hub(reference, hub):
     assert all(torch.equal(a[k], b[k]) for k in b)
     routes = [path for _, path in hub.calls]
     assert routes[0] == "/api/repos/create" and f"/api/models/{REPO_ID}/commit/main" in routes
+    assert hub.repos[REPO_ID]["visibility"] is None  # the namespace's default unless --hub_private is given
 
 
 def test_checkpoints_hold_only_the_pruner(reference):
@@ -221,6 +233,7 @@ def test_resume_matches_an_uninterrupted_run(resumed, reference):
     out, summary = resumed
     assert "resumed from" in summary["stdout"] and str(out / "checkpoint-1") in summary["stdout"]
     assert not (out / ".tmp-checkpoint-2").exists()
+    assert (out / "checkpoint-500" / "trainer_state.json").read_text() == "{}"
     assert json.loads((out / "checkpoint-2" / "checkpoint_complete.json").read_text())["step"] == 2
     a, b = weights(out / "final"), weights(reference[0] / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"

@@ -21,6 +21,10 @@ from deepspeed_support import gathered, is_zero3
 PRUNER_DIR, LORA_DIR = "pruner", "lora"
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint holds a file lvprune refuses to load."""
+
+
 def weights_digest(params) -> str:
     """sha256 of the parameters' bytes, in order: equal digests mean bitwise-equal weights."""
     h = hashlib.sha256()
@@ -95,8 +99,31 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: int = 0) -> Path:
     return final
 
 
-def load_checkpoint(accelerator, path) -> int:
-    """Restore the training state from a complete checkpoint; returns its optimizer step."""
+def load_checkpoint(accelerator, path, scheduler, accumulation_steps: int) -> int:
+    """Restore the training state from a complete checkpoint; returns its optimizer step.
+
+    Nothing in it is unpickled beyond what `torch.load(weights_only=True)` allows: the schedule is not saved
+    (accelerate would pickle it) but rebuilt from the step, and a planted `custom_checkpoint_*.pkl` is never
+    read. The accumulation counter is set from the step, so a run may resume under another split of the same
+    global batch into processes and accumulation steps.
+    """
+    pickles = sorted(p.name for p in Path(path).glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise UnsafeCheckpoint(f"{path} holds {', '.join(pickles)}, a pickle that lvprune never loads (it could run code; "
+                         "lvprune 0.1 wrote its schedule there). Delete it to resume: the schedule is rebuilt from "
+                         "the step.")
     kwargs = {"load_module_strict": False} if accelerator.distributed_type == DistributedType.DEEPSPEED else {}
     accelerator.load_state(str(path), **kwargs)
-    return checkpointing.checkpoint_step(path)
+    step = checkpointing.checkpoint_step(path)
+    restore_schedule(scheduler, step)
+    accelerator.step = step * accumulation_steps  # micro-batches seen by this process's accumulation window
+    return step
+
+
+def restore_schedule(scheduler, step: int) -> None:
+    """Put a `LambdaLR` schedule where it is after `step` optimizer steps (its state is a function of the step)."""
+    scheduler.last_epoch = step
+    lrs = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -30,12 +31,15 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosin
 import saving
 from assets import materialise_shapes, materialise_tiny_base
 from deepspeed_support import configure_deepspeed
+from health import DivergenceError, check_finite_weights, finite_step
 from lora import add_lora, lora_config
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, checkpointing
 from lvprune.data.llava_format import load_llava_dataset
+from lvprune.data.records import NoRecords
 from lvprune.data.processor import CHAT_TEMPLATE
 from lvprune.hub import push_folder, write_model_card
 from lvprune.reference import reference_base
+from run_control import OutputInUse, OutputLock, StopSignals
 from train_config import REFERENCE, SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
 from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from train_metrics import Resources, TrainMetrics
@@ -105,16 +109,40 @@ def load_data(config, accelerator, processor):
     return str(json_path), dataset
 
 
-def prepare_output_dir(accelerator, config) -> Path:
-    """Create the output folder, record the resolved config, and remove debris of killed checkpoint saves."""
+SUMMARY_FILE = "train_summary.json"
+
+
+def finished_run(output_dir: Path) -> dict | None:
+    """The summary of a run that already finished in `output_dir` (its export written), else None."""
+    path = output_dir / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("finished") and (output_dir / "final" / "config.json").is_file() else None
+
+
+def prepare_output_dir(accelerator, config) -> tuple[Path, OutputLock | None]:
+    """Lock the output folder for this run, record the resolved config, and remove lvprune's own staging
+    folders left by killed saves (nothing else in the folder is ever deleted)."""
     output_dir = Path(config.output_dir)
+    lock = None
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(output_dir)
         (output_dir / "train_config.yaml").write_text(to_yaml(config))
         for path in checkpointing.clean_incomplete(output_dir):
-            accelerator.print(f"removed incomplete checkpoint {path}")
+            accelerator.print(f"removed the staging folder of an interrupted save: {path}")
     accelerator.wait_for_everyone()
-    return output_dir
+    return output_dir, lock
+
+
+def truncate_metrics(config, step: int) -> None:
+    """Drop the rows of `metrics.jsonl` logged after `step` (a resumed run logs them again)."""
+    path = Path(config.output_dir) / "metrics.jsonl"
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(row + "\n" for row in rows))
+        os.replace(tmp, path)
 
 
 def noise_seed(seed: int, micro_batch: int) -> int:
@@ -122,7 +150,7 @@ def noise_seed(seed: int, micro_batch: int) -> int:
     return seed * 2**32 + micro_batch
 
 
-def micro_step(accelerator, config, model, local_batch, step: int, metrics) -> None:
+def micro_step(accelerator, config, model, local_batch, step: int, metrics) -> torch.Tensor:
     """Forward and backward of one micro-batch `(local_index, batch)` inside the accumulation window.
 
     The Gumbel noise is drawn after seeding with the micro-batch's global index, so it does not depend on how
@@ -137,6 +165,7 @@ def micro_step(accelerator, config, model, local_batch, step: int, metrics) -> N
         output = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
         accelerator.backward(output.loss)
     metrics.update(output)
+    return output.loss.detach()
 
 
 def log(accelerator, config, step: int, values: dict) -> None:
@@ -157,17 +186,42 @@ def export(accelerator, config, model, lora, data_name: str, summary: dict) -> P
     final = Path(config.output_dir) / "final"
     saving.save_trainable(accelerator, model, final, lora)
     if accelerator.is_main_process:
+        readable_by_umask(final)
         training = {"steps": summary["step"], "global batch": summary["global_batch"],
                     "peak learning rate": config.learning_rate, "warm-up ratio": config.warmup_ratio,
                     "max grad norm": config.max_grad_norm, "precision": config.precision, "LoRA rank": config.lora_r}
         metrics = {k: v for k, v in summary.items() if k.endswith("loss") or k.startswith("kept_fraction")}
         write_model_card(final, model.pruner.config, repo_id=config.push_to_hub, data=data_name,
-                         metrics=metrics, training=training)
+                         metrics=metrics, training=training, lora=lora is not None)
         if config.push_to_hub:
             url = push_folder(final, config.push_to_hub, endpoint=config.hub_endpoint, private=config.hub_private)
             accelerator.print(f"pushed {final} -> {url}")
     accelerator.wait_for_everyone()
     return final
+
+
+def readable_by_umask(folder: Path) -> None:
+    """Give the export's files the permissions the user's umask allows (writers stage them as 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def check_push_settings(config) -> None:
+    """Refuse a `push_to_hub` that would fail after training: a malformed repository id, or no token."""
+    if not config.push_to_hub:
+        return
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(config.push_to_hub)
+    except HFValidationError as error:
+        raise ValueError(f"push_to_hub={config.push_to_hub!r}: {error}") from None
+    if get_token() is None:
+        raise ValueError("push_to_hub needs a Hub token: run `hf auth login` or set HF_TOKEN before training.")
 
 
 def benchmark(accelerator, config, base_name: str, final: Path) -> None:
@@ -186,7 +240,7 @@ def benchmark(accelerator, config, base_name: str, final: Path) -> None:
 def report(accelerator, output_dir: Path, summary: dict) -> None:
     """Write `train_summary.json` and print the run's speed and memory."""
     if accelerator.is_main_process:
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     cuda = f", peak CUDA {summary['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in summary else ""
     accelerator.print(f"step time {summary['step_s']:.3f} s (first {summary['first_step_s']:.3f} s), "
                       f"peak RSS {summary['peak_rss_mib']:.0f} MiB{cuda}")
@@ -195,13 +249,71 @@ def report(accelerator, output_dir: Path, summary: dict) -> None:
 # =============================================================================== main
 
 
+def train_steps(accelerator, config, model, optimizer, scheduler, stream, trainable, steps, metrics, output_dir,
+                resources) -> tuple[int, dict]:
+    """Optimizer steps `steps` (a range); returns (the last step done, its logged metrics).
+
+    A step whose loss or gradient norm is not finite makes no update; more than `max_nonfinite_steps` of them
+    stop the run (DivergenceError). SIGTERM / SIGINT save a checkpoint after the current step and stop.
+    """
+    stop = StopSignals()
+    progress = tqdm(steps, initial=steps.start, total=steps.stop, desc="train",
+                    disable=not accelerator.is_local_main_process)
+    accum, skipped, last, done = config.gradient_accumulation_steps, 0, {}, steps.start
+    for step in progress:
+        resources.start_step()
+        loss = sum(micro_step(accelerator, config, model, next(stream), step + 1, metrics) for _ in range(accum))
+        assert accelerator.sync_gradients, "an optimizer step must close an accumulation window"
+        grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
+        finite, total, norm = finite_step(accelerator, loss, grad_norm)
+        if finite:
+            optimizer.step()
+        else:
+            skipped += 1
+            accelerator.print(f"step {step + 1}: loss {total} and gradient norm {norm}: not finite, no update "
+                              f"({skipped} such steps; max_nonfinite_steps={config.max_nonfinite_steps})")
+            if skipped > config.max_nonfinite_steps:
+                raise DivergenceError(
+                    f"training diverged at step {step + 1} (loss {total}, gradient norm {norm}); nothing was saved "
+                    f"after step {step}. Lower learning_rate, check max_grad_norm and the data, or allow skipped "
+                    "steps with max_nonfinite_steps.")
+        scheduler.step()
+        optimizer.zero_grad()
+        step_time = resources.end_step()
+        done = step + 1
+        if done % config.logging_steps == 0 or done == steps.stop:
+            last = {**metrics.compute(), "lr": scheduler.get_last_lr()[0], "step_time_s": step_time}
+            if grad_norm is not None:
+                last["grad_norm"] = float(grad_norm)
+            log(accelerator, config, done, last)
+            progress.set_postfix(loss=f"{last['loss']:.4f}", kept=f"{last['kept_fraction/stage_0']:.2f}")
+        stopping = stop.agreed(accelerator)
+        scheduled = (config.save_steps and done % config.save_steps == 0) or done == config.stop_after_steps
+        if scheduled or stopping:
+            check_finite_weights(trainable, f"the trainable weights after step {done}")
+            path = saving.save_checkpoint(accelerator, output_dir, done, keep=config.save_total_limit)
+            if stopping:
+                accelerator.print(f"stopped after step {done}; resume with the same command plus "
+                                  f"--resume_from_checkpoint latest (saved {path})")
+                accelerator.end_training()
+                sys.exit(stop.exit_code)
+    return done, last
+
+
 def main(argv=None) -> dict:
     # ---------------------------------------------------------------- configuration
-    config = parse_config(argv)
+    config = parse_config(argv)  # every setting validated before anything is loaded or deleted
+    check_push_settings(config)
     accelerator = make_accelerator(config)
+    finished = finished_run(Path(config.output_dir))
+    if finished is not None:
+        accelerator.print(f"{config.output_dir} already holds a finished run ({finished['step']} steps, exported "
+                          f"to {Path(config.output_dir) / 'final'}); nothing to do. Use another output_dir to train "
+                          "again.")
+        return finished
     if accelerator.device.type == "cpu":
         torch.set_num_threads(config.cpu_threads or cpu_share())
-    output_dir = prepare_output_dir(accelerator, config)
+    output_dir, _lock = prepare_output_dir(accelerator, config)
 
     # ---------------------------------------------------------------- frozen base + trainable pruner (+ LoRA)
     base_name, base, processor = load_base(config, accelerator)
@@ -227,9 +339,9 @@ def main(argv=None) -> dict:
     accum = config.gradient_accumulation_steps
     total_steps = config.max_steps or max(1, int(config.num_train_epochs * len(loader)) // accum)
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
-    # Stepped once per optimizer step by this loop (a prepared scheduler would step once per process).
+    # Stepped once per optimizer step by this loop (a prepared scheduler would step once per process). It is
+    # not saved in checkpoints (accelerate would pickle it): a resumed run rebuilds it from the step.
     scheduler = get_cosine_schedule_with_warmup(adamw, warmup_steps, total_steps)
-    accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
     saving.register_hooks(accelerator, unwrapped, lora)
     global_batch = config.per_device_batch_size * accelerator.num_processes * accum
@@ -240,7 +352,10 @@ def main(argv=None) -> dict:
     start_step = 0
     resume = checkpointing.resolve_resume(output_dir, config.resume_from_checkpoint)
     if resume is not None:
-        start_step = saving.load_checkpoint(accelerator, resume)
+        start_step = saving.load_checkpoint(accelerator, resume, scheduler, accum)
+        check_finite_weights(trainable, f"the weights of {resume}")
+        if accelerator.is_main_process:
+            truncate_metrics(config, start_step)
         accelerator.print(f"resumed from {resume} at step {start_step}")
     accelerator.init_trackers("lvprune", config={k: str(v) for k, v in config.to_dict().items()})
 
@@ -250,28 +365,8 @@ def main(argv=None) -> dict:
     resources = Resources()
     stream = micro_batches(accelerator, loader, sampler, start=start_step * accum)
     stop = min(total_steps, config.stop_after_steps or total_steps)
-    progress = tqdm(range(start_step, stop), initial=start_step, total=stop,
-                    disable=not accelerator.is_local_main_process, desc="train")
-    last = {}
-    for step in progress:
-        resources.start_step()
-        for _ in range(accum):
-            micro_step(accelerator, config, model, next(stream), step + 1, metrics)
-        assert accelerator.sync_gradients, "an optimizer step must close an accumulation window"
-        grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        step_time = resources.end_step()
-        done = step + 1
-        if done % config.logging_steps == 0 or done == stop:
-            last = {**metrics.compute(), "lr": scheduler.get_last_lr()[0], "step_time_s": step_time}
-            if grad_norm is not None:
-                last["grad_norm"] = float(grad_norm)
-            log(accelerator, config, done, last)
-            progress.set_postfix(loss=f"{last['loss']:.4f}", kept=f"{last['kept_fraction/stage_0']:.2f}")
-        if (config.save_steps and done % config.save_steps == 0) or done == config.stop_after_steps:
-            saving.save_checkpoint(accelerator, output_dir, done, keep=config.save_total_limit)
+    _, last = train_steps(accelerator, config, model, optimizer, scheduler, stream, trainable,
+                          range(start_step, stop), metrics, output_dir, resources)
 
     # ---------------------------------------------------------------- export and report
     digests = saving.replica_digests(accelerator, trainable)
@@ -281,14 +376,20 @@ def main(argv=None) -> dict:
     if not summary["replicas_in_sync"]:
         accelerator.print(f"WARNING: the processes ended with different trainable weights: {digests}")
     if stop == total_steps:
+        check_finite_weights(trainable, "the final trainable weights")
         final = export(accelerator, config, unwrapped, lora, data_name, summary)
         accelerator.print(f"exported the pruner to {final}")
         if config.evaluate != "none":
             benchmark(accelerator, config, base_name, final)
+        summary["finished"] = True
     accelerator.end_training()
     report(accelerator, output_dir, summary)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DivergenceError, NoRecords, OutputInUse, saving.UnsafeCheckpoint) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class TrainConfig:
     warmup_ratio: float = doc(0.03, "fraction of the steps with a linear warm-up, then cosine decay to 0")
     weight_decay: float = doc(0.0, "AdamW weight decay (paper: none)")
     max_grad_norm: float = doc(1.0, "gradient clipping norm (0: no clipping)")
+    max_nonfinite_steps: int = doc(0, "optimizer steps whose loss or gradient norm is NaN or infinite that are "
+                                   "skipped (no update) before the run stops with an error (0: stop at the first)")
     num_train_epochs: float = doc(1.0, "passes over the data (used when max_steps is 0)")
     max_steps: int = doc(2, "optimizer steps to train (0: from num_train_epochs)")
     precision: str = doc("fp32", "fp32, or bf16 (base weights in bf16 and bf16 autocast; the pruner's "
@@ -99,7 +102,8 @@ class TrainConfig:
                                "output_dir/samples.jsonl")
     push_to_hub: str | None = doc(None, "Hub repository id to upload the final pruner to")
     hub_endpoint: str | None = doc(None, "Hub URL (null: huggingface.co or $HF_ENDPOINT)")
-    hub_private: bool = doc(False, "create the Hub repository as private")
+    hub_private: bool | None = doc(None, "create the Hub repository as private (true) or public (false); null: "
+                                   "the Hub's default for the namespace (an organisation may default to private)")
     evaluate: str = doc("none", "after the export, benchmark the base and the new pruner against the other "
                         "methods (`lvprune bench`): none, quick (a smoke test) or full; writes output_dir/bench")
     bench_plphp: list[float] | None = doc(None, "PLPHP's [r, delta_r, alpha, beta, start_layer] for the benchmark's "
@@ -110,6 +114,11 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise `ValueError` naming the first invalid value."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"{item.name}={value} must be a finite number.")
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("padding_side", self.padding_side, PADDING_SIDES)
         _one_of("ratio_loss", self.ratio_loss, ("mse", "huber"))
@@ -118,9 +127,16 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
         for name in ("lora_r", "max_steps", "save_steps", "save_total_limit", "stop_after_steps", "num_workers",
-                     "max_grad_norm", "weight_decay", "synthetic_samples", "cpu_threads", "seed"):
+                     "max_grad_norm", "weight_decay", "synthetic_samples", "cpu_threads", "seed", "lambda_causal",
+                     "lambda_ratio", "max_nonfinite_steps", "gumbel_tau", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if self.seed >= 2**32:
+            raise ValueError(f"seed={self.seed} must be below 2**32 (the Gumbel noise seeds are seed * 2**32 + k).")
+        if self.gumbel_tau == 0:
+            raise ValueError("gumbel_tau must be positive.")
+        if not all(0 < r <= 1 for r in self.keep_ratios):
+            raise ValueError(f"keep_ratios={self.keep_ratios} must each be in (0, 1].")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
         if self.max_steps == 0 and self.num_train_epochs <= 0:

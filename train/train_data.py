@@ -18,12 +18,16 @@ INDEX_KEY = "sample_index"
 
 
 class EpochSampler(Sampler[int]):
-    """A random permutation of `range(size)` drawn from `seed + epoch`; call `set_epoch` before each pass."""
+    """A random permutation of `range(size)` drawn from `seed + epoch`; call `use_epoch` before each pass.
+
+    Not `set_epoch`: accelerate's prepared loaders call a sampler's `set_epoch` with their own pass counter,
+    which restarts at 0 in a resumed process and would replay epoch 0's order after a resume in a later epoch.
+    """
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
@@ -88,7 +92,7 @@ def micro_batches(accelerator, loader, sampler: EpochSampler, start: int):
     epoch, skip = divmod(start, per_epoch)
     index = start
     while True:
-        sampler.set_epoch(epoch)
+        sampler.use_epoch(epoch)
         for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
             yield index, batch
             index += 1

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from .records import IMAGE_TAG, LoadStats, check_record, normalize_record, read_records
+from .records import IMAGE_TAG, LoadStats, NoRecords, Unreadable, normalize_record, read_records, record_problem
 
 IGNORE_INDEX = -100
 RECORD_FEATURES = datasets.Features(
@@ -67,10 +67,13 @@ def to_messages(conversations: list[dict], images: list | None = None) -> list[d
     return messages
 
 
-def load_image(path: str) -> Image.Image:
-    """An RGB copy of the image at `path`, with the file closed."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def load_image(path: str, record_id: str = "?") -> Image.Image:
+    """An RGB copy of the image at `path`, with the file closed; errors name the record and the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:  # the file changed since the records were checked
+        raise ValueError(f"record {record_id}: image {path} cannot be decoded: {error}") from error
 
 
 def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMixin) -> dict:
@@ -79,7 +82,7 @@ def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMi
     Returns `input_ids`, `attention_mask`, `labels` (each [seq], int64) and `pixel_values`
     ([n_images, 3, H, W], float32; n_images may be 0).
     """
-    images = [load_image(os.path.join(image_folder, p)) for p in record["images"]]
+    images = [load_image(os.path.join(image_folder, p), record["id"]) for p in record["images"]]
     # Python lists back from the processor: its tensor path costs ~5x more time per example.
     out = processor.apply_chat_template(
         to_messages(record["conversations"], images),
@@ -136,15 +139,16 @@ class LoaderOptions:
             raise ValueError(f"max_length must be a positive number of tokens or None, got {self.max_length}")
 
 
-def skip_reason(record: dict, image_folder, processor, options: LoaderOptions, per_image: int) -> str | None:
-    """Why to leave a normalised record out (a `SKIP_REASONS` entry), or None to keep it."""
-    reason = check_record(record, image_folder, verify_images=options.verify_images)
-    if reason == "no_image" and not options.drop_text_only:
-        reason = None
-    if reason is None and options.max_length is not None:
-        if prompt_length(record, processor, per_image) > options.max_length:
-            reason = "too_long"
-    return reason
+def skip_reason(record: dict, image_folder, processor, options: LoaderOptions, per_image: int):
+    """(reason, detail) to leave a normalised record out (reason a `SKIP_REASONS` entry), or None to keep it."""
+    problem = record_problem(record, image_folder, verify_images=options.verify_images)
+    if problem is not None and problem[0] == "no_image" and not options.drop_text_only:
+        problem = None
+    if problem is None and options.max_length is not None:
+        length = prompt_length(record, processor, per_image)
+        if length > options.max_length:
+            problem = ("too_long", f"{length} tokens > max_length {options.max_length}")
+    return problem
 
 
 def iter_valid_records(json_path, image_folder, processor, stats: LoadStats, options: LoaderOptions):
@@ -156,11 +160,13 @@ def iter_valid_records(json_path, image_folder, processor, stats: LoadStats, opt
     stats.skipped.clear()
     per_image = image_seq_length(processor) if options.max_length is not None else 0
     for index, raw in enumerate(read_records(json_path)):
-        record = normalize_record(raw, index)
-        if record is None:
+        record = None if isinstance(raw, Unreadable) else normalize_record(raw, index)
+        if isinstance(raw, Unreadable):
+            stats.skip("unreadable_line", raw.where, raw.why)
+        elif record is None:
             stats.skip("malformed", str(raw.get("id", index)) if isinstance(raw, dict) else str(index))
-        elif reason := skip_reason(record, image_folder, processor, options, per_image):
-            stats.skip(reason, record["id"])
+        elif problem := skip_reason(record, image_folder, processor, options, per_image):
+            stats.skip(problem[0], record["id"], problem[1])
         else:
             stats.kept += 1
             yield record
@@ -186,11 +192,15 @@ def load_llava_dataset(
         drop_text_only: leave out records without an image (counted as `no_image`).
         max_length: leave out records longer than this many tokens (`too_long`), instead of
             truncating through their image tokens or answers.
-        verify_images: open each image's header while checking (catches unreadable files).
+        verify_images: decode each image fully while checking (catches truncated and corrupt files and
+            decompression bombs; each such record is skipped and named in the log).
 
     Returns:
         `(dataset, stats)`. Each example is a dict of `input_ids`, `attention_mask`, `labels` ([seq])
         and `pixel_values` ([n_images, 3, H, W]); batch them with `LlavaCollator`.
+
+    Raises:
+        NoRecords: (map-style) every record was skipped; the message holds the counts per reason.
     """
     options = LoaderOptions(drop_text_only, max_length, verify_images)
     stats = LoadStats()
@@ -199,7 +209,12 @@ def load_llava_dataset(
     if streaming:
         source = datasets.IterableDataset.from_generator(records, features=RECORD_FEATURES)
         return source.map(encode, remove_columns=list(RECORD_FEATURES)), stats
-    table = datasets.Dataset.from_list(list(records()), features=RECORD_FEATURES)
+    kept = list(records())
+    if not kept:
+        raise NoRecords(f"{json_path}: no record to train on: {stats.summary()}. Check image_folder (image paths "
+                         "are relative to it) and the record format (LLaVA: conversations of human/gpt turns, "
+                         "`<image>` in a human turn).")
+    table = datasets.Dataset.from_list(kept, features=RECORD_FEATURES)
     return table.with_transform(functools.partial(_encode_batch, encode=encode)), stats
 
 

@@ -8,7 +8,7 @@ Real LLaVA files mix integer and string ids (so `datasets.load_dataset("json")` 
 schema for them), so records are read with the `json` module and normalised to one fixed schema
 before `datasets` sees them: `{"id": str, "images": list[str], "conversations": list[{from, value}]}`.
 
-Bad records are never raised on: `check_record` names the reason, and `LoadStats` counts it.
+Bad records are never raised on: `record_problem` names the reason, and `LoadStats` counts it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ logger = logging.getLogger(__name__)
 
 IMAGE_TAG = "<image>"
 ROLES = ("human", "gpt")
+# ShareGPT-style names of the same roles.
+ROLE_ALIASES = {"user": "human", "assistant": "gpt"}
 # Why a record was left out. "no_image" is not an error: text-only entries are dropped on purpose.
 SKIP_REASONS = (
+    "unreadable_line",
     "malformed",
     "empty_conversation",
     "bad_roles",
@@ -52,11 +55,11 @@ class LoadStats:
     skipped: Counter = field(default_factory=Counter)
     max_warnings: int = 10
 
-    def skip(self, reason: str, record_id: str) -> None:
-        """Count a left-out record and log why."""
+    def skip(self, reason: str, record_id: str, detail: str = "") -> None:
+        """Count a left-out record and log why (`detail`: the file or line at fault)."""
         self.skipped[reason] += 1
         level = logging.DEBUG if reason == "no_image" or self.skipped[reason] > self.max_warnings else logging.WARNING
-        logger.log(level, "skipping record %s: %s", record_id, reason)
+        logger.log(level, "skipping record %s: %s%s", record_id, reason, f" ({detail})" if detail else "")
 
     @property
     def total(self) -> int:
@@ -67,25 +70,51 @@ class LoadStats:
         return f"kept {self.kept} of {self.total} records" + (f" (skipped: {reasons})" if reasons else "")
 
 
+class NoRecords(ValueError):
+    """Every record of a data file was skipped: there is nothing to train on."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A `.jsonl` line that is not a JSON record: `where` names the file and line, `why` the error."""
+
+    where: str
+    why: str
+
+
 def read_records(json_path: str | Path):
-    """Yield the raw records of a `.json` file (one JSON list) or a `.jsonl` file (one per line)."""
+    """Yield the raw records of a `.json` file (one JSON list) or a `.jsonl` file (one per line).
+
+    A `.jsonl` line that is not UTF-8 or not JSON is yielded as an `Unreadable` (skipped and counted by the
+    loader); a broken `.json` list cannot be read past its error and raises a ValueError naming the place. A
+    UTF-8 byte-order mark is accepted.
+    """
     path = Path(json_path)
     if path.suffix == ".jsonl":
-        with path.open() as f:
-            for line in f:
+        with path.open("rb") as f:
+            for number, line in enumerate(f, start=1):
                 if line.strip():
-                    yield json.loads(line)
+                    yield _parse_line(line, number == 1, f"{path}:{number}")
     else:
-        with path.open() as f:
-            records = json.load(f)
+        try:
+            records = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a readable JSON list of records: {error}") from None
         if not isinstance(records, list):
             raise ValueError(f"{path} must hold a JSON list of records, got {type(records).__name__}")
         yield from records
 
 
+def _parse_line(line: bytes, first: bool, where: str):
+    try:
+        return json.loads(line.decode("utf-8-sig" if first else "utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return Unreadable(where, str(error))
+
+
 def normalize_record(raw, index: int) -> dict | None:
     """`{"id": str, "images": list[str], "conversations": list[{"from", "value"}]}`, or None if `raw`
-    does not even have that shape (its turns are checked later, by `check_record`)."""
+    does not even have that shape (its turns are checked later, by `record_problem`)."""
     if not isinstance(raw, dict):
         return None
     image, turns = raw.get("image"), raw.get("conversations") or []
@@ -94,7 +123,8 @@ def normalize_record(raw, index: int) -> dict | None:
         return None
     if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
         return None
-    conversations = [{"from": str(t.get("from")), "value": t["value"]} for t in turns]
+    conversations = [{"from": ROLE_ALIASES.get(str(t.get("from")), str(t.get("from"))), "value": t["value"]}
+                     for t in turns]
     return {"id": str(raw.get("id", index)), "images": images, "conversations": conversations}
 
 
@@ -115,27 +145,40 @@ def _tag_problem(record: dict) -> str | None:
     return "image_tag_mismatch" if n_tags != len(record["images"]) else None
 
 
-def _file_problem(paths: list[str], verify: bool) -> str | None:
-    """The reason an image file cannot be used, if one cannot. `verify` reads each file's header."""
-    for path in paths:
-        if not os.path.isfile(path):
-            return "missing_image_file"
-        if verify:
-            try:
-                with Image.open(path):
-                    pass
-            except (OSError, ValueError):
-                return "unreadable_image"
+def image_problem(path: str) -> str | None:
+    """Why the image at `path` cannot be decoded (truncated, corrupt, a decompression bomb), or None.
+
+    The whole image is decoded, not only its header: a half-downloaded file has a valid header.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
+        return f"{path}: {type(error).__name__}: {error}"
     return None
 
 
-def check_record(record: dict, image_folder: str | Path, *, verify_images: bool = True) -> str | None:
-    """The reason to leave a normalised record out (one of `SKIP_REASONS`), or None to keep it."""
+def _file_problem(paths: list[str], verify: bool) -> tuple[str, str] | None:
+    """(reason, the file at fault) if an image file cannot be used. `verify` decodes each image fully."""
+    for path in paths:
+        if not os.path.isfile(path):
+            return "missing_image_file", path
+        problem = image_problem(path) if verify else None
+        if problem is not None:
+            return "unreadable_image", problem
+    return None
+
+
+def record_problem(record: dict, image_folder: str | Path, *, verify_images: bool = True) -> tuple[str, str] | None:
+    """(reason, detail) to leave a normalised record out (reason one of `SKIP_REASONS`), or None to keep it."""
     if not record["conversations"]:
-        return "empty_conversation"
+        return "empty_conversation", ""
     if not _roles_alternate(record["conversations"]):
-        return "bad_roles"
+        roles = [t["from"] for t in record["conversations"]]
+        return "bad_roles", f"roles {roles[:4]}; want human/gpt (or user/assistant) alternating, ending on gpt"
+    tags = _tag_problem(record)
     if not record["images"]:
-        return _tag_problem(record) or "no_image"
-    paths = [os.path.join(image_folder, p) for p in record["images"]]
-    return _tag_problem(record) or _file_problem(paths, verify_images)
+        return (tags or "no_image"), ""
+    if tags:
+        return tags, ""
+    return _file_problem([os.path.join(image_folder, p) for p in record["images"]], verify_images)

@@ -1,0 +1,31 @@
+"""Divergence guards: a NaN or infinite loss or gradient norm stops the run, and non-finite weights are never
+saved, exported or pushed."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite values; nothing non-finite was written."""
+
+
+def finite_step(accelerator, loss: torch.Tensor, grad_norm) -> tuple[bool, float, float]:
+    """Whether optimizer step's loss (summed over all processes) and gradient norm are finite.
+
+    Every process gets the same answer (the loss is reduced, the norm is of the synced gradients), so all of
+    them skip or stop together. Returns (finite, loss, grad norm) as floats (NaN for a missing norm).
+    """
+    total = float(accelerator.reduce(loss.detach().float().reshape(1), reduction="sum"))
+    norm = float(grad_norm) if grad_norm is not None else math.nan
+    finite = math.isfinite(total) and (grad_norm is None or math.isfinite(norm))
+    return finite, total, norm
+
+
+def check_finite_weights(params, what: str) -> None:
+    """Raise DivergenceError if any of `params` holds a NaN or an infinity; `what` names the weights."""
+    bad = sum(int((~torch.isfinite(p.detach())).sum()) for p in params)
+    if bad:
+        raise DivergenceError(f"{what} hold {bad} non-finite values (NaN or inf); refusing to use or write them.")

@@ -1,0 +1,91 @@
+"""What keeps a run's work safe on a cluster: one trainer per output folder, and a preemption (SIGTERM from
+SLURM or Kubernetes, Ctrl-C, the launcher's death) turned into a checkpoint at the next step boundary.
+
+    lock = OutputLock(output_dir)            # raises if another trainer holds output_dir
+    stop = StopSignals()                     # SIGTERM / SIGINT set a flag instead of killing the process
+    ...
+    if stop.agreed(accelerator):             # every process stops after the same step
+        save_checkpoint(...); sys.exit(stop.exit_code)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+LOCK_FILE = ".lvprune-train.lock"
+PR_SET_PDEATHSIG = 1
+
+
+class OutputInUse(RuntimeError):
+    """Another trainer holds the output folder."""
+
+
+class OutputLock:
+    """An exclusive `flock` on `output_dir/.lvprune-train.lock`, held by the main process for the run's life."""
+
+    def __init__(self, output_dir):
+        path = Path(output_dir) / LOCK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise OutputInUse(f"{output_dir} is in use by another trainer ({holder}); give this run its own "
+                               "output_dir, or wait for that one to finish.") from None
+        self.file.truncate(0)
+        self.file.write(f"pid {os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+class StopSignals:
+    """SIGTERM and SIGINT request a stop instead of ending the process; the launcher's death sends SIGTERM."""
+
+    def __init__(self):
+        self.received: int | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+        _terminate_with_parent()
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping",
+              file=sys.stderr, flush=True)
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any process was asked to stop (a collective: every process calls it after each step)."""
+        flag = torch.tensor([0 if self.received is None else self.received], device=accelerator.device)
+        signum = int(accelerator.reduce(flag, reduction="sum")) if accelerator.num_processes > 1 else int(flag)
+        if signum and self.received is None:
+            self.received = signal.SIGTERM
+        return bool(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports a process ended by it: a scheduler sees the job did not finish."""
+        return 128 + int(self.received or signal.SIGTERM)
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent (`accelerate launch`, torchrun) dies, so no trainer is orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
