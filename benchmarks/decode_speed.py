@@ -4,12 +4,15 @@
 
 A mid-size random LLaVA (576 vision tokens per image, as LLaVA-1.5; fp32 on CPU) is built from config.
 The pruner is random too: its ranking is meaningless, but the token counts and so the costs are the real ones.
-Rows: stock, LVPruning (0.5, 0.3, 0.1), PLPHP (0.4, 0.3), both; columns at batch 1 and 8.
+Rows: stock, LVPruning (0.5, 0.3, 0.1), PLPHP (0.4, 0.3), both; columns at batch 1 and 8. A second table
+runs a mixed batch (a text-only, a 1-image and a 3-image prompt) against the same prompts one by one: prefill
+time and the KV cache held after it, together and summed over the single runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -82,6 +85,7 @@ def main(argv=None):
         "lvpruning (0.5,0.3,0.1)": dict(pruner=pruner),
         "plphp (0.4,0.3)": dict(plphp=PLPHPConfig(0.4, 0.3)),
         "both": dict(pruner=pruner, plphp=PLPHPConfig(0.4, 0.3)),
+        "both, PLPHP batch allocation": dict(pruner=pruner, plphp=PLPHPConfig(0.4, 0.3, allocation="batch")),
     }
     print(f"model: {args.layers} layers, hidden {args.hidden}, 576 vision + {args.text_tokens} text tokens, fp32, "
           f"{torch.get_num_threads()} threads")
@@ -100,6 +104,41 @@ def main(argv=None):
                 prefill, decode, kv = measure(model, batch, args.new_tokens, args.repeats)
             cells += [f"{prefill * 1e3:.0f}", f"{decode * 1e3:.1f}", f"{kv / 2**20:.1f}"]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    mixed_batch_table(model, methods, args)
+
+
+def kv_bytes(model, batch) -> int:
+    """K/V bytes held after one prefill of `batch`."""
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache_layers(output_cache(model(**batch))))
+
+
+def split(batch, images) -> list[dict]:
+    """The prompts of a left-padded batch one by one, without their padding."""
+    singles, first = [], 0
+    for b, count in enumerate(images):
+        valid = batch["attention_mask"][b].bool()
+        single = {"input_ids": batch["input_ids"][b:b + 1, valid], "attention_mask": batch["attention_mask"][b:b + 1, valid]}
+        if count:
+            single["pixel_values"] = batch["pixel_values"][first:first + count]
+        singles.append(single)
+        first += count
+    return singles
+
+
+def mixed_batch_table(model, methods, args, images=(0, 1, 3)) -> None:
+    """Prefill ms and KV MiB of one mixed batch, against the same prompts run one by one (summed)."""
+    batch = make_batch(model.config, list(images), [args.text_tokens] * len(images), seed=11)
+    singles = split(batch, images)
+    print(f"\nmixed batch: prompts with {', '.join(map(str, images))} images ({args.text_tokens} text tokens each)")
+    print("| method | prefill ms, batch | prefill ms, one by one | KV MiB, batch | KV MiB, one by one |")
+    print("|---|---|---|---|---|")
+    for name, kwargs in methods.items():
+        with pruning(model, **kwargs) if kwargs else contextlib.nullcontext():
+            together = timed(lambda: model(**batch), args.repeats)
+            alone = sum(timed(lambda s=s: model(**s), args.repeats) for s in singles)
+            kv, kv_alone = kv_bytes(model, batch), sum(kv_bytes(model, s) for s in singles)
+        print(f"| {name} | {together * 1e3:.0f} | {alone * 1e3:.0f} | {kv / 2**20:.1f} | {kv_alone / 2**20:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from .decisions import top_counts
 
 CLASSES = ("indifferent", "balanced", "attentive")
+ALLOCATIONS = ("sample", "batch")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,12 @@ class PLPHPConfig:
         beta: vision attention at or below which a layer is vision-indifferent (`beta < alpha`).
         start_layer: first 0-based decoder layer whose cache is pruned; earlier layers keep everything.
             The paper publishes neither the thresholds nor this layer; `lvprune.calibration` measures
-            them for a model (see README, "Choosing PLPHP's thresholds").
+            them for a model (see docs/choices.md).
+        allocation: `"sample"` (the paper's): each sample keeps `ceil(rate × n)` per head from its own layer
+            class. `"batch"`: every sample of a batch keeps the same count per layer, the mean of their counts
+            (rounded up), so a batch's rectangular cache holds no filler slots for samples that keep fewer; the
+            total kept is the per-sample allocation's to within one token per sample (less where a sample has
+            fewer vision tokens than the mean).
     """
 
     r: float = 0.4
@@ -38,6 +44,7 @@ class PLPHPConfig:
     alpha: float = 0.5
     beta: float = 0.2
     start_layer: int = 2
+    allocation: str = "sample"
 
     def __post_init__(self):
         if not 0.0 <= self.r <= 1.0:
@@ -48,6 +55,8 @@ class PLPHPConfig:
             raise ValueError(f"PLPHP thresholds need 0 <= beta < alpha <= 1, got alpha={self.alpha}, beta={self.beta}.")
         if self.start_layer < 0:
             raise ValueError(f"PLPHP start_layer={self.start_layer} must be >= 0.")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"PLPHP allocation={self.allocation!r} is not one of {ALLOCATIONS}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,11 +82,17 @@ class PLPHPConfig:
         return cls, table[cls]
 
     def counts(self, cls: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Vision tokens each KV head keeps, exactly `ceil(rate × present)`: cls, present [B] long -> [B] long."""
+        """Vision tokens each KV head keeps, exactly `ceil(rate × present)` (`allocation="sample"`), or that count's
+        mean over the samples with vision tokens, rounded up (`"batch"`): cls, present [B] long -> [B] long."""
         rates = self.class_rates()
         numerator = torch.tensor([q.numerator for q in rates], device=cls.device)[cls]
         denominator = torch.tensor([q.denominator for q in rates], device=cls.device)[cls]
-        return -((-numerator * present) // denominator)  # integer ceil division
+        counts = -((-numerator * present) // denominator)  # integer ceil division
+        if self.allocation == "sample":
+            return counts
+        has_vision = present > 0
+        shared = -((-counts.sum()) // has_vision.sum().clamp(min=1))  # ceil of the mean, on the device
+        return torch.where(has_vision, torch.minimum(shared, present), 0)
 
 
 def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig, last: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -232,3 +232,14 @@ def test_plphp_start_layer_beyond_the_model_is_refused(base):
     with pytest.raises(ValueError, match="start_layer"):
         lvprune.Pruning(base, plphp=PLPHPConfig(start_layer=depth))
     lvprune.Pruning(base, plphp=PLPHPConfig(start_layer=depth - 1))  # the last layer is fine
+
+
+def test_batch_allocation_gives_every_sample_the_mean_count():
+    config = PLPHPConfig(r=0.4, delta_r=0.3, allocation="batch")
+    cls, present = torch.tensor([0, 1, 2, 1]), torch.tensor([10, 10, 10, 0])  # the last sample has no image
+    per_sample = PLPHPConfig(r=0.4, delta_r=0.3).counts(cls, present)
+    assert per_sample.tolist() == [1, 4, 7, 0]
+    assert config.counts(cls, present).tolist() == [4, 4, 4, 0]  # ceil((1 + 4 + 7) / 3)
+    assert config.counts(torch.tensor([2, 0]), torch.tensor([10, 2])).tolist() == [4, 2]  # ceil((7 + 1) / 2), capped at 2
+    with pytest.raises(ValueError, match="allocation"):
+        PLPHPConfig(allocation="layer")

@@ -103,8 +103,9 @@ def register_per_head_reference(keep_sets):
     AttentionMaskInterface.register("per_head_reference", sdpa_mask)
 
 
-def test_plphp_equals_per_head_masked_reference(base, pruner, mixed_batch, pruned):
-    plphp = PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1)
+@pytest.mark.parametrize("allocation", ["sample", "batch"])
+def test_plphp_equals_per_head_masked_reference(base, pruner, mixed_batch, pruned, allocation):
+    plphp = PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, allocation=allocation)
     model = pruned(None, plphp=plphp)
     out = model.generate(**mixed_batch, max_new_tokens=4, do_sample=False, pad_token_id=0,
                          output_logits=True, return_dict_in_generate=True)
