@@ -22,12 +22,13 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
     if state is None:
         raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
     layer = module.layer_idx
-    # Plain causal attention needs no mask: SDPA runs its causal kernel, as the stock model does unpadded.
-    allowed = None if state.causal(layer) else state.allowed(layer)  # [B, h, Q, K]
+    # Plain causal attention, or one decode token over real tokens only, needs no mask: SDPA takes its fast
+    # path, as the stock model does unpadded.
+    allowed = None if state.mask_free(layer) else state.allowed(layer)  # [B, h, Q, K]
     if state.keep is not None:
         output = masked_softmax_attention(module, query, key, value, allowed, state.keep, state.query_order, scaling)
     else:
-        output = delegate(state.base_attention, module, query, key, value, allowed, scaling, dropout)
+        output = delegate(state.base_attention, module, query, key, value, allowed, scaling, dropout, state.prefill)
     if state.prefill and layer in state.attention_layers:
         state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
     if state.plphp is not None and state.prefill and state.cache is not None and layer >= state.plphp.start_layer:
@@ -44,17 +45,20 @@ def expand_heads(mask: torch.Tensor, num_query_heads: int) -> torch.Tensor:
     return mask.repeat_interleave(num_query_heads // mask.shape[1], dim=1)
 
 
-def delegate(impl, module, query, key, value, allowed, scaling, dropout):
-    """Run the base implementation (`sdpa` or `eager`) with our boolean mask (None: plain causal attention)."""
+def delegate(impl, module, query, key, value, allowed, scaling, dropout, causal=True):
+    """Run the base implementation (`sdpa` or `eager`) with our boolean mask. `allowed` None: no mask, causal
+    attention over the rows themselves (`causal`, a prefill) or every key (a one-token decode step)."""
     if impl == "eager":
-        mask = _causal(query, key) if allowed is None else expand_heads(allowed, query.shape[1])
-        additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
-        additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
+        mask = expand_heads(allowed, query.shape[1]) if allowed is not None else _causal(query, key) if causal else None
+        additive = None
+        if mask is not None:
+            additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+            additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
         return _eager(module, query, key, value, additive, scaling)
     # Any other implementation (flash kernels cannot take arbitrary masks) runs as SDPA.
     mask = None if allowed is None else expand_heads(allowed, query.shape[1])
     return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
-                                  is_causal=allowed is None)[0]
+                                  is_causal=allowed is None and causal)[0]
 
 
 def _causal(query, key):
@@ -65,7 +69,8 @@ def _causal(query, key):
 def _eager(module, query, key, value, additive, scaling):
     """Plain softmax attention, as transformers' per-model `eager_attention_forward` computes it."""
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    weights = torch.softmax(query @ key.transpose(-1, -2) * scaling + additive, dim=-1, dtype=torch.float32)
+    logits = query @ key.transpose(-1, -2) * scaling
+    weights = torch.softmax(logits if additive is None else logits + additive, dim=-1, dtype=torch.float32)
     return (weights.to(value.dtype) @ value).transpose(1, 2).contiguous()
 
 

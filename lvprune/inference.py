@@ -133,7 +133,9 @@ class Pruning:
         state = kwargs.get(STATE_KWARG)
         if state is None or not state.prefill:
             return output
-        self.model.pruning_stats = PruningStats.collect(state, text_config(self.model))
+        if state.cache is not None:
+            state.end_prefill()
+        self.model.pruning_stats = PruningStats(state)
         if state.labels is not None:
             loss = pruned_loss(output.logits, state.labels, state.rows.order[:, 0], state.rows.valid[:, 0])
             fields = {name: value for name, value in output.items() if name != "loss"}

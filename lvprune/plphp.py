@@ -111,8 +111,8 @@ def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig, last: torch.Tens
     ranked = scores.masked_fill(protected, float("inf")).masked_fill(~vision, float("-inf"))
     chosen = top_counts(ranked, config.counts(cls, present)) & vision
     keep = chosen | (book.valid & ~book.vision) | (protected & book.valid)
-    stats = dict(vision_tokens=present, plphp_class=[CLASSES[c] for c in cls.tolist()], plphp_rate=rate,
-                 vision_attention=vision_attention, kept_per_head=chosen.sum(-1))
+    stats = dict(vision_tokens=present, plphp_class=cls, plphp_rate=rate, vision_attention=vision_attention,
+                 kept_per_head=chosen.sum(-1))  # device tensors: `PruningStats` reads them when asked
     return keep, stats
 
 

@@ -54,6 +54,7 @@ class PruningState:
         self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
         self.plphp, self.cache, self.base_attention = plphp, cache, base_attention
         self.books: list[KeyBook | None] = [None] * num_layers
+        self.rectangular = self.unmasked = False  # decode: every cached slot real / one new token, no mask
         self.keep: torch.Tensor | None = None
         self.position_embeddings = None
         self.prefill, self.seen = True, input_ids.shape[1]
@@ -69,9 +70,18 @@ class PruningState:
 
     # ---------------------------------------------------------------- steps
 
+    def end_prefill(self) -> None:
+        """After the prefill: note whether every cached slot of every layer is a real token (one host sync)."""
+        books = list({id(book): book for book in self.books}.values())
+        self.rectangular = bool(torch.stack([book.valid.all() for book in books]).all())
+
     def begin_decode(self, valid: torch.Tensor) -> None:
         """Start a decode step of q new tokens: valid [B, q] (their attention-mask values)."""
         self.prefill = False
+        # Read the new tokens' mask only while the cache is still all real tokens: one host sync a step, where
+        # the stock model spends its own on building a mask that lvprune's attention never asks for.
+        self.rectangular = self.rectangular and bool(valid.all())
+        self.unmasked = self.rectangular and valid.shape[1] == 1
         order = self.seen + torch.arange(valid.shape[1], device=valid.device).expand(valid.shape[0], -1)
         appended = {}
         for i, book in enumerate(self.books):
@@ -95,6 +105,11 @@ class PruningState:
         real tokens (so their original order is their slot order), and no training mask on pruned keys."""
         book = self.books[layer_idx]
         return self.prefill and self.keep is None and book is self.rows and book.all_valid
+
+    def mask_free(self, layer_idx: int) -> bool:
+        """Whether layer `layer_idx` needs no mask: a causal prefill, or a one-token decode step over a cache of
+        real tokens only (rectangular per head: no padding, no filler slots), which sees every key."""
+        return self.unmasked if not self.prefill else self.causal(layer_idx)
 
     def allowed(self, layer_idx: int) -> torch.Tensor:
         """Layer `layer_idx`'s attention mask [B, h, Q, K] bool, shared by consecutive layers with the same keys."""

@@ -1,8 +1,13 @@
-"""`PruningStats`: what a pruned prefill kept, layer by layer, and what its KV cache weighs."""
+"""`PruningStats`: what a pruned prefill kept, layer by layer, and what its KV cache weighs.
+
+The prefill only gathers small device tensors (counts per sample and head); they are read to the host the
+first time a figure is asked for, so a served model that never looks pays no host synchronisation for them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -31,7 +36,6 @@ class LayerStats:
     vision_attention: list[float] | None = None
 
 
-@dataclass
 class PruningStats:
     """What one pruned prefill kept.
 
@@ -44,42 +48,63 @@ class PruningStats:
         the filler rows that left-fill samples keeping fewer rows than the widest.
     """
 
-    layers: list[LayerStats] = field(default_factory=list)
-    kv_cache_bytes: int = 0
-    kv_cache_bytes_per_prompt: int = 0
-    kv_cache_bytes_unpruned: int = 0
-    positions: torch.Tensor | None = None
-
-    @property
-    def kv_cache_fraction(self) -> float:
-        return self.kv_cache_bytes / max(self.kv_cache_bytes_unpruned, 1)
-
-    @classmethod
-    def collect(cls, state, text_config) -> "PruningStats":
+    def __init__(self, state):
         rows = state.rows
-        positions = torch.where(rows.valid[:, 0], rows.order[:, 0], -1)
-        layers = [_layer(book, extra, width) for book, extra, width in zip(state.books, state.layer_stats, state.widths)]
-        if state.cache is None:
-            return cls(layers, positions=positions)
+        self.positions = torch.where(rows.valid[:, 0], rows.order[:, 0], -1)
+        self._layers = [_layer_tensors(book, extra, width)
+                        for book, extra, width in zip(state.books, state.layer_stats, state.widths)]
+        self.kv_cache_bytes = self.kv_cache_bytes_unpruned = 0
+        self._per_prompt_slots = None
+        if state.cache is not None:
+            self._measure_cache(state)
+
+    def _measure_cache(self, state) -> None:
         filled = cache_layers(state.cache)
         if not filled or filled[0].keys is None:
             # The model filled another cache than lvprune's: its cache keyword has changed (lvprune.contract).
             raise RuntimeError("the model did not fill lvprune's KV cache; this transformers release passes the "
                                "cache under a name lvprune.contract does not know.")
-        keys = filled[0].keys
-        batch, kv_heads, _, head_dim = keys.shape
-        slot_bytes = 2 * kv_heads * head_dim * keys.element_size()  # K and V of one slot, all heads
-        unpruned = len(state.books) * batch * state.seen * slot_bytes
+        batch, kv_heads, _, head_dim = filled[0].keys.shape
+        self._slot_bytes = 2 * kv_heads * head_dim * filled[0].keys.element_size()  # K and V, all heads
+        self.kv_cache_bytes = state.cache.nbytes()
+        self.kv_cache_bytes_unpruned = len(state.books) * batch * state.seen * self._slot_bytes
         # Alone, a sample's cache is as wide as its widest head: real slots only, no fillers.
-        per_prompt = sum(int(book.valid.sum(-1).amax(-1).sum()) for book in state.books) * slot_bytes
-        return cls(layers, state.cache.nbytes(), per_prompt, unpruned, positions)
+        self._per_prompt_slots = torch.stack([book.valid.sum(-1).amax(-1).sum() for book in state.books]).sum()
+
+    @cached_property
+    def kv_cache_bytes_per_prompt(self) -> int:
+        return 0 if self._per_prompt_slots is None else int(self._per_prompt_slots) * self._slot_bytes
+
+    @cached_property
+    def layers(self) -> list[LayerStats]:
+        return [_to_host(raw) for raw in self._layers]
+
+    @property
+    def kv_cache_fraction(self) -> float:
+        return self.kv_cache_bytes / max(self.kv_cache_bytes_unpruned, 1)
+
+    def __repr__(self) -> str:
+        return (f"PruningStats(kv_cache_bytes={self.kv_cache_bytes}, kv_cache_bytes_per_prompt="
+                f"{self.kv_cache_bytes_per_prompt}, kv_cache_bytes_unpruned={self.kv_cache_bytes_unpruned}, "
+                f"layers={self.layers})")
 
 
-def _layer(book, extra: dict, width: int) -> LayerStats:
-    sizes = dict(width=width, cache_width=book.order.shape[-1])
-    if "kept_per_head" in extra:
-        return LayerStats(extra["vision_tokens"].tolist(), extra["kept_per_head"].tolist(), **sizes,
-                          plphp_class=extra["plphp_class"], plphp_rate=extra["plphp_rate"].tolist(),
-                          vision_attention=extra["vision_attention"].tolist())
-    kept = (book.vision & book.valid).sum(-1)  # [B, h]
-    return LayerStats(kept.max(-1).values.tolist(), kept.tolist(), **sizes)
+def _layer_tensors(book, extra: dict, width: int) -> dict:
+    """A layer's figures as device tensors (no host synchronisation)."""
+    raw = dict(width=width, cache_width=book.order.shape[-1], **extra)
+    if "kept_per_head" not in extra:
+        kept = (book.vision & book.valid).sum(-1)  # [B, h]
+        raw.update(vision_tokens=kept.amax(-1), kept_per_head=kept)
+    return raw
+
+
+def _to_host(raw: dict) -> LayerStats:
+    from .plphp import CLASSES
+
+    plphp = "plphp_class" in raw
+    return LayerStats(
+        raw["vision_tokens"].tolist(), raw["kept_per_head"].tolist(), raw["width"], raw["cache_width"],
+        plphp_class=[CLASSES[c] for c in raw["plphp_class"].tolist()] if plphp else None,
+        plphp_rate=raw["plphp_rate"].tolist() if plphp else None,
+        vision_attention=raw["vision_attention"].tolist() if plphp else None,
+    )

@@ -243,3 +243,26 @@ def test_batch_allocation_gives_every_sample_the_mean_count():
     assert config.counts(torch.tensor([2, 0]), torch.tensor([10, 2])).tolist() == [4, 2]  # ceil((7 + 1) / 2), capped at 2
     with pytest.raises(ValueError, match="allocation"):
         PLPHPConfig(allocation="layer")
+
+
+# ------------------------------------------------------------------ decode without a mask where none is needed
+
+
+@pytest.mark.parametrize("plphp", [PLPHPConfig(r=0.4, delta_r=0.3, start_layer=1, allocation="batch"), None])
+def test_decode_over_real_tokens_only_builds_no_mask_and_matches_the_masked_path(base, pruner, plphp, monkeypatch):
+    from lvprune.state import PruningState
+
+    batch = make_batch(base.config, [1, 1], [7, 7], seed=8)  # equal lengths: no padding
+    assert batch["attention_mask"].all()
+    masks_built = []
+    allowed = PruningState.allowed
+    monkeypatch.setattr(PruningState, "allowed", lambda self, layer: masks_built.append(self.prefill) or allowed(self, layer))
+    options = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    with lvprune.pruning(base, pruner, keep_ratios=[0.5, 0.5, 0.5], plphp=plphp):
+        fast = base.generate(**batch, **options)
+        assert not any(prefill is False for prefill in masks_built), "a decode step built a mask"
+        monkeypatch.setattr(PruningState, "mask_free", lambda self, layer: self.prefill and self.causal(layer))
+        masked = base.generate(**batch, **options)
+    assert torch.equal(fast.sequences, masked.sequences)
+    for step, (a, b) in enumerate(zip(fast.logits, masked.logits)):
+        assert_close(a, b, 1e-5, f"decode step {step}")

@@ -53,7 +53,12 @@ def materialise_shapes(assets_dir, num_samples: int, seed: int = 0) -> tuple[Pat
     """`assets_dir/shapes-<n>` (a train split of `num_samples` records); returns (json_path, image_folder)."""
     target = Path(assets_dir) / f"shapes-{num_samples}"
     config = ShapesConfig(seed=seed)
-    folder = _materialise(target, lambda out: make_shapes_dataset(out, {"train": num_samples}, config))
+
+    def write(folder: Path) -> None:
+        print(f"generating {num_samples} synthetic shapes records into {target} (once)", flush=True)
+        make_shapes_dataset(folder, {"train": num_samples}, config)
+
+    folder = _materialise(target, write)
     return folder / "train.json", folder
 
 

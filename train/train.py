@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
+from transformers.utils import logging as transformers_logging
 
 import saving
 from assets import materialise_shapes, materialise_tiny_base
@@ -51,6 +52,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
 
 
 def make_accelerator(config) -> Accelerator:
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no GPU
     # The accumulation window is counted in micro-batches across epochs (see `micro_batches`), so an epoch's
     # end must not force an early optimizer step: sync_with_dataloader=False.
     return Accelerator(
@@ -231,6 +234,8 @@ def benchmark(accelerator, config, base_name: str, final: Path) -> None:
         from lvprune.bench.harness import BenchConfig, run
 
         out = Path(config.output_dir) / "bench"
+        accelerator.print("benchmarking the base and the exported pruner against the other methods"
+                          + (" (about 2 minutes on 2 CPU cores)" if config.evaluate == "full" else ""))
         run(BenchConfig(out=out, base=Path(base_name), pruner=final, quick=config.evaluate == "quick",
                         cache_dir=Path(config.assets_dir), plphp=plphp_config(config.bench_plphp)))
         accelerator.print((out / "results.md").read_text())
@@ -303,6 +308,7 @@ def train_steps(accelerator, config, model, optimizer, scheduler, stream, traina
 def main(argv=None) -> dict:
     # ---------------------------------------------------------------- configuration
     config = parse_config(argv)  # every setting validated before anything is loaded or deleted
+    transformers_logging.disable_progress_bar()  # one bar per saved or loaded file; the run has its own
     check_push_settings(config)
     accelerator = make_accelerator(config)
     finished = finished_run(Path(config.output_dir))
