@@ -33,8 +33,8 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
         state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
     if state.plphp is not None and state.prefill and state.cache is not None and layer >= state.plphp.start_layer:
         scores = last_query_scores(module, query, key, allowed, scaling)
-        keep, stats = plphp_keep(scores, state.books[layer], state.plphp, state.last)
-        state.prune_cache(layer, keep, stats)
+        keep, counts, stats = plphp_keep(scores, state.books[layer], state.plphp, state.last)
+        state.prune_cache(layer, keep, counts, stats)
     return output, None
 
 

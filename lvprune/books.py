@@ -39,8 +39,13 @@ class KeyBook:
 
     @cached_property
     def all_valid(self) -> bool:
-        """Every slot is a real token: no padding, no filler (one host sync per book)."""
+        """Every slot is a real token: no padding, no filler (one host sync per book, unless `known_valid`)."""
         return bool(self.valid.all())
+
+    def known_valid(self, all_valid: bool) -> "KeyBook":
+        """Record `all_valid` where the caller knows it from host-side counts, sparing the sync."""
+        self.__dict__["all_valid"] = all_valid
+        return self
 
     def append(self, order: torch.Tensor, valid: torch.Tensor) -> "KeyBook":
         """Add new (non-vision) tokens at the end: order, valid [B, q]."""
@@ -67,14 +72,15 @@ class KeyBook:
         return (self.valid[:, :, None, :] & (keys <= queries)) | (keys == queries)
 
 
-def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compact(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices that gather the kept slots of each row, in order, left-filled to the widest row.
 
-    keep [B, h, K] bool -> index [B, h, K'] long, real [B, h, K'] bool with K' = max kept count. Filler slots
-    point at dropped slots (distinct from every kept one) and have `real == False`.
+    keep [B, h, K] bool -> index [B, h, K'] long, real [B, h, K'] bool with K' = max kept count (`width`, when
+    the caller knows it: reading it from the device is a host sync). Filler slots point at dropped slots
+    (distinct from every kept one) and have `real == False`.
     """
     kept = keep.sum(-1, keepdim=True)  # [B, h, 1]
-    width = int(kept.max())
+    width = int(kept.max()) if width is None else width
     fillers = width - kept  # filler slots each row needs on its left
     kept_rank, dropped_rank = keep.cumsum(-1) - 1, (~keep).cumsum(-1) - 1
     # Kept slots go right, in order; the first `fillers` dropped slots go left, in order; the rest to a spare

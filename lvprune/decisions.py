@@ -23,20 +23,25 @@ def keep_counts(num_vision: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.round(num_vision.double() * ratio).long()
 
 
-def topk_decisions(score: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def topk_decisions(score: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor,
+                   most: int | None = None) -> torch.Tensor:
     """Keep the `counts[b]` best candidates of each sample (paper eq. 13).
 
-    score [B, V] float, candidates [B, V] bool (tokens still present), counts [B] long -> D [B, V] float {0, 1}.
+    score [B, V] float, candidates [B, V] bool (tokens still present), counts [B] long -> D [B, V] float {0, 1};
+    `most`: `counts.max()` when the caller knows it (see `top_counts`).
     """
-    return top_counts(score.float().masked_fill(~candidates, float("-inf")), counts).float() * candidates
+    return top_counts(score.float().masked_fill(~candidates, float("-inf")), counts, most).float() * candidates
 
 
-def top_counts(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def top_counts(score: torch.Tensor, counts: torch.Tensor, most: int | None = None) -> torch.Tensor:
     """The `counts[b]` highest entries of each row of sample b: score [B, ..., K], counts [B] -> [B, ..., K] bool.
 
-    `topk` of the largest count and a scatter, rather than ranking every entry with two sorts.
+    `topk` of the largest count (`most`, when the caller knows it: reading it from the device is a host sync)
+    and a scatter, rather than ranking every entry with two sorts.
     """
-    width = min(int(counts.max()), score.shape[-1]) if counts.numel() else 0
+    if most is None:
+        most = int(counts.max()) if counts.numel() else 0
+    width = min(most, score.shape[-1])
     chosen = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     if width <= 0:
         return chosen

@@ -95,13 +95,14 @@ class PLPHPConfig:
         return torch.where(has_vision, torch.minimum(shared, present), 0)
 
 
-def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig, last: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig, last: torch.Tensor) -> tuple[torch.Tensor, list, dict]:
     """Which cache slots each KV head keeps.
 
     scores [B, Hkv, K] last-query attention per KV head; book: the layer's `KeyBook` (one head); last [B] the
     original position of each sample's last prompt token, which is always kept (it is the query that predicts,
     and every generated token attends to it), within the head's count when it is a vision token.
-    Returns keep [B, Hkv, K] bool (valid text slots + each head's top vision slots) and per-sample stats.
+    Returns keep [B, Hkv, K] bool (valid text slots + each head's top vision slots), the vision slots each
+    head of a sample keeps (a host list: the layer's one host sync) and per-sample stats.
     """
     vision = book.vision & book.valid  # [B, 1, K]
     vision_attention = (scores * vision).sum(-1).mean(-1)  # [B]
@@ -109,11 +110,13 @@ def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig, last: torch.Tens
     present = vision.sum(-1)[:, 0]  # [B]
     protected = book.order == last[:, None, None]  # [B, 1, K]
     ranked = scores.masked_fill(protected, float("inf")).masked_fill(~vision, float("-inf"))
-    chosen = top_counts(ranked, config.counts(cls, present)) & vision
+    counts = config.counts(cls, present)
+    on_host = counts.tolist()
+    chosen = top_counts(ranked, counts, max(on_host, default=0)) & vision
     keep = chosen | (book.valid & ~book.vision) | (protected & book.valid)
     stats = dict(vision_tokens=present, plphp_class=cls, plphp_rate=rate, vision_attention=vision_attention,
                  kept_per_head=chosen.sum(-1))  # device tensors: `PruningStats` reads them when asked
-    return keep, stats
+    return keep, on_host, stats
 
 
 def ceil_count(rate: float, n: int) -> int:

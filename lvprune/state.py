@@ -19,6 +19,30 @@ from .books import KeyBook, compact, gather_rows
 from .decisions import keep_counts, keep_score, sample_decisions, topk_decisions
 
 
+class HostCounts(NamedTuple):
+    """Per-sample counts of a prompt, read to the host once per call: every width a stage or a PLPHP layer
+    compacts to follows from them (and from PLPHP's counts), so no other width is read back from the device."""
+
+    vision: list[int]  # vision tokens
+    text_rows: list[int]  # real rows that are not vision tokens (never pruned)
+    text_keys: list[int]  # the decision modules' keys
+    last_is_vision: list[int]  # 1 if the last prompt token is a vision token (always kept, beyond a count of 0)
+
+    @classmethod
+    def read(cls, valid, vision, text_key, last) -> "HostCounts":
+        last_vision = vision.gather(1, last.clamp(min=0)[:, None])[:, 0]
+        counts = torch.stack([vision.sum(-1), (valid & ~vision).sum(-1), text_key.sum(-1), last_vision.long()])
+        return cls(*counts.tolist())
+
+    def kept(self, counts: list[int]) -> list[int]:
+        """Vision tokens a sample keeps given its count: the count, or the protected last token if it is 0."""
+        return [count or last for count, last in zip(counts, self.last_is_vision)]
+
+    def widths(self, kept: list[int]) -> list[int]:
+        """Real rows of each sample keeping `kept` vision tokens."""
+        return [text + k for text, k in zip(self.text_rows, kept)]
+
+
 class _Slots(NamedTuple):
     """Where gathered rows came from: index [B, K'] into the rows, real [B, K'] False for fillers."""
 
@@ -50,6 +74,9 @@ class PruningState:
         # Each sample's last prompt token is never pruned: it is the query whose logits predict the next token.
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         self.last = torch.where(valid, positions, -1).amax(-1)  # [B]
+        self.host = HostCounts.read(valid, vision, text_key, self.last)  # the call's one host sync before layers
+        self.rows.known_valid(all(w == input_ids.shape[1] for w in self.host.widths(self.host.vision)))
+        self.present = self.host.vision  # vision tokens each sample has left (host), for top-k inference
         self.pruner, self.sample, self.remove, self.labels = pruner, sample, remove, labels
         self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
         self.plphp, self.cache, self.base_attention = plphp, cache, base_attention
@@ -71,9 +98,9 @@ class PruningState:
     # ---------------------------------------------------------------- steps
 
     def end_prefill(self) -> None:
-        """After the prefill: note whether every cached slot of every layer is a real token (one host sync)."""
-        books = list({id(book): book for book in self.books}.values())
-        self.rectangular = bool(torch.stack([book.valid.all() for book in books]).all())
+        """After the prefill: note whether every cached slot of every layer is a real token (known from the host
+        counts: no sync)."""
+        self.rectangular = all(book.all_valid for book in {id(book): book for book in self.books}.values())
 
     def begin_decode(self, valid: torch.Tensor) -> None:
         """Start a decode step of q new tokens: valid [B, q] (their attention-mask values)."""
@@ -124,30 +151,33 @@ class PruningState:
         """Decide which vision tokens survive stage `stage`; hidden [B, L, C] -> [B, L', C]."""
         vision = self.rows.vision[:, 0]
         present = vision if self.keep is None else vision & (self.keep > 0)
-        gamma, slots = self._scores(stage, hidden, vision if self.sample else present)
+        queries_width = max(self.host.vision if self.sample else self.present, default=0)
+        gamma, slots = self._scores(stage, hidden, vision if self.sample else present, queries_width)
         counts = keep_counts(self.num_vision, self.keep_ratios[stage])
+        kept = self.host.kept([round(n * self.keep_ratios[stage]) for n in self.host.vision])  # as keep_counts
         # The last prompt token is kept, within the count (it ranks first): [B, V] over the query slots.
         last = (gather_rows(self.rows.order[:, 0], slots.index) == self.last[:, None]) & slots.real
         if self.sample:
             decided = sample_decisions(gamma, self.pruner.config.gumbel_tau)
         else:
             score = keep_score(gamma, self.pruner.config.rank_by).float().masked_fill(last, float("inf"))
-            decided = topk_decisions(score, slots.real, counts)
+            decided = topk_decisions(score, slots.real, counts, max(kept, default=0))
+            self.present = kept
         # Fillers write a neutral 1 onto rows that are not queries (slot indices are distinct).
         decided = torch.where(slots.real & ~last, decided, torch.ones_like(decided))
         full = torch.ones_like(vision, dtype=decided.dtype).scatter(1, slots.index, decided)
         if self.remove:
             # Padding rows leave too: a stage's width is the widest sample's real kept rows.
-            return self._remove(hidden, (full.bool() | ~vision) & self.rows.valid[:, 0])
+            return self._remove(hidden, (full.bool() | ~vision) & self.rows.valid[:, 0], self.host.widths(kept))
         self.keep = full if self.keep is None else self.keep * full  # eq. 10: a pruned token never returns
         self.keep_fractions.append(self._fraction(self.keep, vision))
         self.decisions.append(self.keep)
         return hidden
 
-    def _scores(self, stage, hidden, queries):
-        """γ [B, V, 2] of the rows `queries` [B, L] bool, and where they sit (a `_Slots`)."""
-        slots = _Slots(*(t[:, 0] for t in compact(queries[:, None])))
-        text = _Slots(*(t[:, 0] for t in compact(self.text_key[:, None])))
+    def _scores(self, stage, hidden, queries, width: int):
+        """γ [B, V, 2] of the rows `queries` [B, L] bool (at most `width` a sample), and where they sit."""
+        slots = _Slots(*(t[:, 0] for t in compact(queries[:, None], width)))
+        text = _Slots(*(t[:, 0] for t in compact(self.text_key[:, None], max(self.host.text_keys, default=0))))
         extra = {}
         layer = self.pruner.config.after_layers[stage] - 1
         if layer in self.last_query:  # the stage layer's last-query attention, mean over heads: [B, V]
@@ -159,10 +189,11 @@ class PruningState:
         """Kept fraction of each sample's vision tokens: [B] (NaN for samples without vision tokens)."""
         return (keep * vision).sum(-1) / vision.sum(-1)
 
-    def _remove(self, hidden, keep_rows):
-        """Drop the rows not in `keep_rows` [B, L] bool from the hidden states and the bookkeeping."""
-        index, real = compact(keep_rows[:, None])
-        self.rows = self.rows.gather(index, real)
+    def _remove(self, hidden, keep_rows, widths: list[int]):
+        """Drop the rows not in `keep_rows` [B, L] bool (`widths[b]` of sample b) from the hidden states and the
+        bookkeeping."""
+        index, real = compact(keep_rows[:, None], max(widths))
+        self.rows = self.rows.gather(index, real).known_valid(min(widths) == max(widths))
         self.query_order = self.rows.order[:, 0]  # prefill queries are the rows themselves
         self.keep_fractions.append(self.rows.vision[:, 0].sum(-1) / self.num_vision)
         self.text_key = self.text_key.gather(1, index[:, 0]) & real[:, 0]
@@ -172,9 +203,11 @@ class PruningState:
 
     # ---------------------------------------------------------------- PLPHP
 
-    def prune_cache(self, layer_idx: int, keep: torch.Tensor, stats: dict) -> None:
-        """Keep only slots `keep` [B, h, K] bool of layer `layer_idx`'s cache, per head."""
-        index, real = compact(keep)
-        self.books[layer_idx] = self.books[layer_idx].gather(index, real)
+    def prune_cache(self, layer_idx: int, keep: torch.Tensor, counts: list[int], stats: dict) -> None:
+        """Keep only slots `keep` [B, h, K] bool of layer `layer_idx`'s cache, per head: each head of sample b
+        keeps its text slots and `counts[b]` vision slots (with the protected last token)."""
+        widths = self.host.widths(self.host.kept(counts))
+        index, real = compact(keep, max(widths))
+        self.books[layer_idx] = self.books[layer_idx].gather(index, real).known_valid(min(widths) == max(widths))
         self.cache.keep_slots(layer_idx, index)
         self.layer_stats[layer_idx].update(stats)
