@@ -1,0 +1,28 @@
+"""The speed benchmarks run (the GPU one at a reduced shape, on the CPU) and report the costs they measure."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_gpu_benchmark_runs_on_cpu_at_a_reduced_shape(capsys):
+    found = gpu.main(["--device", "cpu", "--dtype", "float32", "--reduced", "--attn", "sdpa", "--batches", "2",
+                      "--new-tokens", "2", "--repeats", "1"])
+    costs, results = found["sdpa"]["costs"][2], found["sdpa"]["results"][2]
+    names = ["stock", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45", "plphp", "plphp-batch",
+             "lvpruning-0.5+plphp", "truncated"]
+    assert list(results) == names and all(len(rounds) == 1 for rounds in results.values())
+    # the stock cache: K and V of 4 layers x 2 samples x (576 + 30) tokens x 2 heads x 64 dims, in fp32
+    assert costs["stock"]["kv"] == 2 * 4 * 2 * (576 + 30) * 2 * 64 * 4
+    assert costs["truncated"]["kv"] == costs["plphp"]["kv"] < costs["stock"]["kv"]
+    flops = [costs[name]["flops"] for name in ("stock", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45")]
+    assert flops == sorted(flops, reverse=True) and flops[0] > flops[-1]
+    table = capsys.readouterr().out
+    assert "| lvpruning-0.5+plphp |" in table and "mixed batch" in table
