@@ -58,7 +58,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--reduced", action="store_true", help="a CPU-sized model of the same proportions")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()}")
     found = {}
@@ -66,7 +65,8 @@ def main(argv=None) -> dict:
         model = build(args.config, torch.device(args.device), getattr(torch, args.dtype), attn, args.reduced)
         args.layers = model.config.text_config.num_hidden_layers
         print(f"\n## attention: {attn}")
-        found[attn] = measure_all(model, methods_for(model), args)
+        with torch.no_grad():
+            found[attn] = measure_all(model, methods_for(model), args)
         del model
         if args.device == "cuda":
             torch.cuda.empty_cache()

@@ -269,12 +269,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    model = build_model(args, device, dtype)
-    return measure_all(model, methods_for(model), args)
+    with torch.no_grad():
+        model = build_model(args, device, dtype)
+        return measure_all(model, methods_for(model), args)
 
 
 def measure_all(model, methods, args) -> dict:

@@ -36,6 +36,8 @@ class LVPrunerConfig(PreTrainedConfig):
     """
 
     model_type = "lvpruner"
+    # Its sizes come from the base: older transformers releases build `cls()` for defaults unless told not to.
+    has_no_defaults_at_init = True
 
     hidden_size: int | None = None  # from the base: `LVPrunerConfig.from_base_config(base.config)`
     num_hidden_layers: int | None = None
