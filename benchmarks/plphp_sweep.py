@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--pruner", type=Path, required=True, help="trained LVPruning pruner folder")
     parser.add_argument("--questions", type=int, default=500)
     parser.add_argument("--start-layers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--allocations", nargs="+", default=["sample"], choices=["sample", "batch"],
+                        help="PLPHP's allocation: per sample (the paper's) or one count per answering batch of 32 prompts; KV is measured at batch 1, where both are the same")
     args = parser.parse_args()
     model, processor = load_reference(args.base or reference_base())
     pruner = LVPrunerModel.from_pretrained(args.pruner).eval()
@@ -47,18 +49,19 @@ def main() -> None:
     unpruned = measure_method(Method("unpruned"), model, processor, questions, config)
     print(f"unpruned: accuracy {100 * unpruned['accuracy']:.1f}; vision attention per layer "
           f"{suggest_thresholds(profile)['per_layer_mean']}")
-    print("| start layer | alpha | beta | r | Δr | PLPHP acc. | PLPHP KV | LVP 0.5 + PLPHP acc. | LVP 0.5 + PLPHP KV |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for start, (r, delta_r) in itertools.product(args.start_layers, PAPER_RATES):
+    print("| start layer | alpha | beta | r | Δr | allocation | PLPHP acc. | PLPHP KV | LVP 0.5 + PLPHP acc. | "
+          "LVP 0.5 + PLPHP KV |")
+    print("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for start, (r, delta_r), allocation in itertools.product(args.start_layers, PAPER_RATES, args.allocations):
         thresholds = suggest_thresholds(profile, start)
         plphp = PLPHPConfig(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"],
-                            start_layer=start)
+                            start_layer=start, allocation=allocation)
         cells = []
         for method in (Method("plphp", plphp=plphp), Method("both", pruner, tuple(schedule(REFERENCE_RHO)), plphp)):
             row = measure_method(method, model, processor, questions, config)
             cells += [f"{100 * row['accuracy']:.1f}", f"{row['kv_cache_bytes'] / unpruned['kv_cache_bytes']:.0%}"]
-        print(f"| {start} | {plphp.alpha:.3f} | {plphp.beta:.3f} | {r} | {delta_r} | " + " | ".join(cells) + " |",
-              flush=True)
+        print(f"| {start} | {plphp.alpha:.3f} | {plphp.beta:.3f} | {r} | {delta_r} | {allocation} | "
+              + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,20 @@ def test_resume_in_a_later_epoch_is_bitwise(assets, long_run, stopped_in_epoch_1
     assert metrics(out)[12] | {"step_time_s": 0} == metrics(long_run[0])[12] | {"step_time_s": 0}
 
 
+def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_resumed(assets, long_run, stopped_in_epoch_1,
+                                                                         tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_in_epoch_1, out)
+    damaged = out / "checkpoint-10" / "pruner" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a truncated file
+    resumed = launch(assets, out, "--gradient_accumulation_steps", 2, "--max_steps", 12, "--save_steps", 5,
+                     "--resume_from_checkpoint", "latest")
+    assert f"cannot resume from {out / 'checkpoint-10'}" in resumed["stdout"]
+    assert f"resumed from {out / 'checkpoint-5'} at step 5" in resumed["stdout"]
+    a, b = weights(out / "final"), weights(long_run[0] / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the run resumed from the older checkpoint differs"
+
+
 def test_resume_under_another_split_of_the_same_global_batch(assets, long_run, stopped_in_epoch_1, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(stopped_in_epoch_1, out)

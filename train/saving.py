@@ -25,6 +25,10 @@ class UnsafeCheckpoint(ValueError):
     """A checkpoint holds a file lvprune refuses to load."""
 
 
+class ResumeError(RuntimeError):
+    """No checkpoint of the run could be loaded."""
+
+
 def weights_digest(params) -> str:
     """sha256 of the parameters' bytes, in order: equal digests mean bitwise-equal weights."""
     h = hashlib.sha256()

@@ -148,6 +148,40 @@ def truncate_metrics(config, step: int) -> None:
         os.replace(tmp, path)
 
 
+def resume(accelerator, config, output_dir: Path, scheduler, trainable) -> int:
+    """Restore `--resume_from_checkpoint` and return its step (0: a fresh start).
+
+    With `latest`, a newest checkpoint that cannot be loaded (a damaged file, non-finite weights) is named and
+    the one before it is tried, down to the oldest.
+    """
+    if not config.resume_from_checkpoint:
+        return 0
+    latest = config.resume_from_checkpoint == "latest"
+    if latest:
+        candidates = [path for _, path in reversed(checkpointing.list_checkpoints(output_dir))]
+    else:
+        candidates = [checkpointing.resolve_resume(output_dir, config.resume_from_checkpoint)]
+    for path in candidates:
+        try:
+            step = saving.load_checkpoint(accelerator, path, scheduler, config.gradient_accumulation_steps)
+            check_finite_weights(trainable, f"the weights of {path}")
+        except saving.UnsafeCheckpoint:
+            raise
+        except Exception as error:
+            if not latest:
+                raise
+            accelerator.print(f"cannot resume from {path} ({type(error).__name__}: {error}); trying the one before")
+            continue
+        if accelerator.is_main_process:
+            truncate_metrics(config, step)
+        accelerator.print(f"resumed from {path} at step {step}")
+        return step
+    if candidates:
+        raise saving.ResumeError(f"none of the checkpoints in {output_dir} could be loaded (see above); move them away "
+                              "to start afresh.")
+    return 0
+
+
 def noise_seed(seed: int, micro_batch: int) -> int:
     """Seed of the Gumbel noise of global micro-batch `micro_batch`."""
     return seed * 2**32 + micro_batch
@@ -355,14 +389,7 @@ def main(argv=None) -> dict:
                       f"device x {accelerator.num_processes} processes x {accum} accumulation; warm-up {warmup_steps}")
 
     # ---------------------------------------------------------------- resume
-    start_step = 0
-    resume = checkpointing.resolve_resume(output_dir, config.resume_from_checkpoint)
-    if resume is not None:
-        start_step = saving.load_checkpoint(accelerator, resume, scheduler, accum)
-        check_finite_weights(trainable, f"the weights of {resume}")
-        if accelerator.is_main_process:
-            truncate_metrics(config, start_step)
-        accelerator.print(f"resumed from {resume} at step {start_step}")
+    start_step = resume(accelerator, config, output_dir, scheduler, trainable)
     accelerator.init_trackers("lvprune", config={k: str(v) for k, v in config.to_dict().items()})
 
     # ---------------------------------------------------------------- training loop
@@ -396,6 +423,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (DivergenceError, NoRecords, OutputInUse, saving.UnsafeCheckpoint) as error:
+    except (DivergenceError, NoRecords, OutputInUse, saving.ResumeError, saving.UnsafeCheckpoint) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
