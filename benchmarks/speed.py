@@ -266,6 +266,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; methods take turns in each")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--only", nargs="+", default=None, help="measure only these rows (stock is always kept)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
@@ -274,7 +275,10 @@ def main(argv=None) -> dict:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     with torch.no_grad():
         model = build_model(args, device, dtype)
-        return measure_all(model, methods_for(model), args)
+        methods = [m for m in methods_for(model) if not args.only or m.name in {"stock", *args.only}]
+        if any(m.truncate_like and m.truncate_like not in {n.name for n in methods} for m in methods):
+            parser.error("truncated needs plphp among --only")
+        return measure_all(model, methods, args)
 
 
 def measure_all(model, methods, args) -> dict:

@@ -80,7 +80,8 @@ class PruningState:
         self.pruner, self.sample, self.remove, self.labels = pruner, sample, remove, labels
         self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
         self.plphp, self.cache, self.base_attention = plphp, cache, base_attention
-        self.books: list[KeyBook | None] = [None] * num_layers
+        self._books: list[KeyBook | None] = [None] * num_layers
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # decode slots not yet in the books
         self.rectangular = self.unmasked = False  # decode: every cached slot real / one new token, no mask
         self.keep: torch.Tensor | None = None
         self.position_embeddings = None
@@ -110,12 +111,28 @@ class PruningState:
         self.rectangular = self.rectangular and bool(valid.all())
         self.unmasked = self.rectangular and valid.shape[1] == 1
         order = self.seen + torch.arange(valid.shape[1], device=valid.device).expand(valid.shape[0], -1)
-        appended = {}
-        for i, book in enumerate(self.books):
-            if id(book) not in appended:  # layers sharing one book share the appended one too
-                appended[id(book)] = book.append(order, valid.bool())
-            self.books[i] = appended[id(book)]
+        # A step without a mask never reads the books: their new slots are appended when one is next read.
+        self._pending.append((order, valid.bool()))
+        if not self.unmasked:
+            self._append_pending()
         self.query_order, self.seen = order, self.seen + valid.shape[1]
+
+    @property
+    def books(self) -> list:
+        """Per layer, the `KeyBook` of its KV cache (of its hidden rows during the prefill), up to date."""
+        self._append_pending()
+        return self._books
+
+    def _append_pending(self) -> None:
+        if not self._pending:
+            return
+        order, valid = (torch.cat(parts, dim=-1) for parts in zip(*self._pending))
+        self._pending.clear()
+        appended = {}
+        for i, book in enumerate(self._books):
+            if id(book) not in appended:  # layers sharing one book share the appended one too
+                appended[id(book)] = book.append(order, valid)
+            self._books[i] = appended[id(book)]
 
     def enter_layer(self, layer_idx: int, position_embeddings):
         """Called before decoder layer `layer_idx`; returns the rotary (cos, sin) its rows need."""
