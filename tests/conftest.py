@@ -5,6 +5,7 @@ import socket
 import pytest
 import torch
 
+import lvprune
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
 from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
 
@@ -35,6 +36,20 @@ def pruner(base):
 def mixed_batch(base):
     """Left-padded batch of 3: one image, two images, no image."""
     return make_batch(base.config, [1, 2, 0], [5, 7, 6], padding_side="left")
+
+
+@pytest.fixture()
+def pruned(base):
+    """Attach with `pruned(pruner, **kwargs)`; detached after the test whatever happens."""
+    handles = []
+
+    def attach(pruner=None, **kwargs):
+        handles.append(lvprune.Pruning(base, pruner, **kwargs).attach())
+        return base
+
+    yield attach
+    for handle in handles:
+        handle.detach()
 
 
 def assert_close(actual, expected, atol, what=""):

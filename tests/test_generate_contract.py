@@ -15,20 +15,6 @@ from conftest import assert_close, generated_with_masked_reference
 GREEDY = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, suppress_tokens=[IMAGE_TOKEN_ID])
 
 
-@pytest.fixture()
-def attached(base):
-    """`attached(pruner, **kwargs)` attaches lvprune to `base`; detached after the test whatever happens."""
-    handles = []
-
-    def attach(pruner=None, **kwargs):
-        handles.append(lvprune.Pruning(base, pruner, **kwargs).attach())
-        return base
-
-    yield attach
-    for handle in handles:
-        handle.detach()
-
-
 def ending_with_image(config, text_lengths, seed=3) -> dict:
     """A left-padded batch whose prompts end with an image: no text after the last vision token."""
     generator = torch.Generator().manual_seed(seed)
@@ -52,11 +38,11 @@ def real_kept_rows(batch, config, ratio) -> list[int]:
 
 
 @pytest.mark.parametrize("images", [[3, 0], [3, 1], [1, 2, 0, 3]])
-def test_mixed_batch_width_is_the_widest_samples_real_rows(base, pruner, attached, images):
+def test_mixed_batch_width_is_the_widest_samples_real_rows(base, pruner, pruned, images):
     batch = make_batch(base.config, images, [6 + 2 * i for i in range(len(images))], seed=4)
     ratios = [0.5, 0.3, 0.1]
     masked, _ = generated_with_masked_reference(base, pruner, batch, ratios, steps=1)
-    model = attached(pruner, keep_ratios=ratios)
+    model = pruned(pruner, keep_ratios=ratios)
     with torch.no_grad():
         logits = model(**batch).logits[:, -1]
     stats = model.pruning_stats
@@ -69,10 +55,10 @@ def test_mixed_batch_width_is_the_widest_samples_real_rows(base, pruner, attache
     assert_close(logits, masked, 1e-4, "last prompt logits")
 
 
-def test_mixed_batch_generates_what_each_prompt_generates_alone(base, pruner, attached):
+def test_mixed_batch_generates_what_each_prompt_generates_alone(base, pruner, pruned):
     images = [0, 1, 3]
     batch = make_batch(base.config, images, [6, 8, 7], seed=6)
-    model = attached(pruner, keep_ratios=[0.5, 0.3, 0.1], plphp=PLPHPConfig(r=0.4, delta_r=0.3, start_layer=1))
+    model = pruned(pruner, keep_ratios=[0.5, 0.3, 0.1], plphp=PLPHPConfig(r=0.4, delta_r=0.3, start_layer=1))
     together = model.generate(**batch, **GREEDY)
     batched_bytes, per_prompt_bytes = model.pruning_stats.kv_cache_bytes, model.pruning_stats.kv_cache_bytes_per_prompt
     alone_bytes = 0
@@ -95,10 +81,10 @@ def test_mixed_batch_generates_what_each_prompt_generates_alone(base, pruner, at
 
 
 @pytest.mark.parametrize("ratios", [[1.0, 0.5, 0.5], [0.5, 0.3, 0.1]])
-def test_prompt_ending_with_an_image_equals_masking(base, pruner, attached, ratios):
+def test_prompt_ending_with_an_image_equals_masking(base, pruner, pruned, ratios):
     batch = ending_with_image(base.config, [5, 9])
     masked_logits, masked_ids = generated_with_masked_reference(base, pruner, batch, ratios, steps=4)
-    model = attached(pruner, keep_ratios=ratios)
+    model = pruned(pruner, keep_ratios=ratios)
     with torch.no_grad():
         logits = model(**batch).logits[:, -1]
     assert model.pruning_stats.positions[:, -1].tolist() == [batch["input_ids"].shape[1] - 1] * 2
@@ -108,9 +94,9 @@ def test_prompt_ending_with_an_image_equals_masking(base, pruner, attached, rati
     assert kept == [round(image_tokens_per_image(base.config) * ratios[-1])] * 2  # within the count
 
 
-def test_plphp_keeps_the_last_prompt_token_in_every_head(base, attached):
+def test_plphp_keeps_the_last_prompt_token_in_every_head(base, pruned):
     batch = ending_with_image(base.config, [5, 9])
-    model = attached(None, plphp=PLPHPConfig(r=0.1, delta_r=0.1, alpha=0.99, beta=0.98, start_layer=0))
+    model = pruned(None, plphp=PLPHPConfig(r=0.1, delta_r=0.1, alpha=0.99, beta=0.98, start_layer=0))
     out = model.generate(**batch, max_new_tokens=1, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
     last = batch["input_ids"].shape[1] - 1
     for layer, book in enumerate(lvprune.contract.output_cache(out).state.books):
@@ -156,9 +142,9 @@ def test_plphp_keeps_exactly_ceil_after_lvpruning():
     ("prefill_chunk_size", 8, "prefill_chunk_size"),
     ("num_beams", 2, "beam search"),
 ])
-def test_generate_settings_a_pruned_cache_cannot_honour_are_refused(base, pruner, attached, mixed_batch,
+def test_generate_settings_a_pruned_cache_cannot_honour_are_refused(base, pruner, pruned, mixed_batch,
                                                                      option, value, message):
-    model = attached(pruner, plphp=PLPHPConfig())
+    model = pruned(pruner, plphp=PLPHPConfig())
     with pytest.raises(ValueError, match=message):
         model.generate(**mixed_batch, **GREEDY, **{option: value})
     saved = getattr(model.generation_config, option)
@@ -193,7 +179,7 @@ def answer_labels(batch, answer_length=3, seed=0):
 
 
 @pytest.mark.parametrize("ratios", [[0.5, 0.3, 0.1], [1.0, 1.0, 1.0]])
-def test_loss_over_kept_rows_equals_the_masked_reference(base, pruner, attached, mixed_batch, ratios):
+def test_loss_over_kept_rows_equals_the_masked_reference(base, pruner, pruned, mixed_batch, ratios):
     scored = answer_labels(mixed_batch)
     positions = (scored["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     masked_pruner = lvprune.LVPrunerModel(pruner.config.__class__(**{**pruner.config.to_dict(), "keep_ratios": ratios}))
@@ -204,7 +190,7 @@ def test_loss_over_kept_rows_equals_the_masked_reference(base, pruner, attached,
             reference = trainer(**scored, position_ids=positions).causal_loss
     finally:
         trainer.unwrap()
-    model = attached(pruner, keep_ratios=ratios)
+    model = pruned(pruner, keep_ratios=ratios)
     with torch.no_grad():
         out = model(**scored, position_ids=positions, use_cache=False)
     assert_close(out.loss, reference, 1e-4, "loss")
@@ -213,9 +199,9 @@ def test_loss_over_kept_rows_equals_the_masked_reference(base, pruner, attached,
     assert (positions[:, -3:] == torch.arange(scored["input_ids"].shape[1] - 3, scored["input_ids"].shape[1])).all()
 
 
-def test_labels_after_a_removed_token_or_with_logits_to_keep_are_refused(base, pruner, attached):
+def test_labels_after_a_removed_token_or_with_logits_to_keep_are_refused(base, pruner, pruned):
     batch = ending_with_image(base.config, [4, 6])
-    model = attached(pruner, keep_ratios=[0.2, 0.1, 0.05])
+    model = pruned(pruner, keep_ratios=[0.2, 0.1, 0.05])
     # Every vision token labelled: the row before each removed one has nothing left to predict it.
     on_vision = torch.where(batch["input_ids"] == IMAGE_TOKEN_ID, 7, -100)
     with torch.no_grad(), pytest.raises(ValueError, match="labelled token follows"):

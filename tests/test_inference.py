@@ -16,20 +16,6 @@ from conftest import assert_close, generated_with_masked_reference
 GREEDY = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, suppress_tokens=[IMAGE_TOKEN_ID])
 
 
-@pytest.fixture()
-def pruned(base):
-    """Attach with `pruned(**kwargs)`; detached after the test whatever happens."""
-    handles = []
-
-    def attach(pruner=None, **kwargs):
-        handles.append(lvprune.Pruning(base, pruner, **kwargs).attach())
-        return base
-
-    yield attach
-    for handle in handles:
-        handle.detach()
-
-
 def test_nothing_pruned_generates_the_stock_tokens(stock, base, pruner, mixed_batch, pruned):
     reference = stock.generate(**mixed_batch, **GREEDY)
     assert torch.equal(pruned().generate(**mixed_batch, **GREEDY), reference)
