@@ -21,7 +21,7 @@ CONSTRAINT_FLAG := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
-	@echo "setting up $(VENV): torch, transformers, accelerate, deepspeed ... (about 2 minutes, once)"
+	@echo "setting up $(VENV): torch, transformers, accelerate, deepspeed ... (a minute or two, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(CONSTRAINT_FLAG) -e ".[deepspeed,train,bench,test]" $(PIN)
 	@$(BIN)/python -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}')"
