@@ -20,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 __all__ = [
     "CACHE_KWARGS", "DynamicCache", "activation_checkpointing", "POSITION_EMBEDDINGS_KWARG", "cache_kwarg", "cache_layers", "decoder_layers",
-    "image_token_id", "output_cache", "pop_cache", "register_attention", "repeat_kv", "sdpa_attention_forward",
+    "image_token_id", "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "sdpa_attention_forward",
     "set_text_attention", "text_attention", "text_config",
 ]
 
@@ -108,6 +108,24 @@ def activation_checkpointing(model: nn.Module) -> bool:
         if name in dir(type(model)):
             return bool(getattr(model, name))
     return False
+
+
+# Multimodal families whose models add their own mask terms around images (bidirectional image blocks), which
+# lvprune's attention does not reproduce.
+BIDIRECTIONAL_IMAGE_BLOCKS = ("gemma3", "gemma3n", "paligemma")
+
+
+def unsupported_attention(model: nn.Module) -> str | None:
+    """Why lvprune's masks would not reproduce `model`'s attention (None: plain causal full attention)."""
+    text = text_config(model)
+    kinds = set(getattr(text, "layer_types", None) or ()) - {"full_attention"}
+    if kinds:
+        return f"its decoder layers use {', '.join(sorted(kinds))} attention"
+    if getattr(text, "use_sliding_window", False) and getattr(text, "sliding_window", None):
+        return f"its decoder layers use sliding-window attention (window {text.sliding_window})"
+    if getattr(model.config, "model_type", None) in BIDIRECTIONAL_IMAGE_BLOCKS:
+        return "it attends bidirectionally within image blocks"
+    return None
 
 
 # ------------------------------------------------------------------------------ attention functions

@@ -13,7 +13,8 @@ from functools import partial
 from torch import nn
 
 from . import attention
-from .contract import POSITION_EMBEDDINGS_KWARG, decoder_layers, set_text_attention, text_attention
+from .contract import (POSITION_EMBEDDINGS_KWARG, decoder_layers, set_text_attention, text_attention,
+                       unsupported_attention)
 
 STATE_KWARG = "lvprune_state"
 
@@ -37,6 +38,10 @@ class LayerHooks:
     """Hooks and attention implementation of lvprune on `model`; `pruner` gives the stage layers (may be None)."""
 
     def __init__(self, model: nn.Module, pruner=None):
+        reason = unsupported_attention(model)
+        if reason is not None:
+            raise ValueError(f"lvprune cannot prune {type(model).__name__}: {reason}, and lvprune's attention "
+                             "reproduces causal full attention only (LLaVA-style models).")
         self.model, self.pruner = model, pruner
         self.base_attention = text_attention(model)
         self.handles = []

@@ -68,3 +68,29 @@ def test_pruned_decode_by_hand_takes_either_keyword(stock, base, mixed_batch, na
             pruned = decode(base, mixed_batch, name)
             assert base.pruning_stats.kv_cache_bytes == base.pruning_stats.kv_cache_bytes_unpruned > 0
     assert_close(pruned, reference, 1e-5, "decode logits")
+
+
+def tiny_gemma3():
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    config = Gemma3Config(
+        text_config=dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=4),
+        mm_tokens_per_image=4, image_token_index=3)
+    return Gemma3ForConditionalGeneration(config).eval()
+
+
+def test_models_whose_attention_lvprune_does_not_reproduce_are_refused(base):
+    from lvprune.testing import tiny_llava
+
+    with pytest.raises(ValueError, match="cannot prune Gemma3ForConditionalGeneration: its decoder layers use "
+                                         "sliding_attention"):
+        lvprune.Pruning(tiny_gemma3(), plphp=PLPHPConfig(start_layer=0))
+    windowed = tiny_llava(seed=0)
+    text = windowed.config.text_config
+    text.use_sliding_window, text.sliding_window = True, 16  # as a Mistral or Qwen2 text model may have it
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        lvprune.Pruning(windowed, plphp=PLPHPConfig(start_layer=0))
+    assert lvprune.contract.unsupported_attention(base) is None
