@@ -1,7 +1,7 @@
 """lvprune: vision-token pruning for LLaVA-style models.
 
 - LVPruning (trained, language-guided): `LVPrunerConfig`, `LVPrunerModel`, `LVPruningForTraining`.
-- PLPHP (training-free, per-layer per-head KV pruning): `PLPHPConfig`.
+- PLPHP (training-free, per-layer per-head KV pruning): `PLPHPConfig`, a `CachePress` (the base of cache presses).
 - Pruned decoding on a stock model: `load_pruned_model`, `pruning` (context manager), `unprune`.
 - Analytic cost of a configuration: `estimate_cost`; PLPHP threshold measurement: `vision_attention_profile`.
 - Data in the LLaVA instruction format and a synthetic VQA set: `lvprune.data`.
@@ -15,6 +15,7 @@ from .hub import model_card, push_folder, write_model_card
 from .inference import Pruning, load_pruned_model, pruning, unprune
 from .modeling import LVPrunerModel
 from .plphp import PLPHPConfig
+from .press import CachePress
 from .stats import LayerStats, PruningStats
 from .training import LVPruningForTraining, LVPruningOutput
 
@@ -26,6 +27,7 @@ __all__ = [
     "LVPruningForTraining",
     "LVPruningOutput",
     "PLPHPConfig",
+    "CachePress",
     "Pruning",
     "PrunedCache",
     "PruningStats",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from .contract import register_attention, repeat_kv, sdpa_attention_forward
-from .plphp import plphp_keep
 
 NAME = "lvprune"
 EPS = 1e-6
@@ -31,9 +30,10 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
         output = delegate(state.base_attention, module, query, key, value, allowed, scaling, dropout, state.prefill)
     if state.prefill and layer in state.attention_layers:
         state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
-    if state.plphp is not None and state.prefill and state.cache is not None and layer >= state.plphp.start_layer:
+    press = state.press
+    if press is not None and state.prefill and state.cache is not None and layer >= press.start_layer:
         scores = last_query_scores(module, query, key, allowed, scaling)
-        keep, counts, stats = plphp_keep(scores, state.books[layer], state.plphp, state.last)
+        keep, counts, stats = press.select(scores, state.books[layer], state.last)
         state.prune_cache(layer, keep, counts, stats)
     return output, None
 

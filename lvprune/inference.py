@@ -22,23 +22,25 @@ from .generation import CheckedGenerate
 from .hooks import STATE_KWARG, LayerHooks
 from .modeling import LVPrunerModel
 from .plphp import PLPHPConfig
+from .press import CachePress
 from .scoring import pruned_loss
 from .state import PruningState
 from .stats import PruningStats
 
 
 class Pruning:
-    """LVPruning (with `pruner`) and/or PLPHP (with `plphp`) on an already loaded `model`.
+    """LVPruning (with `pruner`) and/or PLPHP (with `plphp`, or any cache press with `press`) on a loaded `model`.
 
     Args:
         model: a `LlavaForConditionalGeneration`.
         pruner: an `LVPrunerModel` built for this base, or None (no LVPruning).
         keep_ratios: stage ratios to apply instead of the pruner's training ratios (no retraining needed).
         plphp: a `PLPHPConfig`, or None (no PLPHP).
+        press: another `CachePress` instead of PLPHP (`plphp` and `press` fill the same place).
     """
 
     def __init__(self, model: nn.Module, pruner: LVPrunerModel | None = None, *, keep_ratios=None,
-                 plphp: PLPHPConfig | None = None):
+                 plphp: PLPHPConfig | None = None, press: CachePress | None = None):
         if pruner is not None:
             pruner.config.check_base(model.config)
             keep_ratios = list(keep_ratios) if keep_ratios is not None else pruner.config.keep_ratios
@@ -48,11 +50,16 @@ class Pruning:
             raise ValueError("keep_ratios needs a pruner: they are the ratios of its stages.")
         if plphp is not None and not isinstance(plphp, PLPHPConfig):
             raise TypeError(f"plphp must be a PLPHPConfig or None, got {type(plphp).__name__}.")
-        self.model, self.pruner, self.keep_ratios, self.plphp = model, pruner, keep_ratios, plphp
+        if press is not None and not isinstance(press, CachePress):
+            raise TypeError(f"press must be a CachePress or None, got {type(press).__name__}.")
+        if plphp is not None and press is not None:
+            raise ValueError("pass plphp or another press, not both: a cache is pressed once.")
+        self.model, self.pruner, self.keep_ratios = model, pruner, keep_ratios
+        self.press = plphp if plphp is not None else press
         self.num_layers = len(decoder_layers(model))
-        if plphp is not None and plphp.start_layer >= self.num_layers:
-            raise ValueError(f"PLPHP start_layer={plphp.start_layer} is at or beyond the model's depth "
-                             f"({self.num_layers} layers, 0-based): it would prune nothing.")
+        if self.press is not None and self.press.start_layer >= self.num_layers:
+            raise ValueError(f"{type(self.press).__name__} start_layer={self.press.start_layer} is at or beyond the "
+                             f"model's depth ({self.num_layers} layers, 0-based): it would prune nothing.")
         self.cache_kwarg = cache_kwarg(model)
         self.hooks = LayerHooks(model, pruner)
         self.handles = []
@@ -122,7 +129,7 @@ class Pruning:
         cache = PrunedCache(config=text_config(self.model)) if use_cache else None
         state = PruningState(
             input_ids, kwargs.get("attention_mask"), image_token_id(self.model), self.num_layers, labels=labels,
-            pruner=self.pruner, keep_ratios=self.keep_ratios, sample=False, remove=True, plphp=self.plphp,
+            pruner=self.pruner, keep_ratios=self.keep_ratios, sample=False, remove=True, press=self.press,
             cache=cache, base_attention=self.hooks.base_attention,
         )
         if cache is not None:
@@ -150,9 +157,9 @@ def _device(module: nn.Module) -> torch.device | None:
 
 
 def pruning(model: nn.Module, pruner: LVPrunerModel | None = None, *, keep_ratios=None,
-            plphp: PLPHPConfig | None = None) -> Pruning:
+            plphp: PLPHPConfig | None = None, press: CachePress | None = None) -> Pruning:
     """Context manager: `with pruning(model, pruner, plphp=PLPHPConfig()): model.generate(...)`."""
-    return Pruning(model, pruner, keep_ratios=keep_ratios, plphp=plphp)
+    return Pruning(model, pruner, keep_ratios=keep_ratios, plphp=plphp, press=press)
 
 
 def unprune(model: nn.Module) -> nn.Module:
@@ -163,14 +170,15 @@ def unprune(model: nn.Module) -> nn.Module:
     return handle.detach()
 
 
-def load_pruned_model(base, pruner=None, *, keep_ratios=None, plphp: PLPHPConfig | None = None, **kwargs):
+def load_pruned_model(base, pruner=None, *, keep_ratios=None, plphp: PLPHPConfig | None = None,
+                      press: CachePress | None = None, **kwargs):
     """Load a LLaVA whose `forward` and `generate` prune vision tokens.
 
     Args:
         base: a path, a Hub id or a loaded `LlavaForConditionalGeneration`.
         pruner: a path, a Hub id, an `LVPrunerModel`, or None (no LVPruning).
         keep_ratios: inference ratios for the pruner's stages (default: its training ratios).
-        plphp: a `PLPHPConfig`, or None.
+        plphp: a `PLPHPConfig`, or None; press: another `CachePress` instead.
         **kwargs: passed to `from_pretrained` of the base (`dtype`, `device_map`, ...); the pruner follows the
             base's dtype and device.
     """
@@ -184,5 +192,5 @@ def load_pruned_model(base, pruner=None, *, keep_ratios=None, plphp: PLPHPConfig
     if pruner is not None:
         pruner.config.check_base(base.config)
         pruner.to(device=base.device, dtype=base.dtype)
-    Pruning(base, pruner, keep_ratios=keep_ratios, plphp=plphp).attach()
+    Pruning(base, pruner, keep_ratios=keep_ratios, plphp=plphp, press=press).attach()
     return base

@@ -14,15 +14,15 @@ from fractions import Fraction
 
 import torch
 
-from .decisions import top_counts
+from .press import CachePress
 
 CLASSES = ("indifferent", "balanced", "attentive")
 ALLOCATIONS = ("sample", "batch")
 
 
 @dataclass(frozen=True)
-class PLPHPConfig:
-    """PLPHP's hyper-parameters.
+class PLPHPConfig(CachePress):
+    """PLPHP's hyper-parameters: the project's cache press.
 
     Args:
         r: base retention rate of vision tokens (paper sweeps 0.3, 0.4, 0.5).
@@ -81,6 +81,17 @@ class PLPHPConfig:
         table = torch.tensor([float(q) for q in self.class_rates()], device=cls.device)
         return cls, table[cls]
 
+    # ---------------------------------------------------------------- as a cache press
+
+    def vision_counts(self, scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        """`ceil(rate × n)` per head, the rate from the layer's class: scores [B, Hkv, K], vision [B, 1, K] -> [B]."""
+        return self.counts(self.classes(vision_attention(scores, vision)), vision.sum(-1)[:, 0])
+
+    def layer_stats(self, scores: torch.Tensor, vision: torch.Tensor) -> dict:
+        attention = vision_attention(scores, vision)
+        cls, rate = self.rates(attention)
+        return dict(plphp_class=cls, plphp_rate=rate, vision_attention=attention)
+
     def counts(self, cls: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Vision tokens each KV head keeps, exactly `ceil(rate × present)` (`allocation="sample"`), or that count's
         mean over the samples with vision tokens, rounded up (`"batch"`): cls, present [B] long -> [B] long."""
@@ -95,30 +106,11 @@ class PLPHPConfig:
         return torch.where(has_vision, torch.minimum(shared, present), 0)
 
 
-def plphp_keep(scores: torch.Tensor, book, config: PLPHPConfig, last: torch.Tensor) -> tuple[torch.Tensor, list, dict]:
-    """Which cache slots each KV head keeps.
-
-    scores [B, Hkv, K] last-query attention per KV head; book: the layer's `KeyBook` (one head); last [B] the
-    original position of each sample's last prompt token, which is always kept (it is the query that predicts,
-    and every generated token attends to it), within the head's count when it is a vision token.
-    Returns keep [B, Hkv, K] bool (valid text slots + each head's top vision slots), the vision slots each
-    head of a sample keeps (a host list: the layer's one host sync) and per-sample stats.
-    """
-    vision = book.vision & book.valid  # [B, 1, K]
-    vision_attention = (scores * vision).sum(-1).mean(-1)  # [B]
-    cls, rate = config.rates(vision_attention)
-    present = vision.sum(-1)[:, 0]  # [B]
-    protected = book.order == last[:, None, None]  # [B, 1, K]
-    ranked = scores.masked_fill(protected, float("inf")).masked_fill(~vision, float("-inf"))
-    counts = config.counts(cls, present)
-    on_host = counts.tolist()
-    chosen = top_counts(ranked, counts, max(on_host, default=0)) & vision
-    keep = chosen | (book.valid & ~book.vision) | (protected & book.valid)
-    stats = dict(vision_tokens=present, plphp_class=cls, plphp_rate=rate, vision_attention=vision_attention,
-                 kept_per_head=chosen.sum(-1))  # device tensors: `PruningStats` reads them when asked
-    return keep, on_host, stats
+def vision_attention(scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+    """The layer's `v_l = mean_h Σ_{j∈I_V} a_hj` per sample: scores [B, Hkv, K], vision [B, 1, K] -> [B]."""
+    return (scores * vision).sum(-1).mean(-1)
 
 
 def ceil_count(rate: float, n: int) -> int:
-    """`ceil(rate × n)` with the rate exact as written, as `plphp_keep` computes it (for analytic estimates)."""
+    """`ceil(rate × n)` with the rate exact as written, as PLPHP's press counts (for analytic estimates)."""
     return math.ceil(Fraction(repr(rate)) * n)

@@ -60,12 +60,12 @@ class PruningState:
         pruner: an `LVPrunerModel` or None; keep_ratios: the stage ratios to apply (default: the pruner's).
         sample: Gumbel-sampled decisions (training) instead of top-k (inference and `.eval()`).
         remove: remove pruned rows (inference) instead of masking them (training).
-        plphp: a `PLPHPConfig` or None; cache: the `PrunedCache` PLPHP prunes (None: no cache, no PLPHP).
+        press: a `CachePress` (PLPHP) or None; cache: the `PrunedCache` it presses (None: no cache, no press).
         base_attention: the attention implementation the heavy attention delegates to.
     """
 
     def __init__(self, input_ids, attention_mask, image_token_id, num_layers, *, labels=None, pruner=None,
-                 keep_ratios=None, sample=False, remove=True, plphp=None, cache=None, base_attention="sdpa"):
+                 keep_ratios=None, sample=False, remove=True, press=None, cache=None, base_attention="sdpa"):
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         vision = (input_ids == image_token_id) & valid
         text_key = valid & ~vision if labels is None else valid & ~vision & (labels == -100)
@@ -79,7 +79,7 @@ class PruningState:
         self.present = self.host.vision  # vision tokens each sample has left (host), for top-k inference
         self.pruner, self.sample, self.remove, self.labels = pruner, sample, remove, labels
         self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
-        self.plphp, self.cache, self.base_attention = plphp, cache, base_attention
+        self.press, self.cache, self.base_attention = press, cache, base_attention
         self._books: list[KeyBook | None] = [None] * num_layers
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # decode slots not yet in the books
         self.rectangular = self.unmasked = False  # decode: every cached slot real / one new token, no mask

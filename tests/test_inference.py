@@ -11,6 +11,7 @@ from lvprune import LVPrunerModel, LVPruningForTraining, PLPHPConfig, load_prune
 from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
 
 from conftest import assert_close, generated_with_masked_reference
+from earliest_press import KeepEarliest
 
 # Random tiny models may otherwise generate the image placeholder, which a re-run prompt could not hold.
 GREEDY = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, suppress_tokens=[IMAGE_TOKEN_ID])
@@ -89,17 +90,20 @@ def register_per_head_reference(keep_sets):
     AttentionMaskInterface.register("per_head_reference", sdpa_mask)
 
 
-@pytest.mark.parametrize("allocation", ["sample", "batch"])
-def test_plphp_equals_per_head_masked_reference(base, pruner, mixed_batch, pruned, allocation):
-    plphp = PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, allocation=allocation)
-    model = pruned(None, plphp=plphp)
+@pytest.mark.parametrize("press", [
+    PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1),
+    PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, allocation="batch"),
+    KeepEarliest(fraction=0.5, start_layer=1),
+], ids=["plphp", "plphp-batch", "keep-earliest"])
+def test_press_equals_per_head_masked_reference(base, pruner, mixed_batch, pruned, press):
+    model = pruned(None, press=press)
     out = model.generate(**mixed_batch, max_new_tokens=4, do_sample=False, pad_token_id=0,
                          output_logits=True, return_dict_in_generate=True)
     state = out.past_key_values.state
     n = mixed_batch["input_ids"].shape[1]
     keep_sets = {}
     for layer, book in enumerate(state.books):
-        if layer >= plphp.start_layer:
+        if layer >= press.start_layer:
             prompt = book.order < n
             keep = torch.zeros(book.order.shape[0], book.order.shape[1], n, dtype=torch.bool)
             keep.scatter_(-1, torch.where(prompt & book.valid, book.order, 0), prompt & book.valid)
@@ -237,3 +241,18 @@ def test_unpadded_prompt_runs_causal_attention_and_matches_references(pruner, im
         assert causal_flags[:layers] == [True] * layers and causal_flags[-layers:] == [False] * layers
     else:
         assert causal_flags == []
+
+
+def test_a_press_keeps_what_its_override_points_choose(base, mixed_batch, pruned):
+    """KeepEarliest (tests/earliest_press.py) keeps, per head, the earliest ceil(n / 2) vision tokens."""
+    model = pruned(None, press=KeepEarliest(fraction=0.5, start_layer=1))
+    out = model.generate(**mixed_batch, max_new_tokens=1, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+    state = lvprune.contract.output_cache(out).state
+    vision = (mixed_batch["input_ids"] == base.config.image_token_id) & mixed_batch["attention_mask"].bool()
+    for layer, book in enumerate(state.books[1:], start=1):
+        for b in range(vision.shape[0]):
+            positions = vision[b].nonzero()[:, 0]
+            earliest = positions[: -(-len(positions) // 2)].tolist()
+            for head in range(book.order.shape[1]):
+                kept = book.order[b, head][book.vision[b, head] & book.valid[b, head]]
+                assert sorted(kept.tolist()) == earliest, (layer, b, head)
