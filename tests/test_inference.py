@@ -7,7 +7,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import lvprune
-from lvprune import LVPrunerModel, LVPruningForTraining, PLPHPConfig, load_pruned_model, pruning, unprune
+from lvprune import LVPrunerModel, PLPHPConfig, load_pruned_model, pruning, unprune
 from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
 
 from conftest import assert_close, generated_with_masked_reference

@@ -34,14 +34,15 @@ from assets import materialise_shapes, materialise_tiny_base
 from deepspeed_support import configure_deepspeed
 from health import DivergenceError, check_finite_weights, finite_step
 from lora import add_lora, lora_config
-from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, checkpointing
+from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
 from lvprune.data.llava_format import load_llava_dataset
 from lvprune.data.records import NoRecords
 from lvprune.data.processor import CHAT_TEMPLATE
-from lvprune.hub import push_folder, write_model_card
 from lvprune.reference import reference_base
-from run_control import OutputInUse, OutputLock, StopSignals
-from train_config import REFERENCE, SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, to_yaml
+from publish import check_push_settings, export
+from run_control import OutputInUse, StopSignals
+from run_files import SUMMARY_FILE, finished_run, prepare_output_dir, resume
+from train_config import REFERENCE, SYNTHETIC_SHAPES, TINY_RANDOM, parse_config
 from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from train_metrics import Resources, TrainMetrics
 
@@ -112,76 +113,6 @@ def load_data(config, accelerator, processor):
     return str(json_path), dataset
 
 
-SUMMARY_FILE = "train_summary.json"
-
-
-def finished_run(output_dir: Path) -> dict | None:
-    """The summary of a run that already finished in `output_dir` (its export written), else None."""
-    path = output_dir / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("finished") and (output_dir / "final" / "config.json").is_file() else None
-
-
-def prepare_output_dir(accelerator, config) -> tuple[Path, OutputLock | None]:
-    """Lock the output folder for this run, record the resolved config, and remove lvprune's own staging
-    folders left by killed saves (nothing else in the folder is ever deleted)."""
-    output_dir = Path(config.output_dir)
-    lock = None
-    if accelerator.is_main_process:
-        lock = OutputLock(output_dir)
-        (output_dir / "train_config.yaml").write_text(to_yaml(config))
-        for path in checkpointing.clean_incomplete(output_dir):
-            accelerator.print(f"removed the staging folder of an interrupted save: {path}")
-    accelerator.wait_for_everyone()
-    return output_dir, lock
-
-
-def truncate_metrics(config, step: int) -> None:
-    """Drop the rows of `metrics.jsonl` logged after `step` (a resumed run logs them again)."""
-    path = Path(config.output_dir) / "metrics.jsonl"
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(row + "\n" for row in rows))
-        os.replace(tmp, path)
-
-
-def resume(accelerator, config, output_dir: Path, scheduler, trainable) -> int:
-    """Restore `--resume_from_checkpoint` and return its step (0: a fresh start).
-
-    With `latest`, a newest checkpoint that cannot be loaded (a damaged file, non-finite weights) is named and
-    the one before it is tried, down to the oldest.
-    """
-    if not config.resume_from_checkpoint:
-        return 0
-    latest = config.resume_from_checkpoint == "latest"
-    if latest:
-        candidates = [path for _, path in reversed(checkpointing.list_checkpoints(output_dir))]
-    else:
-        candidates = [checkpointing.resolve_resume(output_dir, config.resume_from_checkpoint)]
-    for path in candidates:
-        try:
-            step = saving.load_checkpoint(accelerator, path, scheduler, config.gradient_accumulation_steps)
-            check_finite_weights(trainable, f"the weights of {path}")
-        except saving.UnsafeCheckpoint:
-            raise
-        except Exception as error:
-            if not latest:
-                raise
-            accelerator.print(f"cannot resume from {path} ({type(error).__name__}: {error}); trying the one before")
-            continue
-        if accelerator.is_main_process:
-            truncate_metrics(config, step)
-        accelerator.print(f"resumed from {path} at step {step}")
-        return step
-    if candidates:
-        raise saving.ResumeError(f"none of the checkpoints in {output_dir} could be loaded (see above); move them away "
-                              "to start afresh.")
-    return 0
-
-
 def noise_seed(seed: int, micro_batch: int) -> int:
     """Seed of the Gumbel noise of global micro-batch `micro_batch`."""
     return seed * 2**32 + micro_batch
@@ -216,49 +147,6 @@ def record_samples(accelerator, config, step: int, micro: int, batch: dict) -> N
     path = Path(config.output_dir) / f"samples-rank{accelerator.process_index}.jsonl"
     with open(path, "a") as f:
         f.write(json.dumps({"step": step, "micro_batch": micro, "samples": batch[INDEX_KEY].tolist()}) + "\n")
-
-
-def export(accelerator, config, model, lora, data_name: str, summary: dict) -> Path:
-    """Write `output_dir/final/` (pruner, card, adapter) and push it if asked; returns the folder."""
-    final = Path(config.output_dir) / "final"
-    saving.save_trainable(accelerator, model, final, lora)
-    if accelerator.is_main_process:
-        readable_by_umask(final)
-        training = {"steps": summary["step"], "global batch": summary["global_batch"],
-                    "peak learning rate": config.learning_rate, "warm-up ratio": config.warmup_ratio,
-                    "max grad norm": config.max_grad_norm, "precision": config.precision, "LoRA rank": config.lora_r}
-        metrics = {k: v for k, v in summary.items() if k.endswith("loss") or k.startswith("kept_fraction")}
-        write_model_card(final, model.pruner.config, repo_id=config.push_to_hub, data=data_name,
-                         metrics=metrics, training=training, lora=lora is not None)
-        if config.push_to_hub:
-            url = push_folder(final, config.push_to_hub, endpoint=config.hub_endpoint, private=config.hub_private)
-            accelerator.print(f"pushed {final} -> {url}")
-    accelerator.wait_for_everyone()
-    return final
-
-
-def readable_by_umask(folder: Path) -> None:
-    """Give the export's files the permissions the user's umask allows (writers stage them as 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-
-
-def check_push_settings(config) -> None:
-    """Refuse a `push_to_hub` that would fail after training: a malformed repository id, or no token."""
-    if not config.push_to_hub:
-        return
-    from huggingface_hub import get_token
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(config.push_to_hub)
-    except HFValidationError as error:
-        raise ValueError(f"push_to_hub={config.push_to_hub!r}: {error}") from None
-    if get_token() is None:
-        raise ValueError("push_to_hub needs a Hub token: run `hf auth login` or set HF_TOKEN before training.")
 
 
 def benchmark(accelerator, config, base_name: str, final: Path) -> None:
