@@ -120,8 +120,10 @@ class LVPrunerConfig(PreTrainedConfig):
             )
 
 
-def check_stages(after_layers, keep_ratios, num_layers: int) -> None:
-    """Validate stage layers (1-based, strictly increasing, inside the model) and keep ratios."""
+def check_stages(after_layers, keep_ratios, num_layers: int | None = None) -> None:
+    """Validate stage layers (1-based, strictly increasing, inside a `num_layers` model when it is given: a stage
+    after the last layer would prune nothing) and keep ratios (in (0, 1], non-increasing). The one validator of
+    a stage schedule: the pruner's config, inference's ratios and the cost model all call it."""
     if len(after_layers) == 0:
         raise ValueError("after_layers must name at least one stage.")
     if len(after_layers) != len(keep_ratios):
@@ -134,7 +136,7 @@ def check_stages(after_layers, keep_ratios, num_layers: int) -> None:
     for prev, ratio in zip(keep_ratios, keep_ratios[1:]):
         if ratio > prev:
             raise ValueError(f"keep_ratios={list(keep_ratios)} must be non-increasing ({ratio} > {prev}).")
-    for layer in after_layers:
+    for layer in after_layers if num_layers is not None else ():
         if not 1 <= layer < num_layers:
             raise ValueError(
                 f"after layer {layer} in after_layers={list(after_layers)} is outside the model: "

@@ -51,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import check_stages
 from .plphp import ceil_count
 
 DECISION_BLOCKS = 2
@@ -76,35 +77,19 @@ class PruningPlan:
     def __post_init__(self):
         object.__setattr__(self, "after_layers", tuple(int(x) for x in self.after_layers))
         object.__setattr__(self, "keep_ratios", tuple(float(x) for x in self.keep_ratios))
-        _check_stages(self.after_layers, self.keep_ratios)
+        if self.after_layers or self.keep_ratios:
+            check_stages(self.after_layers, self.keep_ratios)
         if self.plphp is not None:
             object.__setattr__(self, "plphp", tuple(float(x) for x in self.plphp))
             _check_plphp(self.plphp, self.plphp_start_layer)
 
     def check_fits(self, num_layers: int) -> None:
         """Raise ValueError if a stage or PLPHP's start lies outside a ``num_layers`` decoder."""
-        for layer in self.after_layers:
-            if not 1 <= layer <= num_layers:
-                raise ValueError(f"after_layers: layer {layer} is outside the model's decoder "
-                                 f"layers 1..{num_layers}")
+        if self.after_layers:
+            check_stages(self.after_layers, self.keep_ratios, num_layers)
         if self.plphp is not None and self.plphp_start_layer >= num_layers:
             raise ValueError(f"plphp_start_layer={self.plphp_start_layer} is outside the model's "
                              f"decoder layers 0..{num_layers - 1}")
-
-
-def _check_stages(after_layers: tuple[int, ...], keep_ratios: tuple[float, ...]) -> None:
-    for ratio in keep_ratios:
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"keep_ratios: {ratio} is outside (0, 1]")
-    if len(after_layers) != len(keep_ratios):
-        raise ValueError(f"after_layers {list(after_layers)} and keep_ratios {list(keep_ratios)} "
-                         f"must have the same length (one keep ratio per stage)")
-    for prev, cur in zip(keep_ratios, keep_ratios[1:]):
-        if cur > prev:
-            raise ValueError(f"keep_ratios must not increase (they are cumulative): {cur} follows {prev}")
-    for prev, cur in zip(after_layers, after_layers[1:]):
-        if cur <= prev:
-            raise ValueError(f"after_layers must increase strictly: {cur} follows {prev}")
 
 
 def _check_plphp(plphp: tuple[float, ...], start_layer: int) -> None:

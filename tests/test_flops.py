@@ -182,13 +182,14 @@ def test_dtype_bytes_from_config_or_override(config_7b):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(after_layers=(1, 8), keep_ratios=(0.5,)), "same length"),
+    (dict(after_layers=(1, 8), keep_ratios=(0.5,)), "one entry per stage"),
     (dict(after_layers=(1,), keep_ratios=(0.0,)), r"0.0 is outside \(0, 1\]"),
     (dict(after_layers=(1,), keep_ratios=(1.2,)), r"1.2 is outside \(0, 1\]"),
-    (dict(after_layers=(1, 8), keep_ratios=(0.3, 0.5)), "must not increase"),
-    (dict(after_layers=(8, 1), keep_ratios=(0.5, 0.3)), "increase strictly"),
-    (dict(after_layers=(33,), keep_ratios=(0.5,)), r"layer 33 is outside .* 1\.\.32"),
-    (dict(after_layers=(0,), keep_ratios=(0.5,)), r"layer 0 is outside"),
+    (dict(after_layers=(1, 8), keep_ratios=(0.3, 0.5)), "must be non-increasing"),
+    (dict(after_layers=(8, 1), keep_ratios=(0.5, 0.3)), "must be strictly increasing"),
+    (dict(after_layers=(33,), keep_ratios=(0.5,)), r"layer 33 .*outside the model.*\[1, 31\]"),
+    (dict(after_layers=(32,), keep_ratios=(0.5,)), r"layer 32 .*outside the model"),  # after the last layer
+    (dict(after_layers=(0,), keep_ratios=(0.5,)), r"layer 0 .*outside the model"),
     (dict(plphp=(1.5, 0.3)), r"r=1.5 is outside \[0, 1\]"),
     (dict(plphp=(0.5, -0.1)), "delta_r=-0.1"),
     (dict(plphp=(0.5, 0.3), plphp_start_layer=40), "plphp_start_layer=40 is outside"),
@@ -228,9 +229,9 @@ def test_cli_defaults_to_unpruned(capsys, config_7b):
 @pytest.mark.parametrize("args, message", [
     (["--keep-ratios", "1.5"], r"argument --keep-ratios: 1.5 is outside \(0, 1\]"),
     (["--keep-ratios", "0.5"], "without --after-layers"),
-    (["--keep-ratios", "0.5", "0.6", "0.1"], "must not increase"),
-    (["--keep-ratios", "0.5", "0.3", "--after-layers", "1", "8", "16"], "same length"),
-    (["--keep-ratios", "0.5", "--after-layers", "40"], "layer 40 is outside"),
+    (["--keep-ratios", "0.5", "0.6", "0.1"], "must be non-increasing"),
+    (["--keep-ratios", "0.5", "0.3", "--after-layers", "1", "8", "16"], "one entry per stage"),
+    (["--keep-ratios", "0.5", "--after-layers", "40"], "layer 40 .*outside the model"),
 ])
 def test_cli_reports_bad_input(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
