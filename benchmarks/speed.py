@@ -52,20 +52,8 @@ def build_model(args, device, dtype):
     """A random LLaVA whose language model has LLaVA-1.5's proportions (head dim 64 at this size, MLP 2.69x)."""
     model = tiny_llava(seed=0, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64,
                        num_kv_heads=args.hidden // 64, vocab_size=32064, image_size=96, patch_size=4,
-                       vision_hidden=64, vision_layers=1)
-    text = model.config.text_config
-    if text.intermediate_size != round(args.hidden * 11008 / 4096):  # LLaVA-1.5's MLP width, scaled
-        model = rebuild_with_mlp(model, round(args.hidden * 11008 / 4096))
+                       vision_hidden=64, vision_layers=1, intermediate_size=round(args.hidden * 11008 / 4096))
     return model.to(device=device, dtype=dtype)
-
-
-def rebuild_with_mlp(model, width):
-    from transformers import LlavaForConditionalGeneration
-
-    config = model.config
-    config.text_config.intermediate_size = width
-    torch.manual_seed(0)
-    return LlavaForConditionalGeneration(config).eval()
 
 
 def methods_for(model) -> list[Method]:

@@ -2,8 +2,8 @@
 
 A checkpoint is written into a hidden temporary folder `output_dir/.tmp-checkpoint-<step>/`; a completion
 marker (`checkpoint_complete.json`, holding the step) is written last, and only then is the folder renamed to
-its final name. A run killed while saving therefore leaves at worst a temporary folder; `latest_checkpoint` ignores it and
-`clean_incomplete` removes it. A `checkpoint-*` folder without a marker (another tool's: HF Trainer uses the
+its final name. A run killed while saving therefore leaves at worst a temporary folder; `resume_candidates`
+ignores it and `clean_incomplete` removes it. A `checkpoint-*` folder without a marker (another tool's: HF Trainer uses the
 same names) is ignored and never deleted.
 
     staging = begin_checkpoint(output_dir, step)      # empty folder to write into
@@ -93,12 +93,6 @@ def list_checkpoints(output_dir) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(output_dir) -> Path | None:
-    """The newest complete checkpoint in `output_dir`, or None."""
-    found = list_checkpoints(output_dir)
-    return found[-1][1] if found else None
-
-
 def clean_incomplete(output_dir) -> list[Path]:
     """Remove lvprune's own staging folders (`.tmp-checkpoint-<n>`) left by killed saves; returns them."""
     root = Path(output_dir)
@@ -122,17 +116,18 @@ def rotate_checkpoints(output_dir, keep: int | None) -> list[Path]:
     return old
 
 
-def resolve_resume(output_dir, resume: str | None) -> Path | None:
-    """What `--resume_from_checkpoint` names: None/"" -> None; "latest" -> the newest complete checkpoint of
-    `output_dir` (None if there is none yet, so a preempted job can be relaunched with the same command);
-    a path -> that checkpoint, which must be complete."""
+def resume_candidates(output_dir, resume: str | None) -> list[Path]:
+    """The checkpoints `--resume_from_checkpoint` names, in the order to try them: None/"" -> none; "latest" ->
+    every complete checkpoint of `output_dir`, newest first (none yet: a preempted job can be relaunched with
+    the same command; a damaged newest one falls back to the one before); a path -> that checkpoint, which
+    must be complete."""
     if not resume:
-        return None
+        return []
     if resume == "latest":
-        return latest_checkpoint(output_dir)
+        return [path for _, path in reversed(list_checkpoints(output_dir))]
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint={resume!r}: no such folder.")
     if not is_complete(path):
         raise ValueError(f"resume_from_checkpoint={resume!r} is incomplete (no {MARKER}); a save was interrupted.")
-    return path
+    return [path]

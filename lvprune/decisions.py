@@ -18,9 +18,10 @@ def sample_decisions(gamma: torch.Tensor, tau: float) -> torch.Tensor:
     return F.gumbel_softmax(gamma.float(), tau=tau, hard=True)[..., 0]
 
 
-def keep_counts(num_vision: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Tokens kept at a stage, `round(ratio × |I_V|)` per sample: num_vision [B] -> [B] long."""
-    return torch.round(num_vision.double() * ratio).long()
+def keep_counts(num_vision: list[int], ratio: float) -> list[int]:
+    """Tokens kept at a stage, `round(ratio × |I_V|)` per sample (halves to even), on the host: the widths of the
+    stage follow from them without reading the device."""
+    return [round(n * ratio) for n in num_vision]
 
 
 def topk_decisions(score: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor,

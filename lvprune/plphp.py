@@ -83,14 +83,13 @@ class PLPHPConfig(CachePress):
 
     # ---------------------------------------------------------------- as a cache press
 
-    def vision_counts(self, scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
-        """`ceil(rate × n)` per head, the rate from the layer's class: scores [B, Hkv, K], vision [B, 1, K] -> [B]."""
-        return self.counts(self.classes(vision_attention(scores, vision)), vision.sum(-1)[:, 0])
-
-    def layer_stats(self, scores: torch.Tensor, vision: torch.Tensor) -> dict:
+    def vision_counts(self, scores: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """`ceil(rate × n)` per head, the rate from the layer's class, and the class, rate and `v_l` per sample:
+        scores [B, Hkv, K], vision [B, 1, K] -> [B], stats."""
         attention = vision_attention(scores, vision)
         cls, rate = self.rates(attention)
-        return dict(plphp_class=cls, plphp_rate=rate, vision_attention=attention)
+        stats = dict(plphp_class=cls, plphp_rate=rate, vision_attention=attention)
+        return self.counts(cls, vision.sum(-1)[:, 0]), stats
 
     def counts(self, cls: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Vision tokens each KV head keeps, exactly `ceil(rate × present)` (`allocation="sample"`), or that count's

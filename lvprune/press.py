@@ -1,6 +1,7 @@
 """Cache presses: after the prefill of each layer from `start_layer` on, a press decides which cached slots each
 KV head keeps. PLPHP (`lvprune.plphp.PLPHPConfig`) is one; a new method is one subclass overriding
-`vision_counts` (how many vision slots a head keeps) and, if it ranks otherwise, `vision_scores`:
+`vision_counts` (how many vision slots a head keeps, and the layer's figures for `pruning_stats`) and, if it
+ranks otherwise, `vision_scores`:
 
     @dataclass(frozen=True)
     class KeepEarliest(CachePress):
@@ -8,7 +9,7 @@ KV head keeps. PLPHP (`lvprune.plphp.PLPHPConfig`) is one; a new method is one s
         start_layer: int = 2                             # the first 0-based layer pressed
 
         def vision_counts(self, scores, vision):           # how many vision slots each head of sample b keeps
-            return torch.ceil(vision.sum(-1)[:, 0] * self.fraction).long()
+            return torch.ceil(vision.sum(-1)[:, 0] * self.fraction).long(), {}
 
         def vision_scores(self, scores, vision):           # which ones: the highest scores win
             return -torch.arange(scores.shape[-1], dtype=scores.dtype).expand_as(scores)
@@ -33,17 +34,14 @@ class CachePress:
 
     # ---------------------------------------------------------------- the override points
 
-    def vision_counts(self, scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
-        """Vision slots each KV head of sample b keeps: scores [B, Hkv, K], vision [B, 1, K] bool -> [B] long."""
+    def vision_counts(self, scores: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Vision slots each KV head of sample b keeps, and the layer's own per-sample figures for `pruning_stats`
+        (device tensors): scores [B, Hkv, K], vision [B, 1, K] bool -> counts [B] long, stats."""
         raise NotImplementedError
 
     def vision_scores(self, scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
         """Per-head ranking of the slots (highest kept): [B, Hkv, K]. Default: the last prompt token's attention."""
         return scores
-
-    def layer_stats(self, scores: torch.Tensor, vision: torch.Tensor) -> dict:
-        """Extra per-sample figures of the layer for `pruning_stats` (device tensors; none by default)."""
-        return {}
 
     # ---------------------------------------------------------------- applying a press
 
@@ -55,11 +53,11 @@ class CachePress:
         vision slots each head of a sample keeps (a host list: the layer's one host sync) and the layer's stats.
         """
         vision = book.vision & book.valid  # [B, 1, K]
-        counts = self.vision_counts(scores, vision)
+        counts, extra = self.vision_counts(scores, vision)
         on_host = counts.tolist()
         protected = book.order == last[:, None, None]  # [B, 1, K]: ranked first, within the count
         ranked = self.vision_scores(scores, vision).masked_fill(protected, float("inf"))
         chosen = top_counts(ranked.masked_fill(~vision, float("-inf")), counts, max(on_host, default=0)) & vision
         keep = chosen | (book.valid & ~book.vision) | (protected & book.valid)
-        stats = dict(vision_tokens=vision.sum(-1)[:, 0], kept_per_head=chosen.sum(-1), **self.layer_stats(scores, vision))
+        stats = dict(vision_tokens=vision.sum(-1)[:, 0], kept_per_head=chosen.sum(-1), **extra)
         return keep, on_host, stats

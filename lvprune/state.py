@@ -170,15 +170,15 @@ class PruningState:
         present = vision if self.keep is None else vision & (self.keep > 0)
         queries_width = max(self.host.vision if self.sample else self.present, default=0)
         gamma, slots = self._scores(stage, hidden, vision if self.sample else present, queries_width)
-        counts = keep_counts(self.num_vision, self.keep_ratios[stage])
-        kept = self.host.kept([round(n * self.keep_ratios[stage]) for n in self.host.vision])  # as keep_counts
+        counts = keep_counts(self.host.vision, self.keep_ratios[stage])
+        kept = self.host.kept(counts)
         # The last prompt token is kept, within the count (it ranks first): [B, V] over the query slots.
         last = (gather_rows(self.rows.order[:, 0], slots.index) == self.last[:, None]) & slots.real
         if self.sample:
             decided = sample_decisions(gamma, self.pruner.config.gumbel_tau)
         else:
             score = keep_score(gamma, self.pruner.config.rank_by).float().masked_fill(last, float("inf"))
-            decided = topk_decisions(score, slots.real, counts, max(kept, default=0))
+            decided = topk_decisions(score, slots.real, torch.tensor(counts, device=score.device), max(kept, default=0))
             self.present = kept
         # Fillers write a neutral 1 onto rows that are not queries (slot indices are distinct).
         decided = torch.where(slots.real & ~last, decided, torch.ones_like(decided))

@@ -1,7 +1,7 @@
 """`PruningStats`: what a pruned prefill kept, layer by layer, and what its KV cache weighs.
 
-The prefill only gathers small device tensors (counts per sample and head); they are read to the host the
-first time a figure is asked for, so a served model that never looks pays no host synchronisation for them.
+The prefill only keeps its books and a press's per-sample tensors; the figures are computed and read to the
+host the first time one is asked for, so a served model that never looks pays neither work nor a host sync.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from functools import cached_property
 import torch
 
 from .contract import cache_layers
+from .plphp import CLASSES
 
 
 @dataclass
@@ -49,16 +50,15 @@ class PruningStats:
     """
 
     def __init__(self, state):
-        rows = state.rows
-        self.positions = torch.where(rows.valid[:, 0], rows.order[:, 0], -1)
-        self._layers = [_layer_tensors(book, extra, width)
-                        for book, extra, width in zip(state.books, state.layer_stats, state.widths)]
-        self.kv_cache_bytes = self.kv_cache_bytes_unpruned = 0
-        self._per_prompt_slots = None
+        # The prefill's books and figures, kept as they are: everything is computed on first read.
+        self._rows, self._books = state.rows, list(state.books)
+        self._extras, self._widths = state.layer_stats, list(state.widths)
+        self.kv_cache_bytes = self.kv_cache_bytes_unpruned = self._slot_bytes = 0
         if state.cache is not None:
             self._measure_cache(state)
 
     def _measure_cache(self, state) -> None:
+        """The cache's bytes, from its tensors' shapes (no device work)."""
         filled = cache_layers(state.cache)
         if not filled or filled[0].keys is None:
             # The model filled another cache than lvprune's: its cache keyword has changed (lvprune.contract).
@@ -67,17 +67,21 @@ class PruningStats:
         batch, kv_heads, _, head_dim = filled[0].keys.shape
         self._slot_bytes = 2 * kv_heads * head_dim * filled[0].keys.element_size()  # K and V, all heads
         self.kv_cache_bytes = state.cache.nbytes()
-        self.kv_cache_bytes_unpruned = len(state.books) * batch * state.seen * self._slot_bytes
-        # Alone, a sample's cache is as wide as its widest head: real slots only, no fillers.
-        self._per_prompt_slots = torch.stack([book.valid.sum(-1).amax(-1).sum() for book in state.books]).sum()
+        self.kv_cache_bytes_unpruned = len(self._books) * batch * state.seen * self._slot_bytes
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        return torch.where(self._rows.valid[:, 0], self._rows.order[:, 0], -1)
 
     @cached_property
     def kv_cache_bytes_per_prompt(self) -> int:
-        return 0 if self._per_prompt_slots is None else int(self._per_prompt_slots) * self._slot_bytes
+        # Alone, a sample's cache is as wide as its widest head: real slots only, no fillers.
+        slots = sum(int(book.valid.sum(-1).amax(-1).sum()) for book in self._books) if self._slot_bytes else 0
+        return slots * self._slot_bytes
 
     @cached_property
     def layers(self) -> list[LayerStats]:
-        return [_to_host(raw) for raw in self._layers]
+        return [_layer(book, extra, width) for book, extra, width in zip(self._books, self._extras, self._widths)]
 
     @property
     def kv_cache_fraction(self) -> float:
@@ -89,18 +93,12 @@ class PruningStats:
                 f"layers={self.layers})")
 
 
-def _layer_tensors(book, extra: dict, width: int) -> dict:
-    """A layer's figures as device tensors (no host synchronisation)."""
+def _layer(book, extra: dict, width: int) -> LayerStats:
+    """A layer's figures: a press's own (`extra`), else counted from the layer's book."""
     raw = dict(width=width, cache_width=book.order.shape[-1], **extra)
     if "kept_per_head" not in extra:
         kept = (book.vision & book.valid).sum(-1)  # [B, h]
         raw.update(vision_tokens=kept.amax(-1), kept_per_head=kept)
-    return raw
-
-
-def _to_host(raw: dict) -> LayerStats:
-    from .plphp import CLASSES
-
     plphp = "plphp_class" in raw
     return LayerStats(
         raw["vision_tokens"].tolist(), raw["kept_per_head"].tolist(), raw["width"], raw["cache_width"],

@@ -10,10 +10,12 @@ PAD_TOKEN_ID = 0
 
 
 def tiny_llava_config(*, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, vocab_size=96,
-                      image_size=16, patch_size=4, vision_hidden=32, vision_layers=2) -> LlavaConfig:
-    """A LLaVA-1.5-shaped config: CLIP tower, 2-layer projector, Llama LM; `(image_size/patch_size)²` tokens/image."""
+                      image_size=16, patch_size=4, vision_hidden=32, vision_layers=2,
+                      intermediate_size=None) -> LlavaConfig:
+    """A LLaVA-1.5-shaped config: CLIP tower, 2-layer projector, Llama LM (MLP width `intermediate_size`, default
+    2 × hidden); `(image_size/patch_size)²` tokens/image."""
     text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         max_position_embeddings=4096, pad_token_id=PAD_TOKEN_ID, bos_token_id=1, eos_token_id=2,
     )

@@ -16,7 +16,7 @@ class KeepEarliest(CachePress):
     start_layer: int = 1
 
     def vision_counts(self, scores, vision):
-        return torch.ceil(vision.sum(-1)[:, 0] * self.fraction).long()
+        return torch.ceil(vision.sum(-1)[:, 0] * self.fraction).long(), {}
 
     def vision_scores(self, scores, vision):
         return -torch.arange(scores.shape[-1], dtype=scores.dtype).expand_as(scores)

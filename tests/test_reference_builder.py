@@ -10,6 +10,7 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from lvprune.data import build_processor
 from lvprune.data.shapes import COLOURS, NUMBERS, POSITIONS
+from lvprune.reference.cache import CHECKSUMS, verify_checksums
 from lvprune.reference import (
     REPORT_FILE,
     GroundingProbe,
@@ -46,6 +47,7 @@ def test_folder_loads_as_stock_llava_and_processor(folder):
     assert model.config.text_config.hidden_size == TINY.hidden_size
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
     assert not (folder / "data").exists()  # the training data is not kept with the model
+    assert verify_checksums(folder) == [] and (folder / CHECKSUMS).is_file()  # ready to be shipped as it is
 
 
 def test_processor_round_trip_and_vision_token_count(folder):

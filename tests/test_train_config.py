@@ -124,16 +124,16 @@ def _save(root, step):
 
 
 def test_atomic_checkpoints_and_resume_choice(tmp_path):
-    assert checkpointing.resolve_resume(tmp_path, "latest") is None  # nothing yet: start from scratch
+    assert checkpointing.resume_candidates(tmp_path, "latest") == []  # nothing yet: start from scratch
     for step in (5, 10):
         _save(tmp_path, step)
     checkpointing.begin_checkpoint(tmp_path, 15)  # killed while writing step 15
     (tmp_path / "checkpoint-20").mkdir()  # a folder without a marker: another tool's (HF Trainer's names)
     (tmp_path / "checkpoint-20" / "trainer_state.json").write_text("{}")
-    assert checkpointing.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert checkpointing.resume_candidates(tmp_path, "latest") == [tmp_path / "checkpoint-10", tmp_path / "checkpoint-5"]
     assert checkpointing.checkpoint_step(tmp_path / "checkpoint-10") == 10
     with pytest.raises(ValueError, match="incomplete"):
-        checkpointing.resolve_resume(tmp_path, str(tmp_path / "checkpoint-20"))
+        checkpointing.resume_candidates(tmp_path, str(tmp_path / "checkpoint-20"))
     removed = checkpointing.clean_incomplete(tmp_path)
     assert [p.name for p in removed] == [".tmp-checkpoint-15"]  # only lvprune's own staging folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-5"]

@@ -12,16 +12,19 @@ class DivergenceError(RuntimeError):
     """Training produced non-finite values; nothing non-finite was written."""
 
 
-def finite_step(accelerator, loss: torch.Tensor, grad_norm) -> tuple[bool, float, float]:
-    """Whether optimizer step's loss (summed over all processes) and gradient norm are finite.
+def finite_step(accelerator, loss: torch.Tensor, grad_norm, signal: int = 0) -> tuple[bool, float, float, int]:
+    """Whether an optimizer step's loss (summed over all processes) and gradient norm are finite.
 
     Every process gets the same answer (the loss is reduced, the norm is of the synced gradients), so all of
-    them skip or stop together. Returns (finite, loss, grad norm) as floats (NaN for a missing norm).
+    them skip or stop together. The same collective sums each process's pending stop `signal` (0: none), so a
+    preemption seen by one process stops them all after the same step. Returns (finite, loss, grad norm,
+    signal) as floats and an int (NaN for a missing norm; the signal > 0 if any process got one).
     """
-    total = float(accelerator.reduce(loss.detach().float().reshape(1), reduction="sum"))
+    values = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(signal), device=loss.device)])
+    total, signals = accelerator.reduce(values, reduction="sum").tolist()
     norm = float(grad_norm) if grad_norm is not None else math.nan
     finite = math.isfinite(total) and (grad_norm is None or math.isfinite(norm))
-    return finite, total, norm
+    return finite, total, norm, int(signals)
 
 
 def check_finite_weights(params, what: str) -> None:

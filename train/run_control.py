@@ -4,7 +4,7 @@ SLURM or Kubernetes, Ctrl-C, the launcher's death) turned into a checkpoint at t
     lock = OutputLock(output_dir)            # raises if another trainer holds output_dir
     stop = StopSignals()                     # SIGTERM / SIGINT set a flag instead of killing the process
     ...
-    if stop.agreed(accelerator):             # every process stops after the same step
+    if stop.agreed(signals):                 # summed over processes: every process stops after the same step
         save_checkpoint(...); sys.exit(stop.exit_code)
 """
 
@@ -17,7 +17,6 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
 
 LOCK_FILE = ".lvprune-train.lock"
 PR_SET_PDEATHSIG = 1
@@ -67,13 +66,16 @@ class StopSignals:
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping",
               file=sys.stderr, flush=True)
 
-    def agreed(self, accelerator) -> bool:
-        """Whether any process was asked to stop (a collective: every process calls it after each step)."""
-        flag = torch.tensor([0 if self.received is None else self.received], device=accelerator.device)
-        signum = int(accelerator.reduce(flag, reduction="sum")) if accelerator.num_processes > 1 else int(flag)
-        if signum and self.received is None:
+    @property
+    def pending(self) -> int:
+        """The signal this process received (0: none), for the step's collective (`health.finite_step`)."""
+        return int(self.received or 0)
+
+    def agreed(self, signals: int) -> bool:
+        """Whether any process was asked to stop, given the processes' `pending` summed: all then stop."""
+        if signals and self.received is None:
             self.received = signal.SIGTERM
-        return bool(signum)
+        return bool(signals)
 
     @property
     def exit_code(self) -> int:

@@ -55,13 +55,7 @@ def resume(accelerator, config, output_dir: Path, scheduler, trainable) -> int:
     With `latest`, a newest checkpoint that cannot be loaded (a damaged file, non-finite weights) is named and
     the one before it is tried, down to the oldest.
     """
-    if not config.resume_from_checkpoint:
-        return 0
-    latest = config.resume_from_checkpoint == "latest"
-    if latest:
-        candidates = [path for _, path in reversed(checkpointing.list_checkpoints(output_dir))]
-    else:
-        candidates = [checkpointing.resolve_resume(output_dir, config.resume_from_checkpoint)]
+    candidates = checkpointing.resume_candidates(output_dir, config.resume_from_checkpoint)
     for path in candidates:
         try:
             step = saving.load_checkpoint(accelerator, path, scheduler, config.gradient_accumulation_steps)
@@ -69,7 +63,7 @@ def resume(accelerator, config, output_dir: Path, scheduler, trainable) -> int:
         except saving.UnsafeCheckpoint:
             raise
         except Exception as error:
-            if not latest:
+            if len(candidates) == 1:
                 raise
             accelerator.print(f"cannot resume from {path} ({type(error).__name__}: {error}); trying the one before")
             continue
@@ -78,6 +72,6 @@ def resume(accelerator, config, output_dir: Path, scheduler, trainable) -> int:
         accelerator.print(f"resumed from {path} at step {step}")
         return step
     if candidates:
-        raise saving.ResumeError(f"none of the checkpoints in {output_dir} could be loaded (see above); move them away "
-                              "to start afresh.")
+        raise saving.ResumeError(f"none of the checkpoints in {output_dir} could be loaded (see above); move them "
+                                 "away to start afresh.")
     return 0

@@ -192,7 +192,7 @@ def train_steps(accelerator, config, model, optimizer, scheduler, stream, traina
         loss = sum(micro_step(accelerator, config, model, next(stream), step + 1, metrics) for _ in range(accum))
         assert accelerator.sync_gradients, "an optimizer step must close an accumulation window"
         grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
-        finite, total, norm = finite_step(accelerator, loss, grad_norm)
+        finite, total, norm, signals = finite_step(accelerator, loss, grad_norm, stop.pending)
         if finite:
             optimizer.step()
         else:
@@ -211,10 +211,10 @@ def train_steps(accelerator, config, model, optimizer, scheduler, stream, traina
         if done % config.logging_steps == 0 or done == steps.stop:
             last = {**metrics.compute(), "lr": scheduler.get_last_lr()[0], "step_time_s": step_time}
             if grad_norm is not None:
-                last["grad_norm"] = float(grad_norm)
+                last["grad_norm"] = norm
             log(accelerator, config, done, last)
             progress.set_postfix(loss=f"{last['loss']:.4f}", kept=f"{last['kept_fraction/stage_0']:.2f}")
-        stopping = stop.agreed(accelerator)
+        stopping = stop.agreed(signals)
         scheduled = (config.save_steps and done % config.save_steps == 0) or done == config.stop_after_steps
         if scheduled or stopping:
             check_finite_weights(trainable, f"the trainable weights after step {done}")

@@ -160,10 +160,9 @@ def iter_valid_records(json_path, image_folder, processor, stats: LoadStats, opt
     stats.skipped.clear()
     per_image = image_seq_length(processor) if options.max_length is not None else 0
     for index, raw in enumerate(read_records(json_path)):
-        record = None if isinstance(raw, Unreadable) else normalize_record(raw, index)
         if isinstance(raw, Unreadable):
             stats.skip("unreadable_line", raw.where, raw.why)
-        elif record is None:
+        elif (record := normalize_record(raw, index)) is None:
             stats.skip("malformed", str(raw.get("id", index)) if isinstance(raw, dict) else str(index))
         elif problem := skip_reason(record, image_folder, processor, options, per_image):
             stats.skip(problem[0], record["id"], problem[1])

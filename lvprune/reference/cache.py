@@ -76,6 +76,7 @@ def reference_base(cache_dir: str | Path | None = None, config: ReferenceConfig 
     try:
         train_reference(staging, config, data_dir=staging / "data", progress=progress)
         shutil.rmtree(staging / "data")
+        write_checksums(staging)  # a rebuilt default can replace the shipped one as it is
         if folder.exists():
             folder.rmdir()  # only an empty folder may be replaced
         staging.rename(folder)
