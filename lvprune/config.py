@@ -32,6 +32,8 @@ class LVPrunerConfig(PreTrainedConfig):
             Gumbel decision of training thresholds (softmax is shift-invariant, so `γ₀` alone is not pinned down
             by training); `"keep_logit"` sorts by `γ₀` as the paper's text literally says.
         image_token_id: the base model's vision placeholder id (copied from its config, informative).
+        base_model_type: the base's `config.model_type` (`llava`, `qwen2_vl`, ...); a pruner is refused by a base
+            of another family even where the sizes agree (None, in pruners saved before it was recorded: unchecked).
         base_model_name_or_path: what the pruner was trained on (informative; written in model cards).
     """
 
@@ -55,6 +57,7 @@ class LVPrunerConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     image_token_id: int | None = None
+    base_model_type: str | None = None
     base_model_name_or_path: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -88,7 +91,7 @@ class LVPrunerConfig(PreTrainedConfig):
 
     @classmethod
     def from_base_config(cls, base_config, **overrides) -> "LVPrunerConfig":
-        """Size a pruner for a LLaVA config (`LlavaConfig` or its text config).
+        """Size a pruner for a base model's config (`LlavaConfig`, `Qwen2VLConfig`, ... or its text config).
 
         Unless `after_layers` is given, the paper's `(1, 8, 16)` of 32 layers is scaled to the base's depth.
         """
@@ -98,6 +101,7 @@ class LVPrunerConfig(PreTrainedConfig):
             hidden_size=text.hidden_size,
             num_hidden_layers=depth,
             image_token_id=getattr(base_config, "image_token_id", None),
+            base_model_type=getattr(base_config, "model_type", None),
             base_model_name_or_path=getattr(base_config, "_name_or_path", None) or None,
         )
         values.update(overrides)
@@ -108,6 +112,11 @@ class LVPrunerConfig(PreTrainedConfig):
 
     def check_base(self, base_config) -> None:
         """Raise `ValueError` if this pruner does not fit the base model `base_config`."""
+        model_type = getattr(base_config, "model_type", None)
+        if self.base_model_type is not None and getattr(base_config, "text_config", None) is not None \
+                and model_type != self.base_model_type:
+            raise ValueError(f"pruner was trained on a {self.base_model_type!r} model, the base is {model_type!r}: "
+                             "its decision modules read another model's hidden states.")
         text = getattr(base_config, "text_config", base_config)
         if text.hidden_size != self.hidden_size:
             raise ValueError(

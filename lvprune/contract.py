@@ -2,8 +2,9 @@
 
 lvprune integrates with stock models only through what this module names: the model-call keyword that
 carries the KV cache, the output field that returns it, the cache class and its per-layer `keys`/`values`,
-the attention-function registry and the SDPA/eager helpers, where the decoder layers and the text config
-are, and the config field that marks vision tokens. A rename in a new transformers release is a change here.
+the attention-function registry and the SDPA/eager helpers, and where the decoder layers and the text config
+are. What differs between model families (which ids are vision tokens, what a batch carries) is in
+`lvprune.backbones`. A rename in a new transformers release is a change here.
 
 Names are read from the installed code (signatures, dataclass fields), never from a version string.
 """
@@ -20,7 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 __all__ = [
     "CACHE_KWARGS", "DynamicCache", "activation_checkpointing", "POSITION_EMBEDDINGS_KWARG", "cache_kwarg", "cache_layers", "decoder_layers",
-    "image_token_id", "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "sdpa_attention_forward",
+    "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "sdpa_attention_forward",
     "set_text_attention", "text_attention", "text_config",
 ]
 
@@ -79,11 +80,11 @@ def cache_layers(cache) -> list:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The language model's decoder layers of a `LlavaForConditionalGeneration` (or its `LlavaModel`)."""
+    """The language model's decoder layers (`model.model.language_model.layers` in every supported family)."""
     inner = getattr(model, "model", model)
     language_model = getattr(inner, "language_model", None)
     if language_model is None or not hasattr(language_model, "layers"):
-        raise TypeError(f"{type(model).__name__} is not a LLaVA-style model with `model.language_model.layers`.")
+        raise TypeError(f"{type(model).__name__} has no `model.language_model.layers`: lvprune cannot find its decoder layers.")
     return language_model.layers
 
 
@@ -91,14 +92,6 @@ def text_config(model: nn.Module):
     """The language model's config."""
     return model.config.get_text_config()
 
-
-def image_token_id(model: nn.Module) -> int:
-    """The placeholder id of one vision token in `input_ids`."""
-    token = getattr(model.config, "image_token_id", None)
-    if token is None:
-        raise TypeError(f"{type(model).__name__}'s config has no `image_token_id`: lvprune cannot find its "
-                        "vision tokens.")
-    return token
 
 
 def activation_checkpointing(model: nn.Module) -> bool:
@@ -110,21 +103,17 @@ def activation_checkpointing(model: nn.Module) -> bool:
     return False
 
 
-# Multimodal families whose models add their own mask terms around images (bidirectional image blocks), which
-# lvprune's attention does not reproduce.
-BIDIRECTIONAL_IMAGE_BLOCKS = ("gemma3", "gemma3n", "paligemma")
-
-
 def unsupported_attention(model: nn.Module) -> str | None:
-    """Why lvprune's masks would not reproduce `model`'s attention (None: plain causal full attention)."""
+    """Why lvprune's masks would not reproduce `model`'s decoder attention (None: plain causal full attention).
+
+    Read from the text config, so a supported family configured with sliding windows is refused too.
+    """
     text = text_config(model)
     kinds = set(getattr(text, "layer_types", None) or ()) - {"full_attention"}
     if kinds:
         return f"its decoder layers use {', '.join(sorted(kinds))} attention"
     if getattr(text, "use_sliding_window", False) and getattr(text, "sliding_window", None):
         return f"its decoder layers use sliding-window attention (window {text.sliding_window})"
-    if getattr(model.config, "model_type", None) in BIDIRECTIONAL_IMAGE_BLOCKS:
-        return "it attends bidirectionally within image blocks"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Attaching lvprune to a stock LLaVA without editing its code.
+"""Attaching lvprune to a stock model of a supported family (`lvprune.backbones`) without editing its code.
 
 `LayerHooks` selects lvprune's registered attention function for the language model and puts forward hooks
 on its decoder layers: before each layer the hook hands it the rotary tables of the rows still present; after
@@ -13,6 +13,7 @@ from functools import partial
 from torch import nn
 
 from . import attention
+from .backbones import backbone_for
 from .contract import (POSITION_EMBEDDINGS_KWARG, decoder_layers, set_text_attention, text_attention,
                        unsupported_attention)
 
@@ -38,10 +39,12 @@ class LayerHooks:
     """Hooks and attention implementation of lvprune on `model`; `pruner` gives the stage layers (may be None)."""
 
     def __init__(self, model: nn.Module, pruner=None):
+        self.backbone = backbone_for(model.config)  # refuses a family lvprune does not reproduce
         reason = unsupported_attention(model)
         if reason is not None:
             raise ValueError(f"lvprune cannot prune {type(model).__name__}: {reason}, and lvprune's attention "
-                             "reproduces causal full attention only (LLaVA-style models).")
+                             "reproduces causal full attention only.")
+        self.vision_ids = self.backbone.vision_token_ids(model.config)
         self.model, self.pruner = model, pruner
         self.base_attention = text_attention(model)
         self.handles = []

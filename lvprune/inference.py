@@ -17,7 +17,8 @@ from torch import nn
 
 from .cache import PrunedCache
 from .config import check_stages
-from .contract import DynamicCache, cache_kwarg, decoder_layers, image_token_id, pop_cache, text_config
+from .backbones import backbone_for
+from .contract import DynamicCache, cache_kwarg, decoder_layers, pop_cache, text_config
 from .generation import CheckedGenerate
 from .hooks import STATE_KWARG, LayerHooks
 from .modeling import LVPrunerModel
@@ -32,7 +33,7 @@ class Pruning:
     """LVPruning (with `pruner`) and/or PLPHP (with `plphp`, or any cache press with `press`) on a loaded `model`.
 
     Args:
-        model: a `LlavaForConditionalGeneration`.
+        model: a model of a supported family (`lvprune.backbones`), e.g. a `LlavaForConditionalGeneration`.
         pruner: an `LVPrunerModel` built for this base, or None (no LVPruning).
         keep_ratios: stage ratios to apply instead of the pruner's training ratios (no retraining needed).
         plphp: a `PLPHPConfig`, or None (no PLPHP).
@@ -97,7 +98,7 @@ class Pruning:
     def _before_call(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
-            raise ValueError("a pruned model needs input_ids: vision positions come from config.image_token_id.")
+            raise ValueError("a pruned model needs input_ids: vision positions are its image and video placeholder ids.")
         labels = kwargs.pop("labels", None)  # scored here, over the kept rows (lvprune.scoring)
         cache = pop_cache(kwargs)
         if cache is not None and not isinstance(cache, DynamicCache):
@@ -128,7 +129,7 @@ class Pruning:
             self.pruner.to(input_ids.device)
         cache = PrunedCache(config=text_config(self.model)) if use_cache else None
         state = PruningState(
-            input_ids, kwargs.get("attention_mask"), image_token_id(self.model), self.num_layers, labels=labels,
+            input_ids, kwargs.get("attention_mask"), self.hooks.vision_ids, self.num_layers, labels=labels,
             pruner=self.pruner, keep_ratios=self.keep_ratios, sample=False, remove=True, press=self.press,
             cache=cache, base_attention=self.hooks.base_attention,
         )
@@ -172,20 +173,22 @@ def unprune(model: nn.Module) -> nn.Module:
 
 def load_pruned_model(base, pruner=None, *, keep_ratios=None, plphp: PLPHPConfig | None = None,
                       press: CachePress | None = None, **kwargs):
-    """Load a LLaVA whose `forward` and `generate` prune vision tokens.
+    """Load a vision-language model whose `forward` and `generate` prune vision tokens.
 
     Args:
-        base: a path, a Hub id or a loaded `LlavaForConditionalGeneration`.
+        base: a path, a Hub id or a loaded model of a supported family (loaded with
+            `AutoModelForImageTextToText`; an unsupported family is refused before its weights load).
         pruner: a path, a Hub id, an `LVPrunerModel`, or None (no LVPruning).
         keep_ratios: inference ratios for the pruner's stages (default: its training ratios).
         plphp: a `PLPHPConfig`, or None; press: another `CachePress` instead.
         **kwargs: passed to `from_pretrained` of the base (`dtype`, `device_map`, ...); the pruner follows the
             base's dtype and device.
     """
-    from transformers import LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
-        base = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
+        backbone_for(AutoConfig.from_pretrained(base, **_config_kwargs(kwargs)))
+        base = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
     base.eval()
     if pruner is not None and not isinstance(pruner, LVPrunerModel):
         pruner = LVPrunerModel.from_pretrained(pruner)
@@ -194,3 +197,9 @@ def load_pruned_model(base, pruner=None, *, keep_ratios=None, plphp: PLPHPConfig
         pruner.to(device=base.device, dtype=base.dtype)
     Pruning(base, pruner, keep_ratios=keep_ratios, plphp=plphp, press=press).attach()
     return base
+
+
+def _config_kwargs(kwargs: dict) -> dict:
+    """The `from_pretrained` arguments that also locate a config (revision, cache, token, ...)."""
+    keys = ("revision", "cache_dir", "token", "local_files_only", "trust_remote_code", "subfolder")
+    return {key: kwargs[key] for key in keys if key in kwargs}

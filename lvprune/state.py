@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from .backbones import vision_mask
 from .books import KeyBook, compact, gather_rows
 from .decisions import keep_counts, keep_score, sample_decisions, topk_decisions
 
@@ -54,7 +55,7 @@ class PruningState:
     """Pruning bookkeeping of one call.
 
     Args:
-        input_ids: [B, N] prompt ids; vision positions are `input_ids == image_token_id`.
+        input_ids: [B, N] prompt ids; vision positions hold one of `vision_ids` (the backbone's image and video ids).
         attention_mask: [B, N] 1 for real tokens, 0 for padding (None: no padding).
         labels: [B, N] or None; supervised answer tokens (labels != -100) are never decision-module keys.
         pruner: an `LVPrunerModel` or None; keep_ratios: the stage ratios to apply (default: the pruner's).
@@ -64,10 +65,10 @@ class PruningState:
         base_attention: the attention implementation the heavy attention delegates to.
     """
 
-    def __init__(self, input_ids, attention_mask, image_token_id, num_layers, *, labels=None, pruner=None,
+    def __init__(self, input_ids, attention_mask, vision_ids, num_layers, *, labels=None, pruner=None,
                  keep_ratios=None, sample=False, remove=True, press=None, cache=None, base_attention="sdpa"):
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        vision = (input_ids == image_token_id) & valid
+        vision = vision_mask(input_ids, vision_ids) & valid
         text_key = valid & ~vision if labels is None else valid & ~vision & (labels == -100)
         self.rows, self.text_key = KeyBook.from_sequence(valid, vision), text_key
         self.num_vision = vision.sum(-1)

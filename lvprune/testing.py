@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from .backbones import llava
 
 IMAGE_TOKEN_ID = 3
 PAD_TOKEN_ID = 0
@@ -14,19 +16,10 @@ def tiny_llava_config(*, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads
                       intermediate_size=None) -> LlavaConfig:
     """A LLaVA-1.5-shaped config: CLIP tower, 2-layer projector, Llama LM (MLP width `intermediate_size`, default
     2 × hidden); `(image_size/patch_size)²` tokens/image."""
-    text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=4096, pad_token_id=PAD_TOKEN_ID, bos_token_id=1, eos_token_id=2,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
-        num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden,
-    )
-    return LlavaConfig(
-        text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN_ID, vision_feature_layer=-1,
-        vision_feature_select_strategy="default", projector_hidden_act="gelu",
-    )
+    text = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
+                num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads)
+    return llava.tiny_config(image_size=image_size, patch_size=patch_size, vision_hidden=vision_hidden,
+                             vision_layers=vision_layers, text=text)
 
 
 def tiny_llava(seed: int = 0, **config_kwargs) -> LlavaForConditionalGeneration:
@@ -81,3 +74,57 @@ def pad_rows(rows, padding_side="left") -> dict:
         span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
         ids[b, span], mask[b, span] = row, 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+# ------------------------------------------------------------------------------ every supported family
+
+
+def tiny_model(model_type: str = "llava", seed: int = 0, attn: str = "sdpa", **config_overrides):
+    """A random tiny model of a supported family (`lvprune.backbones`), fp32, eval mode, attention `attn`."""
+    from transformers import AutoModelForImageTextToText
+
+    from .backbones import supported
+
+    config = supported()[model_type].tiny_config(**config_overrides)
+    torch.manual_seed(seed)
+    return AutoModelForImageTextToText.from_config(config, attn_implementation=attn).eval()
+
+
+def vision_tokens_per_image(model, vision_inputs: dict) -> list[int]:
+    """How many placeholder tokens each image of `vision_inputs` needs: what the stock model's
+    `get_image_features` returns for it (so the count is the model's, not a formula of ours)."""
+    with torch.no_grad():
+        features = model.model.get_image_features(**vision_inputs)
+    features = getattr(features, "pooler_output", features)
+    if isinstance(features, torch.Tensor):
+        return [features.shape[1]] * features.shape[0]
+    return [len(f) for f in features]
+
+
+def family_batch(model, images_per_sample, text_lengths, *, padding_side="left", seed=0) -> dict:
+    """A padded batch of random prompts for `model` of any supported family: sample b holds
+    `images_per_sample[b]` images, each a block of placeholders placed among `text_lengths[b]` random text
+    tokens, plus the family's vision inputs (`pixel_values`, `image_sizes`, `image_grid_thw`, ...) and
+    per-token inputs (`mm_token_type_ids`)."""
+    from .backbones import TINY_FIRST_TEXT_ID, backbone_for
+
+    backbone = backbone_for(model.config)
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(images_per_sample)
+    vision = backbone.random_images(model.config, total, generator) if total else {}
+    per_image = iter(vision_tokens_per_image(model, vision) if total else [])
+    image_id = backbone.vision_token_ids(model.config)[0]
+    rows = []
+    for n_images, n_text in zip(images_per_sample, text_lengths):
+        text = torch.randint(TINY_FIRST_TEXT_ID, model.config.get_text_config().vocab_size, (n_text,),
+                             generator=generator)
+        cuts = sorted(torch.randint(0, n_text, (n_images,), generator=generator).tolist())
+        pieces, start = [], 0
+        for cut in cuts:
+            pieces += [text[start:cut], torch.full((next(per_image),), image_id)]
+            start = cut
+        rows.append(torch.cat(pieces + [text[start:]]))
+    batch = {**pad_rows(rows, padding_side), **vision}
+    if backbone.token_types is not None:
+        batch.update(backbone.token_types(batch["input_ids"], model.config))
+    return batch

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .contract import activation_checkpointing, decoder_layers, image_token_id
+from .contract import activation_checkpointing, decoder_layers
 from .hooks import STATE_KWARG, LayerHooks
 from .modeling import LVPrunerModel
 from .state import PruningState
@@ -49,9 +49,10 @@ def ratio_loss(fractions: torch.Tensor, targets, kind: str = "mse", delta: float
 
 
 class LVPruningForTraining(nn.Module):
-    """Train `pruner` on a frozen `base_model` (`LlavaForConditionalGeneration`).
+    """Train `pruner` on a frozen `base_model` of a supported family (`lvprune.backbones`).
 
-    `forward(input_ids, attention_mask, pixel_values, labels, ...)` returns an `LVPruningOutput`.
+    `forward(input_ids, attention_mask, pixel_values, labels, ...)` returns an `LVPruningOutput`; the family's
+    other inputs (`image_sizes`, `image_grid_thw`, `mm_token_type_ids`, ...) pass through to the base.
     Only the pruner has `requires_grad`; the base stays in eval mode (no dropout) whatever the mode.
     """
 
@@ -64,7 +65,6 @@ class LVPruningForTraining(nn.Module):
         self.base_model, self.pruner = base_model, pruner
         self.base_model.requires_grad_(False)
         self.num_layers = len(decoder_layers(base_model))
-        self.image_token_id = image_token_id(base_model)
         self.hooks = LayerHooks(base_model, pruner).attach()
         self.train(False)
 
@@ -75,7 +75,7 @@ class LVPruningForTraining(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs) -> LVPruningOutput:
         state = PruningState(
-            input_ids, attention_mask, self.image_token_id, self.num_layers, labels=labels, pruner=self.pruner,
+            input_ids, attention_mask, self.hooks.vision_ids, self.num_layers, labels=labels, pruner=self.pruner,
             sample=self.training, remove=False, base_attention=self.hooks.base_attention,
         )
         kwargs[STATE_KWARG] = state

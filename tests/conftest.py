@@ -5,7 +5,12 @@ import socket
 import pytest
 import torch
 
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
 import lvprune
+from lvprune.backbones import backbone_for
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
 from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
 
@@ -64,29 +69,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PLACEHOLDERS = (3, 4)  # the tiny configs' image and video ids: a re-run prompt must not hold generated ones
+
+
 def generated_with_masked_reference(base, pruner, batch, ratios, steps):
     """Greedy decoding by re-running the masked training forward (eval mode) on prompt + answer so far.
 
     The answer tokens are labelled, so they are never decision keys: decisions stay those of the prompt.
-    Positions follow the attention mask, as `generate` numbers them.
+    Positions follow the attention mask, as `generate` numbers them (families with 3-D positions compute theirs
+    from the per-token inputs, extended over the answer as text).
     """
+    backbone = backbone_for(base.config)
     config = LVPrunerModel(pruner.config.__class__(**{**pruner.config.to_dict(), "keep_ratios": ratios}))
     config.load_state_dict(pruner.state_dict())
     trainer = LVPruningForTraining(base, config).eval()
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     first_logits = None
     try:
         for _ in range(steps):
             labels = torch.full_like(ids, -100)
             labels[:, batch["input_ids"].shape[1]:] = ids[:, batch["input_ids"].shape[1]:]
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            grown = {k: _extend(v, ids.shape[1]) if k in backbone.token_inputs else v for k, v in extra.items()}
+            if not backbone.token_inputs:
+                grown["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                logits = trainer(input_ids=ids, attention_mask=mask, pixel_values=batch.get("pixel_values"),
-                                 labels=labels, position_ids=positions).logits[:, -1]
+                logits = trainer(input_ids=ids, attention_mask=mask, labels=labels, **grown).logits[:, -1]
             first_logits = logits if first_logits is None else first_logits
-            next_ids = logits.index_fill(-1, torch.tensor([IMAGE_TOKEN_ID]), float("-inf")).argmax(-1, keepdim=True)
+            next_ids = logits.index_fill(-1, torch.tensor(PLACEHOLDERS), float("-inf")).argmax(-1, keepdim=True)
             ids = torch.cat([ids, next_ids], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     finally:
         trainer.unwrap()
     return first_logits, ids
+
+
+def _extend(per_token: torch.Tensor, width: int) -> torch.Tensor:
+    """A per-token input [B, N] padded with zeros (text) on the right to `width`."""
+    return torch.nn.functional.pad(per_token, (0, width - per_token.shape[1]))
+
+
+def register_per_head_reference(keep_sets):
+    """A stock-SDPA attention whose decode steps mask, per layer and KV head, the keys PLPHP dropped."""
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        keep = keep_sets.get(module.layer_idx)
+        if query.shape[2] != 1 or keep is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        allowed = torch.ones(key.shape[0], key.shape[1], 1, key.shape[2], dtype=torch.bool)
+        allowed[..., : keep.shape[-1]] = keep[:, :, None, :]
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[..., -key.shape[2]:]
+        allowed = allowed.repeat_interleave(module.num_key_value_groups, dim=1)
+        return sdpa_attention_forward(module, query, key, value, allowed, **kwargs)
+
+    AttentionInterface.register("per_head_reference", attention)
+    AttentionMaskInterface.register("per_head_reference", sdpa_mask)
+
+
+def per_head_keep_sets(state, prompt_length: int, start_layer: int) -> dict:
+    """layer -> [B, kv_heads, prompt_length] bool: the prompt slots each head of a pressed cache still holds."""
+    keep_sets = {}
+    for layer, book in enumerate(state.books):
+        if layer >= start_layer:
+            prompt = book.order < prompt_length
+            keep = torch.zeros(book.order.shape[0], book.order.shape[1], prompt_length, dtype=torch.bool)
+            keep.scatter_(-1, torch.where(prompt & book.valid, book.order, 0), prompt & book.valid)
+            keep[..., 0] |= ((book.order == 0) & book.valid).any(-1)
+            keep_sets[layer] = keep
+    return keep_sets

@@ -2,15 +2,12 @@
 
 import pytest
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import lvprune
 from lvprune import LVPrunerModel, PLPHPConfig, load_pruned_model, pruning, unprune
 from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
 
-from conftest import assert_close, generated_with_masked_reference
+from conftest import assert_close, generated_with_masked_reference, per_head_keep_sets, register_per_head_reference
 from earliest_press import KeepEarliest
 
 # Random tiny models may otherwise generate the image placeholder, which a re-run prompt could not hold.
@@ -72,24 +69,6 @@ def test_kept_tokens_keep_their_unpruned_rotary_positions(base, pruner, mixed_ba
     assert out.past_key_values.get_seq_length() == mask.shape[1] + 2
 
 
-def register_per_head_reference(keep_sets):
-    """A stock-SDPA attention whose decode steps mask, per layer and KV head, the keys PLPHP dropped."""
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        keep = keep_sets.get(module.layer_idx)
-        if query.shape[2] != 1 or keep is None:
-            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        allowed = torch.ones(key.shape[0], key.shape[1], 1, key.shape[2], dtype=torch.bool)
-        allowed[..., : keep.shape[-1]] = keep[:, :, None, :]
-        if attention_mask is not None:
-            allowed = allowed & attention_mask[..., -key.shape[2]:]
-        allowed = allowed.repeat_interleave(module.num_key_value_groups, dim=1)
-        return sdpa_attention_forward(module, query, key, value, allowed, **kwargs)
-
-    AttentionInterface.register("per_head_reference", attention)
-    AttentionMaskInterface.register("per_head_reference", sdpa_mask)
-
-
 @pytest.mark.parametrize("press", [
     PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1),
     PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, allocation="batch"),
@@ -101,14 +80,7 @@ def test_press_equals_per_head_masked_reference(base, pruner, mixed_batch, prune
                          output_logits=True, return_dict_in_generate=True)
     state = out.past_key_values.state
     n = mixed_batch["input_ids"].shape[1]
-    keep_sets = {}
-    for layer, book in enumerate(state.books):
-        if layer >= press.start_layer:
-            prompt = book.order < n
-            keep = torch.zeros(book.order.shape[0], book.order.shape[1], n, dtype=torch.bool)
-            keep.scatter_(-1, torch.where(prompt & book.valid, book.order, 0), prompt & book.valid)
-            keep[..., 0] |= ((book.order == 0) & book.valid).any(-1)
-            keep_sets[layer] = keep
+    keep_sets = per_head_keep_sets(state, n, press.start_layer)
     assert any(not k.all() for k in keep_sets.values()), "PLPHP must have dropped something"
     stats = model.pruning_stats
     assert stats.layers[2].kept_per_head != [[stats.layers[2].vision_tokens[b]] * 2 for b in range(3)]

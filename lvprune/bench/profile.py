@@ -13,7 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..cache import PrunedCache
-from ..contract import cache_layers, image_token_id, output_cache
+from ..backbones import backbone_for, vision_mask
+from ..contract import cache_layers, output_cache
 
 
 
@@ -53,7 +54,7 @@ def kept_vision_tokens(model, inputs: dict) -> list[int]:
     """Indices (0-based, in prompt order) of the vision tokens of sample 0 still in the last layer's KV cache
     after one prefill; for per-head (PLPHP) caches, the union over heads. All of them without lvprune."""
     ids = inputs["input_ids"][0]
-    positions = (ids == image_token_id(model)).nonzero()[:, 0]
+    positions = vision_mask(ids, backbone_for(model.config).vision_token_ids(model.config)).nonzero()[:, 0]
     cache = output_cache(prefill(model, inputs))
     if not isinstance(cache, PrunedCache):
         return list(range(len(positions)))

@@ -1,0 +1,14 @@
+"""The model families lvprune prunes, one module each, registered by `config.model_type`.
+
+    backbone = lvprune.backbones.backbone_for(model.config)   # ValueError for an unsupported family
+
+Adding a family: a module here that registers a `Backbone` (its vision-token fields, the processor outputs a
+batch carries, a tiny config and random images for the tests), imported below, and one row in
+`tests/test_backbones.py`'s matrix.
+"""
+
+from .base import REFUSED, TINY_FIRST_TEXT_ID, TINY_IDS, Backbone, backbone_for, register, supported, vision_mask
+from . import internvl, llava, llava_next, llava_onevision, mistral3, qwen2_vl  # noqa: F401  (they register)
+
+__all__ = ["REFUSED", "TINY_FIRST_TEXT_ID", "TINY_IDS", "Backbone", "backbone_for", "register", "supported",
+           "vision_mask"]

@@ -1,0 +1,31 @@
+"""LLaVA-1.5: a CLIP tower, a 2-layer projector, a Llama decoder; `(image_size / patch_size)²` tokens an image."""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+from .base import TINY_IDS, Backbone, register, tiny_text
+
+
+def tiny_config(*, image_size=16, patch_size=4, vision_hidden=32, vision_layers=2, text=None, **overrides):
+    """A LLaVA-1.5-shaped config with `(image_size / patch_size)²` tokens an image (16 by default)."""
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                              num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+                              patch_size=patch_size, projection_dim=vision_hidden)
+    settings = dict(image_token_id=TINY_IDS["image_token_id"], vision_feature_layer=-1,
+                    vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    return LlavaConfig(text_config=LlamaConfig(**tiny_text(**(text or {}))), vision_config=vision,
+                       **{**settings, **overrides})
+
+
+def random_images(config, n: int, generator) -> dict:
+    size = config.vision_config.image_size
+    return {"pixel_values": torch.randn(n, 3, size, size, generator=generator)}
+
+
+BACKBONE = register(Backbone(
+    family="LLaVA-1.5", model_types=("llava",),
+    tested_with=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
+    tiny_config=tiny_config, random_images=random_images,
+))

@@ -1,0 +1,31 @@
+"""Mistral 3 (Mistral-Small-3.1): a Pixtral tower at the image's own size, 2x2 patches merged; the processor
+puts an `[IMG_BREAK]` after each row of `[IMG]` tokens and an `[IMG_END]` after the last, which stay text."""
+
+from __future__ import annotations
+
+import torch
+from transformers import MistralConfig, Mistral3Config, PixtralVisionConfig
+
+from .base import TINY_IDS, Backbone, register, tiny_text
+
+
+def tiny_config(*, text=None, **overrides):
+    """16-pixel images of 2-pixel patches, merged 2x2: 16 tokens an image."""
+    vision = PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=16, patch_size=2, head_dim=16)
+    settings = dict(image_token_index=TINY_IDS["image_token_id"], spatial_merge_size=2, vision_feature_layer=-1)
+    return Mistral3Config(text_config=MistralConfig(**tiny_text(sliding_window=None, **(text or {}))),
+                          vision_config=vision, **{**settings, **overrides})
+
+
+def random_images(config, n: int, generator) -> dict:
+    size = config.vision_config.image_size
+    return {"pixel_values": torch.randn(n, 3, size, size, generator=generator),
+            "image_sizes": torch.tensor([[size, size]] * n)}
+
+
+BACKBONE = register(Backbone(
+    family="Mistral 3", model_types=("mistral3",),
+    tested_with=("mistralai/Mistral-Small-3.1-24B-Instruct-2503",),
+    tiny_config=tiny_config, random_images=random_images, image_inputs=("pixel_values", "image_sizes"),
+))

@@ -1,0 +1,179 @@
+"""The conformance matrix: every supported family x every method x both attention implementations.
+
+On a left-padded batch of a one-image, a two-image and a text-only prompt, for tiny random models of each
+family (`lvprune.backbones`, built from config): nothing pruned generates the stock tokens; removal equals the
+masked training forward; PLPHP equals an independent per-head masked reference; both together keep LVPruning's
+prefill and PLPHP's exact per-head counts. A new family is one module in `lvprune/backbones/` and one row here.
+"""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, Gemma3Config
+
+import lvprune
+from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig, unprune
+from lvprune.backbones import backbone_for, supported
+from lvprune.testing import family_batch, tiny_model
+
+from conftest import (PLACEHOLDERS, assert_close, generated_with_masked_reference, per_head_keep_sets,
+                      register_per_head_reference)
+
+FAMILIES = sorted(supported())
+ATTENTION = ("sdpa", "eager")
+GREEDY = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, suppress_tokens=list(PLACEHOLDERS))
+RATIOS = [0.5, 0.3, 0.1]
+PLPHP = PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1)
+_MODELS = {}
+
+
+def models(model_type, attn):
+    """(stock, base, pruner, batch) of a family, made once per session; `base` is the copy tests attach to."""
+    key = (model_type, attn)
+    if key not in _MODELS:
+        stock, base = tiny_model(model_type, attn=attn), tiny_model(model_type, attn=attn)
+        torch.manual_seed(1)
+        pruner = LVPrunerModel(LVPrunerConfig.from_base_config(base.config, num_heads=4)).eval()
+        _MODELS[key] = stock, base, pruner, family_batch(stock, [1, 2, 0], [5, 7, 6])
+    return _MODELS[key]
+
+
+@pytest.fixture(params=[(t, a) for t in FAMILIES for a in ATTENTION], ids=lambda p: f"{p[0]}-{p[1]}")
+def family(request):
+    stock, base, pruner, batch = models(*request.param)
+    yield stock, base, pruner, batch
+    if getattr(base, "lvprune", None) is not None:
+        unprune(base)
+
+
+def test_the_matrix_covers_every_registered_family():
+    assert FAMILIES == ["internvl", "llava", "llava_next", "llava_onevision", "mistral3", "qwen2_5_vl", "qwen2_vl"]
+    for model_type in FAMILIES:
+        assert backbone_for(supported()[model_type].tiny_config()).model_types[0] == model_type
+
+
+def test_the_batch_holds_vision_tokens_as_the_stock_model_counts_them(family):
+    stock, _, _, batch = family
+    backbone = backbone_for(stock.config)
+    vision = torch.isin(batch["input_ids"], torch.tensor(backbone.vision_token_ids(stock.config)))
+    counts = vision.sum(-1).tolist()
+    assert counts[0] > 0 and counts[1] == 2 * counts[0] and counts[2] == 0
+    with torch.no_grad():  # the stock forward accepts it: placeholders and features agree
+        stock(**batch)
+
+
+@pytest.mark.parametrize("method", ["nothing", "ratios-1"])
+def test_nothing_pruned_generates_the_stock_tokens(family, method):
+    stock, base, pruner, batch = family
+    with torch.no_grad():
+        reference_logits = stock(**batch).logits
+    reference = stock.generate(**batch, **GREEDY)
+    if method == "nothing":
+        lvprune.Pruning(base).attach()
+    else:
+        lvprune.Pruning(base, pruner, keep_ratios=[1, 1, 1], plphp=PLPHPConfig(r=1.0, delta_r=0.0)).attach()
+    with torch.no_grad():
+        logits = base(**batch).logits
+    real = batch["attention_mask"].bool()  # padding rows leave at the first stage: their logits are not kept
+    assert_close(logits[real], reference_logits[real], 2e-5, "logits of the real rows with nothing pruned")
+    assert torch.equal(base.generate(**batch, **GREEDY), reference)
+
+
+def test_removal_equals_masking(family):
+    _, base, pruner, batch = family
+    masked_logits, masked_ids = generated_with_masked_reference(base, pruner, batch, RATIOS, steps=4)
+    lvprune.Pruning(base, pruner, keep_ratios=RATIOS).attach()
+    with torch.no_grad():
+        logits = base(**batch).logits[:, -1]
+    assert_close(logits, masked_logits, 1e-4, "last prompt logits")
+    assert torch.equal(base.generate(**batch, **GREEDY), masked_ids)
+    vision = [layer.vision_tokens for layer in base.pruning_stats.layers]
+    present = vision[0]
+    assert vision[-1] == [round(n * RATIOS[-1]) for n in present], "the last stage keeps round(rho * n)"
+
+
+def test_plphp_equals_the_per_head_masked_reference(family):
+    stock, base, _, batch = family
+    lvprune.Pruning(base, plphp=PLPHP).attach()
+    out = base.generate(**batch, **GREEDY, output_logits=True, return_dict_in_generate=True)
+    keep_sets = per_head_keep_sets(out.past_key_values.state, batch["input_ids"].shape[1], PLPHP.start_layer)
+    assert any(not keep.all() for keep in keep_sets.values()), "PLPHP must have dropped something"
+    unprune(base)
+    register_per_head_reference(keep_sets)
+    implementation = stock.config.get_text_config()._attn_implementation
+    stock.set_attn_implementation({"text_config": "per_head_reference"})
+    try:
+        reference = stock.generate(**batch, **GREEDY, output_logits=True, return_dict_in_generate=True)
+    finally:
+        stock.set_attn_implementation({"text_config": implementation})
+    assert torch.equal(out.sequences, reference.sequences)
+    for step, (ours, theirs) in enumerate(zip(out.logits, reference.logits)):
+        assert_close(ours, theirs, 1e-4, f"decode step {step} logits")
+
+
+def test_both_keep_lvprunings_prefill_and_plphps_exact_counts(family):
+    _, base, pruner, batch = family
+    masked_logits, _ = generated_with_masked_reference(base, pruner, batch, RATIOS, steps=1)
+    lvprune.Pruning(base, pruner, keep_ratios=RATIOS, plphp=PLPHP).attach()
+    out = base.generate(**batch, **GREEDY, output_logits=True, return_dict_in_generate=True)
+    assert_close(out.logits[0], masked_logits, 1e-4, "first token logits (PLPHP acts after the prefill)")
+    stats = base.pruning_stats
+    rates = {PLPHP.r + PLPHP.delta_r, PLPHP.r, PLPHP.r - PLPHP.delta_r}
+    for layer in stats.layers[PLPHP.start_layer:]:
+        for present, heads in zip(layer.vision_tokens, layer.kept_per_head):
+            allowed = {math.ceil(round(rate * present, 9)) for rate in rates}
+            assert set(heads) <= allowed | {1}, f"{heads} kept of {present} (allowed {allowed})"
+
+
+# ------------------------------------------------------------------------------ refusals and loading
+
+
+def tiny_gemma3():
+    from transformers import Gemma3ForConditionalGeneration
+
+    config = Gemma3Config(
+        text_config=dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=4),
+        mm_tokens_per_image=4, image_token_index=3)
+    return Gemma3ForConditionalGeneration(config).eval()
+
+
+def test_gemma3_and_unknown_families_are_refused_with_the_supported_list(tmp_path):
+    with pytest.raises(ValueError, match="cannot prune model_type 'gemma3': Gemma 3 has sliding-window layers.*"
+                                         "Supported: internvl \\(InternVL\\), llava \\(LLaVA-1.5\\)"):
+        lvprune.Pruning(tiny_gemma3(), plphp=PLPHPConfig(start_layer=0))
+    text_only = AutoConfig.for_model("llama", vocab_size=96, hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=2)
+    with pytest.raises(ValueError, match="cannot prune model_type 'llama': it is not a family lvprune has been "
+                                         "tested on. Supported: .*qwen2_vl \\(Qwen2-VL\\)"):
+        backbone_for(text_only)
+    tiny_gemma3().save_pretrained(tmp_path / "gemma3")
+    with pytest.raises(ValueError, match="model_type 'gemma3'"):  # refused from its config, before the weights
+        lvprune.load_pruned_model(tmp_path / "gemma3")
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_next"])
+def test_any_family_loads_through_the_auto_classes(model_type, tmp_path):
+    stock, _, pruner, batch = models(model_type, "sdpa")
+    stock.save_pretrained(tmp_path / "base")
+    pruner.save_pretrained(tmp_path / "pruner")
+    model = lvprune.load_pruned_model(tmp_path / "base", tmp_path / "pruner", plphp=PLPHP)
+    assert type(model) is type(stock)
+    ids = model.generate(**batch, **GREEDY)
+    lvprune.Pruning(stock, pruner, plphp=PLPHP).attach()
+    try:
+        assert torch.equal(ids, stock.generate(**batch, **GREEDY))
+    finally:
+        unprune(stock)
+
+
+def test_a_pruner_is_refused_by_a_base_of_another_family_of_the_same_size():
+    qwen2, qwen2_5 = tiny_model("qwen2_vl"), tiny_model("qwen2_5_vl")
+    pruner = LVPrunerModel(LVPrunerConfig.from_base_config(qwen2.config, num_heads=4))
+    assert pruner.config.base_model_type == "qwen2_vl"
+    with pytest.raises(ValueError, match="pruner was trained on a 'qwen2_vl' model, the base is 'qwen2_5_vl'"):
+        lvprune.Pruning(qwen2_5, pruner)
+    lvprune.Pruning(qwen2, pruner)  # its own family is accepted
