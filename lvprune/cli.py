@@ -1,7 +1,7 @@
 """The ``lvprune`` command line.
 
     lvprune flops MODEL_DIR --text-tokens 30 --images 1 --keep-ratios 0.5 0.3 0.1 \
-        [--after-layers 1 8 16] [--plphp R DR] [--plphp-start-layer 2] [--dtype-bytes 2]
+        [--after-layers 1 8 16] [--plphp R DR] [--plphp-start-layer 2] [--dtype-bytes 2] [--image-size WxH]
     lvprune bench [--quick] --out DIR [--base DIR] [--pruner DIR]
 
 Each subcommand is registered by one ``_add_<name>_command(subparsers)`` function that builds its
@@ -55,7 +55,10 @@ def _add_flops_command(subparsers) -> None:
     flops = subparsers.add_parser(
         "flops",
         help="analytic prefill TFLOPs and KV-cache bytes, pruned and unpruned, as JSON",
-        description="Analytic prefill TFLOPs and KV-cache bytes of one sample (see lvprune.flops).",
+        description="Analytic prefill TFLOPs and KV-cache bytes of one sample (see lvprune.flops), for "
+                    "the model types llava, llava_next, llava_onevision, qwen2_vl, qwen2_5_vl, mistral3 "
+                    "and internvl. The output also says which image size, and so how many vision "
+                    "tokens per image, were assumed.",
     )
     flops.add_argument("model_dir", metavar="MODEL_DIR", help="folder holding the model's config.json")
     flops.add_argument("--text-tokens", type=int, default=30, help="non-vision prompt tokens (default 30)")
@@ -71,6 +74,10 @@ def _add_flops_command(subparsers) -> None:
                        help="first 0-based decoder layer PLPHP prunes, as PLPHPConfig.start_layer (default 2)")
     flops.add_argument("--dtype-bytes", type=int, default=None,
                        help="bytes per KV element (default: from the config's torch_dtype)")
+    flops.add_argument("--image-size", type=_image_size, default=None, metavar="WxH",
+                       help="width x height of each image in pixels, e.g. 1280x720, or one number for a "
+                            "square (default: the family's typical size, see lvprune.flops."
+                            "TYPICAL_IMAGE_SIZES; LLaVA-1.5 always sees its 336x336 tile)")
     flops.set_defaults(func=_run_flops, command_parser=flops)
 
 
@@ -86,10 +93,26 @@ def _run_flops(args: argparse.Namespace) -> int:
         plphp=tuple(args.plphp) if args.plphp else None,
         plphp_start_layer=args.plphp_start_layer,
         dtype_bytes=args.dtype_bytes,
+        image_size=args.image_size,
     )
-    json.dump(dataclasses.asdict(estimate), sys.stdout, indent=2)
+    out = dataclasses.asdict(estimate)
+    height, width = estimate.image_size
+    out["image_size"] = {"width": width, "height": height}
+    json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """argparse type: ``WxH`` (or one number, a square) in pixels -> ``(height, width)``."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT in pixels, e.g. 672x672") from None
+    if len(parts) > 2 or width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT in pixels, e.g. 672x672")
+    return height, width
 
 
 def _keep_ratio(text: str) -> float:

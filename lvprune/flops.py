@@ -1,15 +1,50 @@
-"""Analytic prefill FLOPs and KV-cache bytes of a LLaVA model, pruned or not.
+"""Analytic prefill FLOPs and KV-cache bytes of a vision-language model, pruned or not.
 
 A multiply-add is 2 FLOPs. Only matrix products are counted (linear layers, the patch
 convolution, attention scores and weighted values), as ``torch.utils.flop_counter.FlopCounterMode``
-does; norms, activations, softmax, RoPE and biases are well under 1% of the total. Counted:
+does; norms, activations, softmax, RoPE, biases and the resampling of features are well under 1%
+of the total. The families are told apart by ``config.model_type`` (``SUPPORTED_MODEL_TYPES``);
+what differs between them is the image side: how many vision tokens one image of a given size
+becomes (``image_input``) and what encoding it costs. The language model (any
+``config.get_text_config()``), the decision modules and the KV cache are counted alike for all.
 
-- **Vision tower** (CLIP ViT): the patch convolution and the encoder layers up to the one the
-  feature is taken from, each over the patches plus CLS (q/k/v/o, full ``T x T`` attention, MLP).
-  With ``vision_feature_layer = -2`` the last layer's output is unused, so it is not counted
-  (stock transformers still runs it: 0.016 TFLOPs more per image on LLaVA-1.5-7B).
-- **Projector**: the 2-layer MLP on each vision token; ``"default"`` drops CLS, leaving
-  ``(image_size / patch_size) ** 2`` tokens per image.
+- **Vision tower**, every ViT block over its tokens (q/k/v/o, attention over each group of tokens
+  that attend together, MLP) plus the patch convolution, up to the layer the feature is taken from:
+  with ``vision_feature_layer = -2`` the last layer's output is unused and not counted (stock
+  transformers still runs it: 0.016 TFLOPs more per 336px tile on a CLIP ViT-L/14).
+
+  - ``llava`` (LLaVA-1.5): CLIP over one ``image_size`` square (the processor resizes and crops
+    any image to it), patches plus CLS; ``"default"`` drops CLS, leaving 576 tokens at 336px.
+  - ``llava_next`` (AnyRes): the image's best resolution among ``image_grid_pinpoints`` (as
+    ``select_best_resolution``) is cut into ``image_size`` tiles; CLIP runs on each tile and on
+    the base (the whole image resized to one tile). The grid's features are unpadded back to the
+    image's aspect ratio and one ``image_newline`` token ends each of their rows; the base tile's
+    features come first. A 672x672 image: 576 + 48 * 48 + 48 = 2928 tokens.
+  - ``llava_onevision``: the same with a SigLIP tower (no CLS, ``"full"``), and
+    ``vision_aspect_ratio = "anyres_max_N"``: grid features over ``1.1 * sqrt(N)`` tiles' worth
+    are resized (bilinear) down to about N tiles. A prompt with several images takes only each
+    one's base tile plus one newline (729 + 1 tokens at 384px), as the processor does.
+  - ``qwen2_vl``, ``qwen2_5_vl``: the image is resized to multiples of ``patch_size *
+    spatial_merge_size`` (28) within ``QWEN_MIN_PIXELS``..``QWEN_MAX_PIXELS`` (``smart_resize``),
+    one patch per 14x14 pixels (a 3D convolution over 2 copies of the image), and the merger
+    folds 2x2 patches into one token: ``(H / 14) * (W / 14) / 4``. Qwen2-VL's blocks attend over
+    the whole image (fc1/fc2 MLP of ``embed_dim * mlp_ratio``); Qwen2.5-VL's only in
+    ``fullatt_block_indexes``, the others within windows of ``window_size`` pixels (8x8 patches),
+    with a SwiGLU MLP of ``intermediate_size``. Each image attends by itself.
+  - ``mistral3`` (Pixtral tower): the image is shrunk to fit ``PIXTRAL_LONGEST_EDGE`` and padded
+    up to multiples of 28; 2x2 patches merge into one token, and each row of tokens ends with an
+    ``[IMG_BREAK]`` (the last with ``[IMG_END]``), which count as *text* tokens. All the prompt's
+    images go through the tower as one sequence with a block-diagonal mask, so eager attention
+    (counted here) scores the whole square over all of them.
+  - ``internvl`` (InternViT): the processor cuts the image into 448px tiles whose grid best
+    matches its aspect ratio (``INTERNVL_TILES``), plus a thumbnail when there is more than one;
+    each tile runs patches plus CLS, and pixel shuffle (``downsample_ratio`` 0.5) turns its
+    32 x 32 patches into 256 tokens.
+
+  Fixed delimiters around an image (``<|vision_start|>``, ``<img>``...) are not added: count them
+  in ``text_tokens`` like the rest of the prompt.
+- **Projector**: the MLP (or Qwen's patch merger, Mistral3's merger and MLP, InternVL's MLP after
+  pixel shuffle) on the features it is given: for AnyRes all tiles' features, before unpadding.
 - **Decoder layers**: q/k/v/o (k/v sized by ``num_key_value_heads``), attention over the *full*
   ``n x n`` square (as an unfused kernel and FlopCounterMode count it; a causal kernel can skip
   half: 0.19 vs 0.10 TFLOPs on LLaVA-1.5-7B, 1 image + 30 text tokens), gate/up/down MLP; ``n``
@@ -48,14 +83,35 @@ tokens would still cost only 0.59); the gap is left open, not closed by a tuned 
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .config import check_stages
 from .plphp import ceil_count
 
 DECISION_BLOCKS = 2
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "internvl")
+
+# Image size assumed when none is given: the native tile for LLaVA-1.5 (any image becomes one),
+# else a typical photo-sized square (height, width).
+TYPICAL_IMAGE_SIZES = {
+    "llava_next": (672, 672),  # a 2 x 2 grid of 336px tiles plus the base: 2928 tokens
+    "llava_onevision": (768, 768),  # a 2 x 2 grid of 384px tiles plus the base: 3699 tokens
+    "qwen2_vl": (448, 448),  # 32 x 32 patches: 256 tokens
+    "qwen2_5_vl": (448, 448),
+    "mistral3": (1024, 1024),  # padded to 1036 x 1036: 37 x 37 = 1369 tokens (+ 37 [IMG_BREAK]/[IMG_END])
+    "internvl": (448, 448),  # one tile: 256 tokens
+}
+# Image processing the model's config.json does not hold, from the Hub's preprocessor_config.json.
+QWEN_MIN_PIXELS = 56 * 56  # Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: 3136
+QWEN_MAX_PIXELS = 16384 * 28 * 28  # 12845056
+PIXTRAL_LONGEST_EDGE = 1540  # Mistral-Small-3.1-24B-Instruct-2503
+INTERNVL_TILES = (1, 12)  # InternVL3-*-hf: min_patches, max_patches (crop_to_patches=True)
+_CLS_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}  # the towers the LLaVA families use
 
 
 @dataclass(frozen=True)
@@ -109,7 +165,10 @@ class CostEstimate:
     """Prefill cost of one sample; TFLOPs are 1e12 FLOPs, a multiply-add being 2 FLOPs.
 
     ``prefill_tflops`` includes ``decision_tflops``; ``breakdown`` holds the pruned run's FLOPs
-    per part (vision_tower, projector, decoder, lm_head, decision).
+    per part (vision_tower, projector, decoder, lm_head, decision). ``image_size`` is the
+    ``(height, width)`` assumed of each image, ``vision_tokens_per_image`` what one becomes,
+    ``vision_tokens`` all of the prompt's, ``text_tokens`` the other prompt tokens (those given
+    plus any the processor adds per image, e.g. Mistral3's ``[IMG_BREAK]``).
     """
 
     prefill_tflops: float
@@ -119,42 +178,310 @@ class CostEstimate:
     kv_cache_bytes_unpruned: int
     breakdown: dict[str, int] = field(default_factory=dict)
     tokens_per_layer: tuple[int, ...] = ()
+    model_type: str = ""
+    image_size: tuple[int, int] | None = None
+    vision_tokens_per_image: int = 0
+    vision_tokens: int = 0
+    text_tokens: int = 0
 
 
-# ----------------------------------------------------------------------------- parts
+@dataclass(frozen=True)
+class VisionInput:
+    """What the prompt's images become and what encoding them costs.
+
+    image_size: ``(height, width)`` assumed of each image (all alike).
+    tokens_per_image: vision tokens (image placeholders, what LVPruning and PLPHP prune) per image.
+    text_tokens_per_image: tokens the processor adds per image that count as text.
+    encoder_inputs_per_image: what the tower runs on per image: tiles (LLaVA, InternVL) or patches (Qwen, Pixtral).
+    vision_tower, projector: FLOPs for all the prompt's images.
+    """
+
+    image_size: tuple[int, int]
+    tokens_per_image: int
+    text_tokens_per_image: int
+    encoder_inputs_per_image: int
+    vision_tower: int
+    projector: int
 
 
-def vision_tokens_per_image(config: Any) -> int:
-    """Vision tokens one image puts into the LLM: patches, plus CLS unless strategy is "default"."""
-    vision = config.vision_config
-    patches = (vision.image_size // vision.patch_size) ** 2
-    return patches if config.vision_feature_select_strategy == "default" else patches + 1
+# ----------------------------------------------------------------------------- families
+
+
+def model_family(config: Any) -> str:
+    """``config.model_type`` if ``lvprune.flops`` knows it, else a ValueError listing those it does."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES or not hasattr(config, "vision_config"):
+        raise ValueError(f"{type(config).__name__} is not a LLaVA config nor another supported "
+                         f"vision-language config: model_type {model_type!r} is not one of "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    return model_type
+
+
+def default_image_size(config: Any) -> tuple[int, int]:
+    """``(height, width)`` assumed when none is given: LLaVA-1.5's tile, else ``TYPICAL_IMAGE_SIZES``."""
+    family = model_family(config)
+    if family == "llava":
+        side = _side(config.vision_config.image_size)
+        return side, side
+    return TYPICAL_IMAGE_SIZES[family]
+
+
+def image_input(config: Any, image_size: tuple[int, int] | None = None, images: int = 1) -> VisionInput:
+    """Vision tokens per image of ``image_size`` (height, width) and the FLOPs of encoding ``images`` of them."""
+    family = model_family(config)
+    size = default_image_size(config) if image_size is None else _check_image_size(image_size)
+    return _FAMILIES[family](config, size, images)
+
+
+def vision_tokens_per_image(config: Any, image_size: tuple[int, int] | None = None) -> int:
+    """Vision tokens one image puts into the LLM (a one-image prompt). LLaVA-1.5: patches, plus
+    CLS unless the strategy is "default"; other families see ``image_input``."""
+    return image_input(config, image_size).tokens_per_image
 
 
 def vision_layers_used(config: Any) -> int:
     """Encoder layers up to the deepest one a feature is taken from (hidden_states[0] = embeddings)."""
     total = config.vision_config.num_hidden_layers
-    picks = config.vision_feature_layer
+    picks = getattr(config, "vision_feature_layer", -1)
     picks = [picks] if isinstance(picks, int) else list(picks)
     return max(p if p >= 0 else total + 1 + p for p in picks)
 
 
-def vision_tower_flops(config: Any, images: int) -> int:
-    """CLIP ViT FLOPs for ``images`` images: patch conv + the used encoder layers (CLS included)."""
+def _llava(config: Any, size: tuple[int, int], images: int) -> VisionInput:
+    n = _tile_features(config, check=False)
+    return VisionInput(size, n, 0, 1, vision_tower_flops(config, images) if images else 0,
+                       projector_flops(config, images * n))
+
+
+def _anyres(config: Any, size: tuple[int, int], images: int) -> VisionInput:
+    """LLaVA-NeXT and LLaVA-OneVision: base tile + best-resolution grid, unpadded, newlines."""
     v = config.vision_config
-    patches = (v.image_size // v.patch_size) ** 2
-    conv = 2 * patches * v.num_channels * v.patch_size**2 * v.hidden_size
-    seq, hidden = patches + 1, v.hidden_size
-    layer = 2 * seq * (4 * hidden * hidden + 2 * hidden * v.intermediate_size)
-    layer += 4 * seq * seq * hidden  # scores and weighted values over all heads
-    return images * (conv + vision_layers_used(config) * layer)
+    tile, grid = _side(v.image_size), _side(v.image_size) // _side(v.patch_size)
+    per_tile = _tile_features(config, check=True)
+    if config.model_type == "llava_onevision" and images > 1:
+        tiles, tokens = 1, per_tile + 1  # several images: each its base tile and one newline
+    else:
+        from transformers.image_processing_utils import select_best_resolution
+
+        best_h, best_w = select_best_resolution(list(size), config.image_grid_pinpoints)
+        tiles = 1 + math.ceil(best_h / tile) * math.ceil(best_w / tile)
+        rows, cols = _unpadded(size, grid * (best_h // tile), grid * (best_w // tile))
+        if config.model_type == "llava_onevision":
+            rows, cols = _anyres_max(config.vision_aspect_ratio, rows, cols, grid)
+        tokens = per_tile + rows * cols + rows  # base tile, unpadded grid, one newline per row
+    return VisionInput(size, tokens, 0, tiles, _clip_tower_flops(config, images * tiles),
+                       projector_flops(config, images * tiles * per_tile))
+
+
+def _unpadded(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of grid features left once the padding to the pinpoint is cut (``unpad_image``)."""
+    orig_h, orig_w = size
+    if orig_w / orig_h > width / height:
+        new_h = int(round(orig_h * (width / orig_w), 7))
+        height -= 2 * ((height - new_h) // 2)
+    else:
+        new_w = int(round(orig_w * (height / orig_h), 7))
+        width -= 2 * ((width - new_w) // 2)
+    return height, width
+
+
+def _anyres_max(aspect_ratio: str, rows: int, cols: int, grid: int) -> tuple[int, int]:
+    """OneVision's "anyres_max_N": grid features over 1.1x N tiles' worth are resized down to about N."""
+    match = re.fullmatch(r"anyres_max_(\d+)", str(aspect_ratio))
+    if not match:
+        raise ValueError(f"vision_aspect_ratio={aspect_ratio!r} is not 'anyres_max_N', the one the model reads")
+    ratio = math.sqrt(rows * cols / (int(match.group(1)) * grid**2))
+    if ratio > 1.1:
+        rows, cols = int(rows // ratio), int(cols // ratio)
+    return rows, cols
+
+
+def _tile_features(config: Any, check: bool) -> int:
+    """Features one tile gives the projector: patches (+ CLS; a tower not in ``_CLS_TOKENS`` is
+    taken to have one, as LLaVA-1.5's CLIP), less the first if "default"."""
+    v = config.vision_config
+    if check and v.model_type not in _CLS_TOKENS:
+        raise ValueError(f"vision tower {v.model_type!r} is not one of {', '.join(_CLS_TOKENS)}")
+    patches = (_side(v.image_size) // _side(v.patch_size)) ** 2
+    features = patches + _CLS_TOKENS.get(v.model_type, 1) - (config.vision_feature_select_strategy == "default")
+    if check and features != patches:  # AnyRes lays each tile's features out on its patch grid
+        raise ValueError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} with a "
+                         f"{v.model_type} tower gives {features} features per tile, not its {patches} patches")
+    return features
+
+
+def _clip_tower_flops(config: Any, tiles: int) -> int:
+    """CLIP or SigLIP over ``tiles`` square tiles: patch conv + the used encoder layers (CLS included)."""
+    v = config.vision_config
+    patches = (_side(v.image_size) // _side(v.patch_size)) ** 2
+    seq = patches + _CLS_TOKENS.get(v.model_type, 1)
+    conv = patch_embed_flops(tiles * patches, v.num_channels, _side(v.patch_size) ** 2, v.hidden_size)
+    layer = encoder_layer_flops(tiles * seq, v.hidden_size, v.intermediate_size, tiles * seq * seq)
+    return conv + vision_layers_used(config) * layer
+
+
+def _qwen_vl(config: Any, size: tuple[int, int], images: int) -> VisionInput:
+    """Qwen2-VL and Qwen2.5-VL: smart-resized patches, 2x2 merged; each image attends alone."""
+    v = config.vision_config
+    grid_h, grid_w = qwen_patch_grid(config, size)
+    patches, merge = grid_h * grid_w, v.spatial_merge_size
+    tokens = patches // merge**2
+    if config.model_type == "qwen2_vl":
+        width, intermediate, mlp, out = v.embed_dim, int(v.embed_dim * v.mlp_ratio), 2, v.hidden_size
+        squares = [patches**2] * v.depth
+    else:
+        width, intermediate, mlp, out = v.hidden_size, v.intermediate_size, 3, v.out_hidden_size
+        window = _window_square(grid_h, grid_w, merge, v.window_size // merge // v.patch_size)
+        squares = [patches**2 if i in v.fullatt_block_indexes else window for i in range(v.depth)]
+    conv = patch_embed_flops(patches, v.in_channels, v.temporal_patch_size * v.patch_size**2, width)
+    blocks = sum(encoder_layer_flops(patches, width, intermediate, square, mlp) for square in squares)
+    merged = merge**2 * width
+    merger = 2 * tokens * (merged * merged + merged * out)
+    return VisionInput(size, tokens, 0, patches, images * (conv + blocks), images * merger)
+
+
+def qwen_patch_grid(config: Any, size: tuple[int, int]) -> tuple[int, int]:
+    """14px patches down and across once the processor's ``smart_resize`` has resized the image."""
+    v = config.vision_config
+    height, width = _smart_resize(*size, v.patch_size * v.spatial_merge_size, QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
+    return height // v.patch_size, width // v.patch_size
+
+
+def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's image processor: multiples of ``factor``, pixels in [min, max], aspect kept."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"image_size {height}x{width}: Qwen's processor refuses aspect ratios over 200")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def _window_square(grid_h: int, grid_w: int, merge: int, window: int) -> int:
+    """Sum of L^2 over Qwen2.5-VL's attention windows: ``window`` x ``window`` merged tokens each,
+    the last row and column of windows cut short by the image's edge."""
+    if window < 1:
+        raise ValueError("window_size is smaller than one merged token")
+    rows = [min(window, grid_h // merge - i) for i in range(0, grid_h // merge, window)]
+    cols = [min(window, grid_w // merge - j) for j in range(0, grid_w // merge, window)]
+    return sum((r * c * merge**2) ** 2 for r in rows for c in cols)
+
+
+def _mistral3(config: Any, size: tuple[int, int], images: int) -> VisionInput:
+    """Pixtral tower over 14px patches, 2x2 merged; [IMG_BREAK]/[IMG_END] end each row as text."""
+    v, merge = config.vision_config, config.spatial_merge_size
+    patch = _side(v.patch_size)
+    rows, cols = pixtral_token_grid(config, size)
+    patches, tokens = rows * cols * merge**2, rows * cols
+    seq = images * patches  # one sequence, block-diagonal mask: eager attention scores the whole square
+    conv = patch_embed_flops(seq, v.num_channels, patch**2, v.hidden_size)
+    layer = encoder_layer_flops(seq, v.hidden_size, v.intermediate_size, seq * seq, mlp_matrices=3)
+    width, text_width = v.hidden_size, config.get_text_config().hidden_size
+    merger = 2 * images * tokens * (merge**2 * width * width + width * text_width + text_width * text_width)
+    return VisionInput(size, tokens, rows, patches, conv + vision_layers_used(config) * layer, merger)
+
+
+def pixtral_token_grid(config: Any, size: tuple[int, int]) -> tuple[int, int]:
+    """Rows and columns of merged tokens: the image shrunk to ``PIXTRAL_LONGEST_EDGE``, padded to 28s."""
+    height, width = size
+    ratio = max(height / PIXTRAL_LONGEST_EDGE, width / PIXTRAL_LONGEST_EDGE)
+    if ratio > 1:
+        height, width = int(math.floor(height / ratio)), int(math.floor(width / ratio))
+    step = _side(config.vision_config.patch_size) * config.spatial_merge_size
+    return (height - 1) // step + 1, (width - 1) // step + 1
+
+
+def _internvl(config: Any, size: tuple[int, int], images: int) -> VisionInput:
+    """InternViT over 448px tiles (+ thumbnail), CLS dropped, pixel shuffle to 256 tokens a tile."""
+    v = config.vision_config
+    if config.vision_feature_select_strategy != "default":
+        raise ValueError("internvl needs vision_feature_select_strategy='default' (CLS dropped before pixel shuffle)")
+    tile, grid = _side(v.image_size), _side(v.image_size) // _side(v.patch_size)
+    tiles = internvl_tiles(size, tile)
+    side = int(grid * config.downsample_ratio)
+    per_tile, width_in = side * side, v.hidden_size * int(1 / config.downsample_ratio) ** 2
+    n, seq = images * tiles, grid * grid + 1
+    conv = patch_embed_flops(n * grid * grid, v.num_channels, _side(v.patch_size) ** 2, v.hidden_size)
+    layer = encoder_layer_flops(n * seq, v.hidden_size, v.intermediate_size, n * seq * seq)
+    text_width = config.get_text_config().hidden_size
+    projector = 2 * n * per_tile * (width_in * text_width + text_width * text_width)
+    return VisionInput(size, tiles * per_tile, 0, tiles, conv + vision_layers_used(config) * layer, projector)
+
+
+def internvl_tiles(size: tuple[int, int], tile: int, min_tiles: int = INTERNVL_TILES[0],
+                   max_tiles: int = INTERNVL_TILES[1]) -> int:
+    """Tiles InternVL's processor (``get_optimal_tiled_canvas``) cuts, plus the thumbnail if more than one."""
+    height, width = size
+    grids = sorted(((w, h) for w in range(1, max_tiles + 1) for h in range(1, max_tiles + 1)
+                    if min_tiles <= w * h <= max_tiles), key=lambda g: g[0] * g[1])
+    aspect, area = width / height, width * height
+    best_diff, best = float("inf"), (1, 1)
+    for grid in grids:
+        diff = abs(aspect - grid[0] / grid[1])
+        if diff < best_diff:
+            best_diff, best = diff, grid
+        elif diff == best_diff and area > 0.5 * tile * tile * grid[0] * grid[1]:
+            best = grid
+    count = best[0] * best[1] if max_tiles > 1 else 1
+    return count + 1 if count > 1 else 1
+
+
+_FAMILIES: dict[str, Callable[[Any, tuple[int, int], int], VisionInput]] = {
+    "llava": _llava, "llava_next": _anyres, "llava_onevision": _anyres, "qwen2_vl": _qwen_vl,
+    "qwen2_5_vl": _qwen_vl, "mistral3": _mistral3, "internvl": _internvl,
+}
+
+
+def _side(size: Any) -> int:
+    """A square size given as an int or a (height, width) pair."""
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"non-square vision size {list(size)} is not supported")
+        return int(size[0])
+    return int(size)
+
+
+def _check_image_size(image_size: Any) -> tuple[int, int]:
+    try:
+        height, width = (int(x) for x in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size={image_size!r} must be (height, width)") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size={image_size!r} must be positive")
+    return height, width
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def patch_embed_flops(patches: int, channels: int, kernel_pixels: int, hidden: int) -> int:
+    """The patch convolution: one ``channels x kernel_pixels -> hidden`` product per patch."""
+    return 2 * patches * channels * kernel_pixels * hidden
+
+
+def encoder_layer_flops(tokens: int, hidden: int, intermediate: int, attention_square: int,
+                        mlp_matrices: int = 2) -> int:
+    """One ViT block over ``tokens`` tokens: q, k, v, o (``hidden x hidden``), scores and weighted
+    values over ``attention_square`` (the sum of ``L^2`` over the groups that attend together),
+    and an MLP of ``mlp_matrices`` ``hidden x intermediate`` matrices (2: fc1/fc2, 3: SwiGLU)."""
+    return 2 * tokens * (4 * hidden * hidden + mlp_matrices * hidden * intermediate) + 4 * attention_square * hidden
+
+
+def vision_tower_flops(config: Any, images: int) -> int:
+    """LLaVA-1.5's CLIP ViT FLOPs for ``images`` images: patch conv + the used encoder layers (CLS included)."""
+    return _clip_tower_flops(config, images)
 
 
 def projector_flops(config: Any, n_vision: int) -> int:
-    """The 2-layer MLP projector on ``n_vision`` vision tokens."""
+    """The LLaVA families' 2-layer MLP projector on ``n_vision`` features."""
     picks = config.vision_feature_layer
     width_in = config.vision_config.hidden_size * (1 if isinstance(picks, int) else len(picks))
-    width = config.text_config.hidden_size
+    width = config.get_text_config().hidden_size
     return 2 * n_vision * (width_in * width + width * width)
 
 
@@ -223,7 +550,7 @@ def kv_cache_bytes(text_config: Any, tokens_per_layer: list[int], dtype_bytes: i
 
 def config_dtype_bytes(config: Any) -> int:
     """Bytes per element of the text model's dtype (``torch_dtype`` in config.json); 2 if unset."""
-    dtype = getattr(config.text_config, "dtype", None) or getattr(config, "dtype", None)
+    dtype = getattr(config.get_text_config(), "dtype", None) or getattr(config, "dtype", None)
     name = str(dtype).removeprefix("torch.") if dtype is not None else "float16"
     return _DTYPE_BYTES.get(name, 2)
 
@@ -250,54 +577,56 @@ def estimate_cost(
     plphp: tuple[float, float] | None = None,
     plphp_start_layer: int = 2,
     dtype_bytes: int | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> CostEstimate:
-    """Prefill FLOPs and KV-cache bytes of one sample on a ``LlavaConfig``.
+    """Prefill FLOPs and KV-cache bytes of one sample on a config of ``SUPPORTED_MODEL_TYPES``.
 
-    ``images`` images (``vision_tokens_per_image`` tokens each) and ``text_tokens`` other prompt
-    tokens. Stages and PLPHP follow ``PruningPlan``; ``dtype_bytes`` defaults to the config's
-    dtype. See the module docstring for what is counted.
+    ``images`` images of ``image_size`` ``(height, width)`` each (default ``default_image_size``;
+    LLaVA-1.5 sees any image as its one 336px tile) and ``text_tokens`` other prompt tokens.
+    Stages and PLPHP follow ``PruningPlan``; ``dtype_bytes`` defaults to the config's dtype. See
+    the module docstring for what is counted.
     """
     plan = PruningPlan(after_layers, keep_ratios, plphp, plphp_start_layer)
-    _check_llava(config)
-    text = config.text_config
+    family = model_family(config)
+    text = config.get_text_config()
     plan.check_fits(text.num_hidden_layers)
     _check_prompt(images, text_tokens, dtype_bytes)
-    n_vision = images * vision_tokens_per_image(config)
+    vision = image_input(config, image_size, images)
+    n_vision = images * vision.tokens_per_image
+    n_text = text_tokens + images * vision.text_tokens_per_image
     vision_per_layer = vision_tokens_per_layer(text.num_hidden_layers, n_vision, plan)
-    parts = _prefill_parts(config, images, text_tokens, vision_per_layer, plan)
-    unpruned = _prefill_parts(config, images, text_tokens, [n_vision] * len(vision_per_layer), PruningPlan())
+    parts = _prefill_parts(text, vision, n_text, vision_per_layer, plan)
+    unpruned = _prefill_parts(text, vision, n_text, [n_vision] * len(vision_per_layer), PruningPlan())
     kv_vision = kv_vision_tokens_per_layer(vision_per_layer, plan)
     dtype_bytes = dtype_bytes or config_dtype_bytes(config)
     return CostEstimate(
         prefill_tflops=sum(parts.values()) / 1e12,
         prefill_tflops_unpruned=sum(unpruned.values()) / 1e12,
         decision_tflops=parts["decision"] / 1e12,
-        kv_cache_bytes=kv_cache_bytes(text, [n + text_tokens for n in kv_vision], dtype_bytes),
-        kv_cache_bytes_unpruned=kv_cache_bytes(text, [n_vision + text_tokens] * len(kv_vision), dtype_bytes),
+        kv_cache_bytes=kv_cache_bytes(text, [n + n_text for n in kv_vision], dtype_bytes),
+        kv_cache_bytes_unpruned=kv_cache_bytes(text, [n_vision + n_text] * len(kv_vision), dtype_bytes),
         breakdown=parts,
-        tokens_per_layer=tuple(n + text_tokens for n in vision_per_layer),
+        tokens_per_layer=tuple(n + n_text for n in vision_per_layer),
+        model_type=family,
+        image_size=vision.image_size,
+        vision_tokens_per_image=vision.tokens_per_image,
+        vision_tokens=n_vision,
+        text_tokens=n_text,
     )
 
 
-def _prefill_parts(config: Any, images: int, text_tokens: int, vision_per_layer: list[int],
+def _prefill_parts(text: Any, vision: VisionInput, text_tokens: int, vision_per_layer: list[int],
                    plan: PruningPlan) -> dict[str, int]:
     """FLOPs per part of the prefill, given the vision tokens present in each decoder layer."""
-    text, n_vision = config.text_config, vision_per_layer[0]
     decision = sum(decision_module_flops(text.hidden_size, vision_per_layer[layer - 1], text_tokens)
                    for layer in plan.after_layers)
     return {
-        "vision_tower": vision_tower_flops(config, images) if images else 0,
-        "projector": projector_flops(config, n_vision),
+        "vision_tower": vision.vision_tower,
+        "projector": vision.projector,
         "decoder": sum(decoder_layer_flops(text, n + text_tokens) for n in vision_per_layer),
         "lm_head": lm_head_flops(text),
         "decision": decision,
     }
-
-
-def _check_llava(config: Any) -> None:
-    missing = [k for k in ("vision_config", "text_config", "vision_feature_layer") if not hasattr(config, k)]
-    if missing:
-        raise ValueError(f"{type(config).__name__} is not a LLaVA config: it has no {', '.join(missing)}")
 
 
 def _check_prompt(images: int, text_tokens: int, dtype_bytes: int | None) -> None:
