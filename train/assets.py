@@ -1,7 +1,8 @@
-"""Local stand-ins that let the training script run anywhere, with no download: a tiny random LLaVA and a
-synthetic shapes VQA set, each written to a folder on first use and reused afterwards.
+"""Local stand-ins that let the training script run anywhere, with no download: a tiny random model of each
+supported family and a synthetic shapes VQA set, each written to a folder on first use and reused afterwards.
 
-    base_dir = materialise_tiny_base("outputs/assets")          # model + processor, `from_pretrained`-able
+    base_dir = materialise_tiny_base("outputs/assets")               # LLaVA-1.5: model + processor
+    base_dir = materialise_tiny_base("outputs/assets", "qwen2_vl")   # another family (`tiny-random-qwen2_vl`)
     json_path, image_folder = materialise_shapes("outputs/assets", 64)
 
 Both are written into a temporary folder and renamed when complete, so concurrent or killed runs never see a
@@ -15,7 +16,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lvprune.data.processor import build_processor
+import torch
+
+from lvprune.backbones import supported
+from lvprune.data.processor import build_family_processor, build_processor
 from lvprune.data.shapes import ShapesConfig, make_shapes_dataset
 from lvprune.testing import tiny_llava
 
@@ -37,12 +41,39 @@ def build_tiny_base():
     return model, processor
 
 
-def materialise_tiny_base(assets_dir) -> Path:
-    """`assets_dir/tiny-random-llava` (model and processor), built on first use."""
-    target = Path(assets_dir) / "tiny-random-llava"
+# Config fields of the placeholder ids, and the tokenizer attribute holding each token.
+PLACEHOLDERS = {"image_token_id": ("image_token", "context_image_token"), "video_token_id": ("video_token",),
+                "vision_start_token_id": ("vision_bos_token",), "vision_end_token_id": ("vision_eos_token",)}
+
+
+def build_tiny_family_base(model_type: str):
+    """A tiny random model of family `model_type` (its `Backbone.tiny_config`) and the stock processor that fits
+    it, over the closed vocabulary; the config's placeholder and special ids are the tokenizer's."""
+    from transformers import AutoModelForImageTextToText
+
+    if model_type == "llava":
+        return build_tiny_base()
+    processor = build_family_processor(model_type)
+    tokenizer = processor.tokenizer
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    config = supported()[model_type].tiny_config(text=ids)
+    for field, attributes in PLACEHOLDERS.items():
+        token = next((getattr(tokenizer, a) for a in attributes if getattr(tokenizer, a, None)), None)
+        if token is not None and getattr(config, field, None) is not None:
+            setattr(config, field, tokenizer.convert_tokens_to_ids(token))
+    torch.manual_seed(TINY_SEED)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def materialise_tiny_base(assets_dir, model_type: str = "llava") -> Path:
+    """`assets_dir/tiny-random-<model_type>` (model and processor), built on first use."""
+    target = Path(assets_dir) / f"tiny-random-{model_type}"
 
     def write(folder: Path) -> None:
-        model, processor = build_tiny_base()
+        model, processor = build_tiny_family_base(model_type)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 

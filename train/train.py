@@ -1,6 +1,7 @@
-"""Train LVPruning's decision modules on a frozen LLaVA (paper §3: only the pruner trains).
+"""Train LVPruning's decision modules on a frozen vision-language model (paper §3: only the pruner trains).
 
     accelerate launch train/train.py --config configs/tiny-cpu.yaml                  # seconds, on CPU
+    accelerate launch train/train.py --base_model tiny-random-qwen2_vl               # any supported family
     accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml \\
         train/train.py --config configs/llava-1.5-7b.yaml --output_dir outputs/llava-1.5-7b-lvpruner
 
@@ -26,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 from tqdm.auto import tqdm
-from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 from transformers.utils import logging as transformers_logging
 
 import saving
@@ -35,18 +36,19 @@ from deepspeed_support import configure_deepspeed
 from health import DivergenceError, check_finite_weights, finite_step
 from lora import add_lora, lora_config
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
+from lvprune.backbones import Backbone, backbone_for
+from lvprune.backbones.llava import CHAT_TEMPLATE as LLAVA_TEMPLATE
 from lvprune.data.llava_format import load_llava_dataset
 from lvprune.data.records import NoRecords
-from lvprune.data.processor import CHAT_TEMPLATE
 from lvprune.reference import reference_base
 from publish import check_push_settings, export
 from run_control import OutputInUse, StopSignals
 from run_files import SUMMARY_FILE, finished_run, prepare_output_dir, resume
-from train_config import REFERENCE, SYNTHETIC_SHAPES, TINY_RANDOM, parse_config
+from train_config import REFERENCE, SYNTHETIC_SHAPES, TINY_RANDOM, parse_config, tiny_family
 from train_data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from train_metrics import Resources, TrainMetrics
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
+TEXT_INPUTS = ("input_ids", "attention_mask", "labels")
 
 
 # =============================================================================== helpers
@@ -75,20 +77,42 @@ def cpu_share() -> int:
     return max(1, len(os.sched_getaffinity(0)) // local_processes)
 
 
-def load_base(config, accelerator):
-    """(name, frozen LLaVA, processor); `tiny-random` and `reference` are materialised first (once, by the
-    main process)."""
+def load_base(config, accelerator) -> tuple[str, torch.nn.Module, object, Backbone]:
+    """(name, frozen base, processor, its backbone); `tiny-random[-<model_type>]` and `reference` are
+    materialised first (once, by the main process). An unsupported family is refused from its config."""
     name = config.base_model
-    if name in (TINY_RANDOM, REFERENCE):
+    if (family := tiny_family(name)) is not None or name == REFERENCE:
         with accelerator.main_process_first():
-            name = str(materialise_tiny_base(config.assets_dir) if name == TINY_RANDOM
+            name = str(materialise_tiny_base(config.assets_dir, family) if family is not None
                        else reference_base(Path(config.assets_dir) / "reference-base"))
+    try:
+        backbone = backbone_for(AutoConfig.from_pretrained(name))
+    except ValueError as error:
+        raise UnusableBase(str(error)) from None
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
-    base = LlavaForConditionalGeneration.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
-    processor = AutoProcessor.from_pretrained(name)
-    if config.chat_template == "llava-1.5":
-        processor.chat_template = CHAT_TEMPLATE
-    return name, base, processor
+    base = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
+    processor = load_processor(name, backbone)
+    if config.chat_template is not None:
+        processor.chat_template = LLAVA_TEMPLATE if config.chat_template == "llava-1.5" else backbone.chat_template
+    elif "{% generation %}" not in (processor.chat_template or ""):
+        raise UnusableBase(f"{name}'s chat template does not mark assistant turns with {{% generation %}}, which "
+                         f"training needs to label the answers: pass --chat_template family (lvprune's copy of the "
+                         f"{backbone.family} template, which does) or a processor whose template does.")
+    return name, base, processor, backbone
+
+
+class UnusableBase(Exception):
+    """The base cannot be trained on as given (its family, its processor, its chat template); says what to do."""
+
+
+def load_processor(name: str, backbone: Backbone):
+    try:
+        return AutoProcessor.from_pretrained(name)
+    except ImportError as error:
+        if "torchvision" not in str(error).lower():
+            raise
+        raise UnusableBase(f"{backbone.family}'s processor needs torchvision (its video processor): install one "
+                          "built for your torch, e.g. pip install 'lvprune[video]'.") from error
 
 
 def build_pruner(config, base, base_name: str) -> LVPrunerModel:
@@ -102,13 +126,14 @@ def build_pruner(config, base, base_name: str) -> LVPrunerModel:
     return LVPrunerModel(LVPrunerConfig.from_base_config(base.config, **overrides))
 
 
-def load_data(config, accelerator, processor):
+def load_data(config, accelerator, processor, backbone: Backbone):
     """The training dataset (records checked once, images decoded on access)."""
     json_path, image_folder = config.data_path, config.image_folder or "."
     if json_path == SYNTHETIC_SHAPES:
         with accelerator.main_process_first():
             json_path, image_folder = materialise_shapes(config.assets_dir, config.synthetic_samples)
-    dataset, stats = load_llava_dataset(json_path, image_folder, processor, max_length=config.max_length)
+    dataset, stats = load_llava_dataset(json_path, image_folder, processor, max_length=config.max_length,
+                                        backbone=backbone)
     accelerator.print(f"data: {json_path}: {stats.summary()}")
     return str(json_path), dataset
 
@@ -130,7 +155,7 @@ def micro_step(accelerator, config, model, local_batch, step: int, metrics) -> t
         record_samples(accelerator, config, step, micro, batch)
     with accelerator.accumulate(model):
         torch.manual_seed(noise_seed(config.seed, micro))
-        output = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        output = model(**{k: v for k, v in batch.items() if k != INDEX_KEY})
         accelerator.backward(output.loss)
     metrics.update(output)
     return output.loss.detach()
@@ -244,7 +269,7 @@ def main(argv=None) -> dict:
     output_dir, _lock = prepare_output_dir(accelerator, config)
 
     # ---------------------------------------------------------------- frozen base + trainable pruner (+ LoRA)
-    base_name, base, processor = load_base(config, accelerator)
+    base_name, base, processor, backbone = load_base(config, accelerator)
     pruner = build_pruner(config, base, base_name)
     model = LVPruningForTraining(base, pruner)  # freezes the base
     lora = lora_config(config, base_name) if config.lora_r else None
@@ -257,8 +282,8 @@ def main(argv=None) -> dict:
                       f"{pruner.config.after_layers}, keep ratios {pruner.config.keep_ratios})")
 
     # ---------------------------------------------------------------- data
-    data_name, dataset = load_data(config, accelerator, processor)
-    loader, sampler = build_dataloader(dataset, processor.tokenizer.pad_token_id, config)
+    data_name, dataset = load_data(config, accelerator, processor, backbone)
+    loader, sampler = build_dataloader(dataset, processor.tokenizer.pad_token_id, config, backbone.token_inputs)
 
     # ---------------------------------------------------------------- optimizer and schedule
     adamw = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -311,6 +336,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (DivergenceError, NoRecords, OutputInUse, saving.ResumeError, saving.UnsafeCheckpoint) as error:
+    except (DivergenceError, NoRecords, OutputInUse, saving.ResumeError, saving.UnsafeCheckpoint, UnusableBase) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

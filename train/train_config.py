@@ -44,8 +44,9 @@ class TrainConfig:
     """Every setting of `train/train.py`. The defaults are a tiny random LLaVA on synthetic shapes (seconds on CPU)."""
 
     # ---------------------------------------------------------------- base model and pruner
-    base_model: str = doc(TINY_RANDOM, "base LLaVA: a folder or a Hub id (`from_pretrained`); `tiny-random` "
-                          "materialises a tiny random LLaVA with its processor under `assets_dir` on first use; `reference` "
+    base_model: str = doc(TINY_RANDOM, "base model of a supported family: a folder or a Hub id (`from_pretrained`); "
+                          "`tiny-random` materialises a tiny random LLaVA with its processor under `assets_dir` on first "
+                          "use, `tiny-random-<model_type>` one of another family (e.g. tiny-random-qwen2_vl); `reference` "
                           "the project's reference base (trained from scratch on the shapes set on first use, "
                           "cached under `assets_dir`)")
     keep_ratios: list[float] = doc([0.5, 0.3, 0.1], "training keep ratio of each stage (paper: [0.5, 0.3, 0.1])")
@@ -65,8 +66,9 @@ class TrainConfig:
                          "`synthetic-shapes` generates a small shapes VQA set under `assets_dir` on first use")
     image_folder: str | None = doc(None, "folder the records' image paths are relative to")
     synthetic_samples: int = doc(64, "records generated for `synthetic-shapes`")
-    chat_template: str | None = doc(None, "null: the processor's own chat template; `llava-1.5`: lvprune's "
-                                    "LLaVA-1.5 (Vicuna v1) template, whose {% generation %} marks the answers")
+    chat_template: str | None = doc(None, "null: the processor's own chat template (it must mark the answers with "
+                                    "{% generation %}); `family`: lvprune's copy of the base family's template, "
+                                    "which does; `llava-1.5`: LLaVA-1.5's (Vicuna v1) whatever the family")
     max_length: int | None = doc(None, "leave out records longer than this many tokens (null: keep all)")
     padding_side: str = doc("right", "side the collator pads batches on: left or right")
     num_workers: int = doc(0, "DataLoader worker processes per training process")
@@ -143,11 +145,28 @@ class TrainConfig:
             raise ValueError(f"num_train_epochs={self.num_train_epochs} must be positive when max_steps is 0.")
         if self.bench_plphp is not None and len(self.bench_plphp) != 5:
             raise ValueError(f"bench_plphp={self.bench_plphp} must be [r, delta_r, alpha, beta, start_layer].")
-        if self.chat_template not in (None, "llava-1.5"):
-            raise ValueError(f"chat_template={self.chat_template!r} must be null or 'llava-1.5'.")
+        if self.chat_template not in (None, "family", "llava-1.5"):
+            raise ValueError(f"chat_template={self.chat_template!r} must be null, 'family' or 'llava-1.5'.")
+        if self.base_model.startswith(TINY_RANDOM + "-"):
+            tiny_family(self.base_model)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def tiny_family(base_model: str) -> str | None:
+    """The model_type of a `tiny-random[-<model_type>]` base (None for any other base); refuses an unknown one."""
+    if base_model == TINY_RANDOM:
+        return "llava"
+    if not base_model.startswith(TINY_RANDOM + "-"):
+        return None
+    from lvprune.backbones import supported
+
+    family = base_model[len(TINY_RANDOM) + 1:]
+    if family not in supported():
+        raise ValueError(f"base_model={base_model!r}: no supported family {family!r}; tiny bases: "
+                         f"{', '.join(f'{TINY_RANDOM}-{t}' for t in sorted(supported()))}.")
+    return family
 
 
 def _one_of(name, value, options) -> None:

@@ -63,13 +63,15 @@ class IndexedCollator:
         return batch
 
 
-def build_dataloader(dataset, pad_token_id: int, config) -> tuple[DataLoader, EpochSampler]:
-    """A DataLoader of `config.per_device_batch_size` over `dataset` in seeded order, and its sampler.
+def build_dataloader(dataset, pad_token_id: int, config, token_inputs=()) -> tuple[DataLoader, EpochSampler]:
+    """A DataLoader of `config.per_device_batch_size` over `dataset` in seeded order, and its sampler;
+    `token_inputs`: the family's per-token inputs, padded like `input_ids`.
 
     The last incomplete micro-batch of an epoch is dropped, so every micro-batch has the same size.
     """
     sampler = EpochSampler(len(dataset), config.seed)
-    collator = IndexedCollator(LlavaCollator(pad_token_id=pad_token_id, padding_side=config.padding_side))
+    collator = IndexedCollator(LlavaCollator(pad_token_id=pad_token_id, padding_side=config.padding_side,
+                                             token_inputs=tuple(token_inputs)))
     loader = DataLoader(Indexed(dataset), batch_size=config.per_device_batch_size, sampler=sampler,
                         collate_fn=collator, num_workers=config.num_workers, drop_last=True)
     return loader, sampler

@@ -41,6 +41,9 @@ class Backbone:
             (`pixel_values` and the family's size inputs), for tests.
         token_types: `token_types(input_ids, config)` -> the per-token inputs a processor would give for these
             ids (Qwen2-VL's `mm_token_type_ids`), for tests; None: the family needs none.
+        chat_template: the family's chat template with its assistant turns marked `{% generation %}`, which
+            training needs to label them (the templates on the Hub mostly lack the marks); the prompt it renders
+            is the family's own.
     """
 
     family: str
@@ -53,6 +56,7 @@ class Backbone:
     token_inputs: tuple[str, ...] = ()
     video: bool = False
     token_types: Callable | None = field(default=None, compare=False)
+    chat_template: str | None = None
 
     def vision_token_ids(self, config) -> tuple[int, ...]:
         """The placeholder ids of vision tokens in `input_ids` (image first, then video)."""
@@ -109,3 +113,35 @@ def tiny_text(**overrides) -> dict:
     text = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return {**text, **overrides}
+
+
+# ChatML, as Qwen2-VL, Qwen2.5-VL and InternVL render it, with the assistant's text and `<|im_end|>` marked for
+# training. Newlines are written as expressions: `{%- -%}` strips the template's own whitespace.
+_CHATML = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- if item['type'] == 'image' -%}{{ IMAGE }}"
+    "{%- elif item['type'] == 'video' -%}{{ VIDEO }}"
+    "{%- else -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' and SYSTEM -%}"
+    "{{ '<|im_start|>system\\n' + SYSTEM + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ render(message['content']) + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- else -%}{{ render(message['content']) + '<|im_end|>\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def chatml_template(image: str, video: str = "", system: str = "") -> str:
+    """The ChatML training template with `image` (and `video`) as the placeholders an item renders as, and
+    `system` as the default system turn of a conversation that has none ("" for none)."""
+    settings = "".join(f"{{%- set {name} = {value!r} -%}}" for name, value in
+                       (("IMAGE", image), ("VIDEO", video), ("SYSTEM", system)))
+    return settings + _CHATML

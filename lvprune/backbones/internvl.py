@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
-from .base import TINY_IDS, Backbone, register, tiny_text
+from .base import TINY_IDS, Backbone, register, chatml_template, tiny_text
 
 
 def tiny_config(*, text=None, **overrides):
@@ -27,4 +27,5 @@ BACKBONE = register(Backbone(
     family="InternVL", model_types=("internvl",),
     tested_with=("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-8B-hf"),
     tiny_config=tiny_config, random_images=random_images,
+    chat_template=chatml_template("<IMG_CONTEXT>\n", "<video>\n"),  # as the -hf checkpoints render it
 ))

@@ -7,6 +7,27 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
 from .base import TINY_IDS, Backbone, register, tiny_text
 
+CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<image>' }}{%- else -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ render(message['content']) + ' ' }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'USER: ' + render(message['content']) + ' ' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' }}"
+    "{% generation %}{{ render(message['content']) + eos_token }}{% endgeneration %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT: ' }}{%- endif -%}"
+)
+"""LLaVA-1.5 (Vicuna v1) prompt. Content items are joined by newlines, so `[image, text]` renders as
+LLaVA's `<image>\\n{text}`. The supervised span of an assistant turn is its text plus `</s>`; the
+generation prompt ends with the space that precedes an answer during training."""
+
 
 def tiny_config(*, image_size=16, patch_size=4, vision_hidden=32, vision_layers=2, text=None, **overrides):
     """A LLaVA-1.5-shaped config with `(image_size / patch_size)²` tokens an image (16 by default)."""
@@ -27,5 +48,5 @@ def random_images(config, n: int, generator) -> dict:
 BACKBONE = register(Backbone(
     family="LLaVA-1.5", model_types=("llava",),
     tested_with=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
-    tiny_config=tiny_config, random_images=random_images,
+    tiny_config=tiny_config, random_images=random_images, chat_template=CHAT_TEMPLATE,
 ))

@@ -9,6 +9,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
 
 from .base import TINY_IDS, Backbone, register, tiny_text
+from .llava import CHAT_TEMPLATE
 
 TINY_PINPOINTS = [[16, 32], [32, 16], [32, 32]]
 
@@ -34,4 +35,5 @@ BACKBONE = register(Backbone(
     family="LLaVA-NeXT", model_types=("llava_next",),
     tested_with=("llava-hf/llava-v1.6-vicuna-7b-hf", "llava-hf/llava-v1.6-mistral-7b-hf"),
     tiny_config=tiny_config, random_images=random_images, image_inputs=("pixel_values", "image_sizes"),
+    chat_template=CHAT_TEMPLATE,  # Vicuna v1, as LLaVA-1.5
 ))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
-from .base import TINY_IDS, Backbone, register, tiny_text
+from .base import TINY_IDS, Backbone, register, chatml_template, tiny_text
 from .llava_next import TINY_PINPOINTS
 
 
@@ -30,5 +30,7 @@ BACKBONE = register(Backbone(
     tested_with=("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
     tiny_config=tiny_config, random_images=random_images,
     vision_token_fields=("image_token_id", "video_token_id"),
-    image_inputs=("pixel_values", "image_sizes", "pixel_values_videos"), video=True,
+    image_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"), video=True,
+    # the Qwen-1.5 conversation OneVision was trained with
+    chat_template=chatml_template("<image>\n", "<video>\n", system="You are a helpful assistant."),
 ))

@@ -8,6 +8,23 @@ from transformers import MistralConfig, Mistral3Config, PixtralVisionConfig
 
 from .base import TINY_IDS, Backbone, register, tiny_text
 
+# Mistral's instruct format: `<s>[INST]prompt[IMG][/INST]answer</s>`, the answer and `</s>` marked for training.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}{{ '[INST]' }}"
+    "{%- for item in items -%}{%- if item['type'] == 'image' -%}{{ '[IMG]' }}{%- else -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{{ '[/INST]' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{% generation %}{%- for item in items -%}{{ item['text'] }}{%- endfor -%}{{ eos_token }}{% endgeneration %}"
+    "{%- elif message['role'] == 'system' -%}"
+    "{{ '[SYSTEM_PROMPT]' }}{%- for item in items -%}{{ item['text'] }}{%- endfor -%}{{ '[/SYSTEM_PROMPT]' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
 
 def tiny_config(*, text=None, **overrides):
     """16-pixel images of 2-pixel patches, merged 2x2: 16 tokens an image."""
@@ -28,4 +45,5 @@ BACKBONE = register(Backbone(
     family="Mistral 3", model_types=("mistral3",),
     tested_with=("mistralai/Mistral-Small-3.1-24B-Instruct-2503",),
     tiny_config=tiny_config, random_images=random_images, image_inputs=("pixel_values", "image_sizes"),
+    chat_template=CHAT_TEMPLATE,
 ))

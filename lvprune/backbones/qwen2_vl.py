@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-from .base import TINY_IDS, Backbone, register, tiny_text
+from .base import TINY_IDS, Backbone, register, chatml_template, tiny_text
 
 MROPE = {"type": "mrope", "mrope_section": [2, 3, 3]}  # 16 rotary frequencies of a 32-wide head
 PATCH, MERGE, TEMPORAL = 2, 2, 2
@@ -56,7 +56,10 @@ def token_types(input_ids, config) -> dict:
 _COMMON = dict(random_images=random_images, token_types=token_types,
                vision_token_fields=("image_token_id", "video_token_id"),
                image_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"),
-               token_inputs=("mm_token_type_ids",), video=True)
+               token_inputs=("mm_token_type_ids",), video=True,
+               chat_template=chatml_template("<|vision_start|><|image_pad|><|vision_end|>",
+                                             "<|vision_start|><|video_pad|><|vision_end|>",
+                                             system="You are a helpful assistant."))
 
 BACKBONE = register(Backbone(
     family="Qwen2-VL", model_types=("qwen2_vl",), tiny_config=tiny_config,

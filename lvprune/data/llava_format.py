@@ -1,4 +1,4 @@
-"""The LLaVA-format training loader: records -> `input_ids`, `attention_mask`, `pixel_values`, `labels`.
+"""The LLaVA-format training loader: records -> `input_ids`, `attention_mask`, `labels` and the base's vision inputs.
 
     dataset, stats = load_llava_dataset("train.json", "images/", processor)            # map-style
     dataset, stats = load_llava_dataset("train.json", "images/", processor, streaming=True)
@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
+from .. import backbones
+from ..backbones import Backbone
 from .records import IMAGE_TAG, LoadStats, NoRecords, Unreadable, normalize_record, read_records, record_problem
 
 IGNORE_INDEX = -100
@@ -76,12 +78,15 @@ def load_image(path: str, record_id: str = "?") -> Image.Image:
         raise ValueError(f"record {record_id}: image {path} cannot be decoded: {error}") from error
 
 
-def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMixin) -> dict:
-    """One normalised record -> tensors.
+def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMixin,
+                  backbone: Backbone | None = None) -> dict:
+    """One normalised record -> tensors, through the processor's own chat template.
 
-    Returns `input_ids`, `attention_mask`, `labels` (each [seq], int64) and `pixel_values`
-    ([n_images, 3, H, W], float32; n_images may be 0).
+    Returns `input_ids`, `attention_mask`, `labels` (each [seq], int64), and the family's inputs
+    (`backbone.batch_inputs`, default LLaVA-1.5's `pixel_values` [n_images, 3, H, W]): per-image ones as the
+    processor gives them (empty, `[0, ...]`, for a record without images), per-token ones as [seq].
     """
+    backbone = backbone or backbones.supported()["llava"]
     images = [load_image(os.path.join(image_folder, p), record["id"]) for p in record["images"]]
     # Python lists back from the processor: its tensor path costs ~5x more time per example.
     out = processor.apply_chat_template(
@@ -92,37 +97,78 @@ def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMi
         return_tensors=None,
     )
     input_ids = torch.tensor(out["input_ids"][0], dtype=torch.long)
-    labels = input_ids.masked_fill(torch.tensor(out["assistant_masks"][0]) == 0, IGNORE_INDEX)
-    if images:
-        pixel_values = torch.from_numpy(np.stack(out["pixel_values"])).float()
-    else:
-        pixel_values = empty_pixel_values(processor)
-    return {
+    assistant = torch.tensor(out["assistant_masks"][0]) != 0
+    if not assistant.any():
+        raise ValueError(f"record {record['id']}: the chat template marks no assistant token. It must wrap assistant "
+                         "turns in {% generation %} ... {% endgeneration %}; train/train.py's --chat_template family "
+                         "uses lvprune's copy of the family's template that does.")
+    example = {
         "input_ids": input_ids,
         "attention_mask": torch.tensor(out["attention_mask"][0], dtype=torch.long),
-        "pixel_values": pixel_values,
-        "labels": labels,
+        "labels": input_ids.masked_fill(~assistant, IGNORE_INDEX),
     }
+    for key in backbone.image_inputs:
+        example[key] = stack_padded(out[key]) if images and out.get(key) is not None else empty_input(processor, key)
+    for key in backbone.token_inputs:
+        example[key] = torch.tensor(out[key][0], dtype=torch.long)
+    return example
 
 
-def empty_pixel_values(processor: ProcessorMixin) -> torch.Tensor:
-    """[0, 3, H, W] at the processor's crop size: what a text-only example carries."""
-    crop = processor.image_processor.crop_size
-    return torch.zeros(0, 3, crop["height"], crop["width"])
+def stack_padded(value) -> torch.Tensor:
+    """A processor's per-image output as one tensor, dim 0 the images (or their rows).
+
+    A list holds one entry per image: they are stacked, padded with zeros to the largest where sizes differ
+    (LLaVA-NeXT's tile counts, Pixtral's image sizes), as the family's batched processor pads them. An array is
+    already one tensor over the images' rows (Qwen2-VL's patches).
+    """
+    if not isinstance(value, (list, tuple)):
+        return torch.as_tensor(np.asarray(value))
+    return pad_cat([torch.as_tensor(np.asarray(entry))[None] for entry in value])
 
 
-def image_seq_length(processor: ProcessorMixin) -> int:
-    """Placeholder tokens the processor inserts per image, measured on a blank image."""
-    crop = processor.image_processor.crop_size
+def pad_cat(tensors) -> torch.Tensor:
+    """Concatenate along dim 0, padding every trailing dim with zeros to the largest size."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad = []
+        for d in reversed(range(1, t.dim())):
+            pad += [0, shape[d - 1] - t.shape[d]]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)
+
+
+def empty_input(processor: ProcessorMixin, key: str) -> torch.Tensor:
+    """What a record without images carries for a per-image input: `[0, 3, H, W]` pixel values at a fixed
+    crop size, otherwise an empty tensor."""
+    crop = getattr(processor.image_processor, "crop_size", None)
+    if key == "pixel_values" and crop and "height" in crop:
+        return torch.zeros(0, 3, crop["height"], crop["width"])
+    return torch.zeros(0)
+
+
+def image_seq_length(processor: ProcessorMixin) -> int | None:
+    """Placeholder tokens the processor inserts per image when that number is fixed (LLaVA-1.5: a square
+    crop), measured on a blank image; None where it depends on the image (tiles, dynamic resolution)."""
+    image_processor = processor.image_processor
+    crop = getattr(image_processor, "crop_size", None)
+    if not crop or "height" not in crop or getattr(image_processor, "image_grid_pinpoints", None):
+        return None
     blank = Image.new("RGB", (crop["width"], crop["height"]))
-    ids = processor(text=IMAGE_TAG, images=[blank], add_special_tokens=False)["input_ids"][0]
+    ids = processor(text=processor.image_token, images=[blank], add_special_tokens=False)["input_ids"][0]
     return len(ids)
 
 
-def prompt_length(record: dict, processor: ProcessorMixin, per_image: int) -> int:
-    """Tokens of the encoded record, counted without loading its images."""
+def prompt_length(record: dict, processor: ProcessorMixin, per_image: int | None, image_folder=".") -> int:
+    """Tokens of the encoded record: counted without loading its images where each image's count is fixed,
+    otherwise by processing them."""
+    if per_image is None:
+        images = [load_image(os.path.join(image_folder, p), record["id"]) for p in record["images"]]
+        out = processor.apply_chat_template(to_messages(record["conversations"], images), tokenize=True,
+                                            return_dict=True, return_tensors=None)
+        return len(out["input_ids"][0])
     text = processor.apply_chat_template(to_messages(record["conversations"]), tokenize=False)
-    n_tags = text.count(IMAGE_TAG)
+    n_tags = text.count(processor.image_token)
     return len(processor.tokenizer(text)["input_ids"]) + n_tags * (per_image - 1)
 
 
@@ -139,13 +185,13 @@ class LoaderOptions:
             raise ValueError(f"max_length must be a positive number of tokens or None, got {self.max_length}")
 
 
-def skip_reason(record: dict, image_folder, processor, options: LoaderOptions, per_image: int):
+def skip_reason(record: dict, image_folder, processor, options: LoaderOptions, per_image: int | None):
     """(reason, detail) to leave a normalised record out (reason a `SKIP_REASONS` entry), or None to keep it."""
     problem = record_problem(record, image_folder, verify_images=options.verify_images)
     if problem is not None and problem[0] == "no_image" and not options.drop_text_only:
         problem = None
     if problem is None and options.max_length is not None:
-        length = prompt_length(record, processor, per_image)
+        length = prompt_length(record, processor, per_image, image_folder)
         if length > options.max_length:
             problem = ("too_long", f"{length} tokens > max_length {options.max_length}")
     return problem
@@ -158,7 +204,7 @@ def iter_valid_records(json_path, image_folder, processor, stats: LoadStats, opt
     """
     stats.kept = 0
     stats.skipped.clear()
-    per_image = image_seq_length(processor) if options.max_length is not None else 0
+    per_image = image_seq_length(processor) if options.max_length is not None else 0  # None: count each
     for index, raw in enumerate(read_records(json_path)):
         if isinstance(raw, Unreadable):
             stats.skip("unreadable_line", raw.where, raw.why)
@@ -180,13 +226,14 @@ def load_llava_dataset(
     drop_text_only: bool = True,
     max_length: int | None = None,
     verify_images: bool = True,
+    backbone: Backbone | None = None,
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, LoadStats]:
     """Load a LLaVA instruction file (`.json` list or `.jsonl`) for training.
 
     Args:
         json_path: the records; `image` paths in them are relative to `image_folder`.
-        processor: a `LlavaProcessor` whose chat template marks assistant turns with
-            `{% generation %}` (as `build_processor()`'s does).
+        processor: the base's processor (`AutoProcessor`); its chat template must mark assistant turns with
+            `{% generation %}` (each backbone's `chat_template` does, as `build_processor()`'s does).
         streaming: return an `IterableDataset` that reads, checks and encodes lazily.
         drop_text_only: leave out records without an image (counted as `no_image`).
         max_length: leave out records longer than this many tokens (`too_long`), instead of
@@ -195,8 +242,9 @@ def load_llava_dataset(
             decompression bombs; each such record is skipped and named in the log).
 
     Returns:
-        `(dataset, stats)`. Each example is a dict of `input_ids`, `attention_mask`, `labels` ([seq])
-        and `pixel_values` ([n_images, 3, H, W]); batch them with `LlavaCollator`.
+        `(dataset, stats)`. Each example is a dict of `input_ids`, `attention_mask`, `labels` ([seq]) and the
+        family's inputs (`pixel_values` [n_images, 3, H, W] for LLaVA-1.5); batch them with
+        `LlavaCollator(..., token_inputs=backbone.token_inputs)`.
 
     Raises:
         NoRecords: (map-style) every record was skipped; the message holds the counts per reason.
@@ -204,7 +252,7 @@ def load_llava_dataset(
     options = LoaderOptions(drop_text_only, max_length, verify_images)
     stats = LoadStats()
     records = functools.partial(iter_valid_records, json_path, image_folder, processor, stats, options)
-    encode = functools.partial(encode_record, image_folder=image_folder, processor=processor)
+    encode = functools.partial(encode_record, image_folder=image_folder, processor=processor, backbone=backbone)
     if streaming:
         source = datasets.IterableDataset.from_generator(records, features=RECORD_FEATURES)
         return source.map(encode, remove_columns=list(RECORD_FEATURES)), stats
@@ -220,4 +268,4 @@ def load_llava_dataset(
 def _encode_batch(batch: dict, encode) -> dict:
     """`with_transform` hook: a batch of records (dict of lists) -> a dict of lists of tensors."""
     encoded = [encode(dict(zip(batch, values))) for values in zip(*batch.values())]
-    return {key: [e[key] for e in encoded] for key in ("input_ids", "attention_mask", "pixel_values", "labels")}
+    return {key: [e[key] for e in encoded] for key in encoded[0]}

@@ -27,6 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from ..backbones.llava import CHAT_TEMPLATE
 from .shapes import vocabulary as shapes_vocabulary
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
@@ -38,28 +39,6 @@ TEMPLATE_WORDS = ("USER", "ASSISTANT")
 WORD_PATTERN = r"[A-Za-z0-9]+"
 PIECE_PATTERN = WORD_PATTERN + r"|[^A-Za-z0-9\s]|\s"
 STRATEGIES = ("default", "full")
-
-CHAT_TEMPLATE = (
-    "{%- macro render(content) -%}"
-    "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{%- for item in content -%}"
-    "{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
-    "{%- if item['type'] == 'image' -%}{{ '<image>' }}{%- else -%}{{ item['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{ render(message['content']) + ' ' }}"
-    "{%- elif message['role'] == 'user' -%}{{ 'USER: ' + render(message['content']) + ' ' }}"
-    "{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' }}"
-    "{% generation %}{{ render(message['content']) + eos_token }}{% endgeneration %}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'ASSISTANT: ' }}{%- endif -%}"
-)
-"""LLaVA-1.5 (Vicuna v1) prompt. Content items are joined by newlines, so `[image, text]` renders as
-LLaVA's `<image>\\n{text}`. The supervised span of an assistant turn is its text plus `</s>`; the
-generation prompt ends with the space that precedes an answer during training."""
-
 
 @dataclass(frozen=True)
 class ProcessorConfig:
@@ -113,25 +92,33 @@ def build_vocab(words) -> dict[str, int]:
     return {piece: i for i, piece in enumerate(pieces)}
 
 
-def build_tokenizer(words) -> PreTrainedTokenizerFast:
-    """A lossless word-level fast tokenizer over `words` that prepends `<s>` (LLaMA-like)."""
+def build_tokenizer(words, specials: dict | None = None, chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A lossless word-level fast tokenizer over `words` that prepends `<s>` (LLaMA-like).
+
+    specials: tokenizer attribute -> special token, the placeholders a family's processor reads from its
+    tokenizer (default LLaVA's `image_token="<image>"`); tokens beyond the base ones get the next ids, so a
+    LLaVA tokenizer's ids do not depend on them.
+    """
+    specials = specials or {"image_token": IMAGE}
     vocab = build_vocab(words)
+    for token in specials.values():
+        vocab.setdefault(token, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(PIECE_PATTERN), behavior="isolated")
     tok.decoder = decoders.Fuse()  # pieces carry their own whitespace: concatenation is exact
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
     )
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens(list(dict.fromkeys([*SPECIAL_TOKENS, *specials.values()])))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
         bos_token=BOS,
         eos_token=EOS,
         unk_token=UNK,
-        extra_special_tokens={"image_token": IMAGE},
+        extra_special_tokens=specials,
         clean_up_tokenization_spaces=False,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
@@ -162,3 +149,82 @@ def build_processor(config: ProcessorConfig | None = None, **overrides) -> Llava
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE,
     )
+
+
+# ------------------------------------------------------------------------------ the other families
+
+# Per family: the tokenizer attributes its processor reads (placeholders), and the template's other special tokens.
+CHATML = {"im_start": "<|im_start|>", "im_end": "<|im_end|>"}
+FAMILY_SPECIALS = {
+    "llava_next": {"image_token": IMAGE},
+    "llava_onevision": {"image_token": IMAGE, "video_token": "<video>", **CHATML},
+    "qwen2_vl": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                 "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>", **CHATML},
+    "mistral3": {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]",
+                 "inst": "[INST]", "inst_end": "[/INST]", "system": "[SYSTEM_PROMPT]", "system_end": "[/SYSTEM_PROMPT]"},
+    "internvl": {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                 "video_token": "<video>", **CHATML},
+}
+FAMILY_SPECIALS["qwen2_5_vl"] = FAMILY_SPECIALS["qwen2_vl"]
+TEMPLATE_TEXT = ("user", "assistant", "system", "You", "are", "a", "helpful")
+
+
+def build_family_processor(model_type: str, words=None):
+    """The stock processor of family `model_type` (`lvprune.backbones`) over the closed vocabulary, sized for the
+    family's tiny config (`Backbone.tiny_config`) and using the family's training chat template.
+
+    Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision and InternVL processors hold a video processor, which needs torchvision.
+    """
+    import transformers
+
+    from ..backbones import supported
+    from ..backbones.llava_next import TINY_PINPOINTS
+
+    if model_type == "llava":
+        return build_processor()
+    backbone = supported()[model_type]
+    words = tuple(words if words is not None else shapes_vocabulary()) + TEMPLATE_TEXT
+    tokenizer = build_tokenizer(words, FAMILY_SPECIALS[model_type], backbone.chat_template)
+    template = dict(chat_template=backbone.chat_template)
+    if model_type == "llava_next":
+        images = transformers.LlavaNextImageProcessorPil(
+            size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_grid_pinpoints=TINY_PINPOINTS)
+        return transformers.LlavaNextProcessor(images, tokenizer, patch_size=4, vision_feature_select_strategy="default",
+                                               num_additional_image_tokens=1, image_token=IMAGE, **template)
+    if model_type == "llava_onevision":
+        images = transformers.LlavaOnevisionImageProcessorPil(size={"height": 16, "width": 16},
+                                                              image_grid_pinpoints=TINY_PINPOINTS)
+        return transformers.LlavaOnevisionProcessor(images, tokenizer, _video_processor("LlavaOnevision"),
+                                                    num_image_tokens=16, vision_feature_select_strategy="full",
+                                                    **template)
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        images = transformers.Qwen2VLImageProcessorPil(patch_size=2, merge_size=2, temporal_patch_size=2,
+                                                       min_pixels=8 * 8, max_pixels=32 * 32)
+        cls = transformers.Qwen2VLProcessor if model_type == "qwen2_vl" else transformers.Qwen2_5_VLProcessor
+        return cls(images, tokenizer, _video_processor("Qwen2VL", patch_size=2, merge_size=2, temporal_patch_size=2),
+                   **template)
+    if model_type == "mistral3":
+        images = transformers.PixtralImageProcessorPil(patch_size=2, size={"longest_edge": 16})
+        return transformers.PixtralProcessor(images, tokenizer, patch_size=2, spatial_merge_size=2,
+                                             image_token="[IMG]", image_break_token="[IMG_BREAK]",
+                                             image_end_token="[IMG_END]", **template)
+    if model_type == "internvl":
+        images = transformers.GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=False)
+        return transformers.InternVLProcessor(images, tokenizer, _video_processor("InternVL"), image_seq_length=16,
+                                              **template)
+    raise ValueError(f"no tiny processor for model_type {model_type!r}")
+
+
+def _video_processor(family: str, **settings):
+    """The family's stock video processor; it needs torchvision, and says so clearly when it is missing."""
+    import transformers
+
+    try:
+        return getattr(transformers, f"{family}VideoProcessor")(**settings)
+    except ImportError as error:
+        raise ImportError(f"the {family} processor holds a video processor, which needs torchvision: "
+                          "pip install 'lvprune[video]' (a torchvision built for your torch).") from error
+
+
+# Families whose stock processor needs torchvision (a video processor, or Pixtral's processor).
+TORCHVISION_PROCESSORS = ("internvl", "llava_onevision", "mistral3", "qwen2_5_vl", "qwen2_vl")
