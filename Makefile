@@ -3,12 +3,15 @@
 #   make test    the test suite
 # Both create ./.venv with the CPU build of torch (constraints.txt) on first use. On a GPU machine:
 #   make demo CONSTRAINTS=
-# Other settings: VENV (the environment's folder), PIN (extra requirements, e.g. PIN="transformers==5.4.0"),
-# PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'").
+# Other settings: VENV (the environment's folder), EXTRAS (lvprune's extras to install), PIN (extra
+# requirements, e.g. PIN="transformers==5.19.0"), PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'"). The families
+# whose processors need torchvision are tested in an environment of their own:
+#   make test VENV=.venv-video CONSTRAINTS=constraints-video.txt EXTRAS=deepspeed,train,bench,test,video
 
 VENV ?= .venv
 PYTHON ?= python3
 CONSTRAINTS ?= constraints.txt
+EXTRAS ?= deepspeed,train,bench,test
 PIN ?=
 PYTEST_ARGS ?=
 
@@ -23,7 +26,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo "setting up $(VENV): torch, transformers, accelerate, deepspeed ... (a minute or two, once)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(CONSTRAINT_FLAG) -e ".[deepspeed,train,bench,test]" $(PIN)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(CONSTRAINT_FLAG) -e ".[$(EXTRAS)]" $(PIN)
 	@$(BIN)/python -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}')"
 	@touch $@
 

@@ -177,3 +177,50 @@ def test_a_pruner_is_refused_by_a_base_of_another_family_of_the_same_size():
     with pytest.raises(ValueError, match="pruner was trained on a 'qwen2_vl' model, the base is 'qwen2_5_vl'"):
         lvprune.Pruning(qwen2_5, pruner)
     lvprune.Pruning(qwen2, pruner)  # its own family is accepted
+
+
+# ------------------------------------------------------------------------------ videos
+
+
+def video_batch(model):
+    """A left-padded batch of a prompt with a 2-frame video and a text-only prompt (Qwen2-VL, OneVision)."""
+    from lvprune.backbones import TINY_FIRST_TEXT_ID
+
+    config, generator = model.config, torch.Generator().manual_seed(5)
+    if config.model_type.startswith("qwen2"):
+        vision = config.vision_config
+        grid = torch.tensor([[2, 4, 8]])  # 2 frames of 4 x 8 patches
+        width = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+        inputs = {"pixel_values_videos": torch.randn(int(grid.prod()), width, generator=generator),
+                  "video_grid_thw": grid}
+    else:
+        size = config.vision_config.image_size
+        inputs = {"pixel_values_videos": torch.randn(1, 2, 3, size, size, generator=generator)}
+    with torch.no_grad():  # the placeholders the stock model fills: its video features' rows
+        features = model.model.get_video_features(**inputs)
+    features = getattr(features, "pooler_output", features)
+    tokens = features[..., 0].numel() if isinstance(features, torch.Tensor) else sum(len(f) for f in features)
+    text = torch.randint(TINY_FIRST_TEXT_ID, 96, (12,), generator=generator)
+    rows = [torch.cat([text[:4], torch.full((tokens,), config.video_token_id), text[4:]]), text[:6]]
+    from lvprune.testing import pad_rows
+
+    batch = {**pad_rows(rows), **inputs}
+    backbone = backbone_for(config)
+    if backbone.token_types is not None:
+        batch.update(backbone.token_types(batch["input_ids"], config))
+    return batch
+
+
+@pytest.mark.parametrize("model_type", [t for t in FAMILIES if supported()[t].video])
+def test_video_tokens_are_pruned_as_vision_tokens(model_type):
+    stock, base, pruner, _ = models(model_type, "sdpa")
+    batch = video_batch(stock)
+    reference = stock.generate(**batch, **GREEDY)
+    with lvprune.pruning(base, pruner, keep_ratios=[1, 1, 1]):
+        assert torch.equal(base.generate(**batch, **GREEDY), reference)
+    masked_logits, masked_ids = generated_with_masked_reference(base, pruner, batch, RATIOS, steps=4)
+    with lvprune.pruning(base, pruner, keep_ratios=RATIOS):
+        assert torch.equal(base.generate(**batch, **GREEDY), masked_ids)
+        present = base.pruning_stats.layers[0].vision_tokens
+        assert present[0] == (batch["input_ids"][0] == stock.config.video_token_id).sum() > 0 and present[1] == 0
+        assert base.pruning_stats.layers[-1].vision_tokens[0] == round(RATIOS[-1] * present[0])

@@ -96,21 +96,21 @@ def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMi
         return_assistant_tokens_mask=True,
         return_tensors=None,
     )
-    input_ids = torch.tensor(out["input_ids"][0], dtype=torch.long)
-    assistant = torch.tensor(out["assistant_masks"][0]) != 0
+    input_ids = torch.as_tensor(out["input_ids"][0], dtype=torch.long)
+    assistant = torch.as_tensor(out["assistant_masks"][0]) != 0
     if not assistant.any():
         raise ValueError(f"record {record['id']}: the chat template marks no assistant token. It must wrap assistant "
                          "turns in {% generation %} ... {% endgeneration %}; train/train.py's --chat_template family "
                          "uses lvprune's copy of the family's template that does.")
     example = {
         "input_ids": input_ids,
-        "attention_mask": torch.tensor(out["attention_mask"][0], dtype=torch.long),
+        "attention_mask": torch.as_tensor(out["attention_mask"][0], dtype=torch.long),
         "labels": input_ids.masked_fill(~assistant, IGNORE_INDEX),
     }
     for key in backbone.image_inputs:
         example[key] = stack_padded(out[key]) if images and out.get(key) is not None else empty_input(processor, key)
     for key in backbone.token_inputs:
-        example[key] = torch.tensor(out[key][0], dtype=torch.long)
+        example[key] = torch.as_tensor(out[key][0], dtype=torch.long)
     return example
 
 
