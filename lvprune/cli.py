@@ -77,7 +77,7 @@ def _add_flops_command(subparsers) -> None:
     flops.add_argument("--image-size", type=_image_size, default=None, metavar="WxH",
                        help="width x height of each image in pixels, e.g. 1280x720, or one number for a "
                             "square (default: the family's typical size, see lvprune.flops."
-                            "TYPICAL_IMAGE_SIZES; LLaVA-1.5 always sees its 336x336 tile)")
+                            "its Backbone.typical_image_size; LLaVA-1.5 always sees its 336x336 tile)")
     flops.set_defaults(func=_run_flops, command_parser=flops)
 
 

@@ -3,7 +3,7 @@
 A multiply-add is 2 FLOPs. Only matrix products are counted (linear layers, the patch
 convolution, attention scores and weighted values), as ``torch.utils.flop_counter.FlopCounterMode``
 does; norms, activations, softmax, RoPE, biases and the resampling of features are well under 1%
-of the total. The families are told apart by ``config.model_type`` (``SUPPORTED_MODEL_TYPES``);
+of the total. The families are told apart by ``config.model_type`` (``lvprune.backbones``);
 what differs between them is the image side: how many vision tokens one image of a given size
 becomes (``image_input``) and what encoding it costs. The language model (any
 ``config.get_text_config()``), the decision modules and the KV cache are counted alike for all.
@@ -83,10 +83,8 @@ tokens would still cost only 0.59); the gap is left open, not closed by a tuned 
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .config import check_stages
 from .plphp import ceil_count
@@ -94,24 +92,7 @@ from .plphp import ceil_count
 DECISION_BLOCKS = 2
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
-SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "mistral3", "internvl")
 
-# Image size assumed when none is given: the native tile for LLaVA-1.5 (any image becomes one),
-# else a typical photo-sized square (height, width).
-TYPICAL_IMAGE_SIZES = {
-    "llava_next": (672, 672),  # a 2 x 2 grid of 336px tiles plus the base: 2928 tokens
-    "llava_onevision": (768, 768),  # a 2 x 2 grid of 384px tiles plus the base: 3699 tokens
-    "qwen2_vl": (448, 448),  # 32 x 32 patches: 256 tokens
-    "qwen2_5_vl": (448, 448),
-    "mistral3": (1024, 1024),  # padded to 1036 x 1036: 37 x 37 = 1369 tokens (+ 37 [IMG_BREAK]/[IMG_END])
-    "internvl": (448, 448),  # one tile: 256 tokens
-}
-# Image processing the model's config.json does not hold, from the Hub's preprocessor_config.json.
-QWEN_MIN_PIXELS = 56 * 56  # Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: 3136
-QWEN_MAX_PIXELS = 16384 * 28 * 28  # 12845056
-PIXTRAL_LONGEST_EDGE = 1540  # Mistral-Small-3.1-24B-Instruct-2503
-INTERNVL_TILES = (1, 12)  # InternVL3-*-hf: min_patches, max_patches (crop_to_patches=True)
-_CLS_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}  # the towers the LLaVA families use
 
 
 @dataclass(frozen=True)
@@ -207,30 +188,43 @@ class VisionInput:
 # ----------------------------------------------------------------------------- families
 
 
+def backbone(config: Any):
+    """The family of ``config`` (``lvprune.backbones``), which knows its vision tokens and their cost; a
+    ValueError listing the supported families for any other config."""
+    from .backbones import backbone_for
+
+    if not hasattr(config, "vision_config"):
+        raise ValueError(f"{type(config).__name__} is not a LLaVA config nor another supported vision-language "
+                         f"config: model_type {getattr(config, 'model_type', None)!r} is not one of "
+                         f"{', '.join(supported_model_types())}")
+    return backbone_for(config)
+
+
+def supported_model_types() -> list[str]:
+    from .backbones import supported
+
+    return sorted(supported())
+
+
 def model_family(config: Any) -> str:
-    """``config.model_type`` if ``lvprune.flops`` knows it, else a ValueError listing those it does."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES or not hasattr(config, "vision_config"):
-        raise ValueError(f"{type(config).__name__} is not a LLaVA config nor another supported "
-                         f"vision-language config: model_type {model_type!r} is not one of "
-                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-    return model_type
+    """``config.model_type`` of a supported family, else a ValueError listing them."""
+    backbone(config)
+    return config.model_type
 
 
 def default_image_size(config: Any) -> tuple[int, int]:
-    """``(height, width)`` assumed when none is given: LLaVA-1.5's tile, else ``TYPICAL_IMAGE_SIZES``."""
-    family = model_family(config)
-    if family == "llava":
-        side = _side(config.vision_config.image_size)
+    """``(height, width)`` assumed when none is given: the family's ``typical_image_size``, else its tile."""
+    typical = backbone(config).typical_image_size
+    if typical is None:
+        side = side_of(config.vision_config.image_size)
         return side, side
-    return TYPICAL_IMAGE_SIZES[family]
+    return typical
 
 
 def image_input(config: Any, image_size: tuple[int, int] | None = None, images: int = 1) -> VisionInput:
     """Vision tokens per image of ``image_size`` (height, width) and the FLOPs of encoding ``images`` of them."""
-    family = model_family(config)
     size = default_image_size(config) if image_size is None else _check_image_size(image_size)
-    return _FAMILIES[family](config, size, images)
+    return backbone(config).vision_cost(config, size, images)
 
 
 def vision_tokens_per_image(config: Any, image_size: tuple[int, int] | None = None) -> int:
@@ -247,197 +241,37 @@ def vision_layers_used(config: Any) -> int:
     return max(p if p >= 0 else total + 1 + p for p in picks)
 
 
-def _llava(config: Any, size: tuple[int, int], images: int) -> VisionInput:
-    n = _tile_features(config, check=False)
-    return VisionInput(size, n, 0, 1, vision_tower_flops(config, images) if images else 0,
-                       projector_flops(config, images * n))
 
 
-def _anyres(config: Any, size: tuple[int, int], images: int) -> VisionInput:
-    """LLaVA-NeXT and LLaVA-OneVision: base tile + best-resolution grid, unpadded, newlines."""
-    v = config.vision_config
-    tile, grid = _side(v.image_size), _side(v.image_size) // _side(v.patch_size)
-    per_tile = _tile_features(config, check=True)
-    if config.model_type == "llava_onevision" and images > 1:
-        tiles, tokens = 1, per_tile + 1  # several images: each its base tile and one newline
-    else:
-        from transformers.image_processing_utils import select_best_resolution
-
-        best_h, best_w = select_best_resolution(list(size), config.image_grid_pinpoints)
-        tiles = 1 + math.ceil(best_h / tile) * math.ceil(best_w / tile)
-        rows, cols = _unpadded(size, grid * (best_h // tile), grid * (best_w // tile))
-        if config.model_type == "llava_onevision":
-            rows, cols = _anyres_max(config.vision_aspect_ratio, rows, cols, grid)
-        tokens = per_tile + rows * cols + rows  # base tile, unpadded grid, one newline per row
-    return VisionInput(size, tokens, 0, tiles, _clip_tower_flops(config, images * tiles),
-                       projector_flops(config, images * tiles * per_tile))
 
 
-def _unpadded(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
-    """Rows and columns of grid features left once the padding to the pinpoint is cut (``unpad_image``)."""
-    orig_h, orig_w = size
-    if orig_w / orig_h > width / height:
-        new_h = int(round(orig_h * (width / orig_w), 7))
-        height -= 2 * ((height - new_h) // 2)
-    else:
-        new_w = int(round(orig_w * (height / orig_h), 7))
-        width -= 2 * ((width - new_w) // 2)
-    return height, width
 
 
-def _anyres_max(aspect_ratio: str, rows: int, cols: int, grid: int) -> tuple[int, int]:
-    """OneVision's "anyres_max_N": grid features over 1.1x N tiles' worth are resized down to about N."""
-    match = re.fullmatch(r"anyres_max_(\d+)", str(aspect_ratio))
-    if not match:
-        raise ValueError(f"vision_aspect_ratio={aspect_ratio!r} is not 'anyres_max_N', the one the model reads")
-    ratio = math.sqrt(rows * cols / (int(match.group(1)) * grid**2))
-    if ratio > 1.1:
-        rows, cols = int(rows // ratio), int(cols // ratio)
-    return rows, cols
 
 
-def _tile_features(config: Any, check: bool) -> int:
-    """Features one tile gives the projector: patches (+ CLS; a tower not in ``_CLS_TOKENS`` is
-    taken to have one, as LLaVA-1.5's CLIP), less the first if "default"."""
-    v = config.vision_config
-    if check and v.model_type not in _CLS_TOKENS:
-        raise ValueError(f"vision tower {v.model_type!r} is not one of {', '.join(_CLS_TOKENS)}")
-    patches = (_side(v.image_size) // _side(v.patch_size)) ** 2
-    features = patches + _CLS_TOKENS.get(v.model_type, 1) - (config.vision_feature_select_strategy == "default")
-    if check and features != patches:  # AnyRes lays each tile's features out on its patch grid
-        raise ValueError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} with a "
-                         f"{v.model_type} tower gives {features} features per tile, not its {patches} patches")
-    return features
 
 
-def _clip_tower_flops(config: Any, tiles: int) -> int:
-    """CLIP or SigLIP over ``tiles`` square tiles: patch conv + the used encoder layers (CLS included)."""
-    v = config.vision_config
-    patches = (_side(v.image_size) // _side(v.patch_size)) ** 2
-    seq = patches + _CLS_TOKENS.get(v.model_type, 1)
-    conv = patch_embed_flops(tiles * patches, v.num_channels, _side(v.patch_size) ** 2, v.hidden_size)
-    layer = encoder_layer_flops(tiles * seq, v.hidden_size, v.intermediate_size, tiles * seq * seq)
-    return conv + vision_layers_used(config) * layer
 
 
-def _qwen_vl(config: Any, size: tuple[int, int], images: int) -> VisionInput:
-    """Qwen2-VL and Qwen2.5-VL: smart-resized patches, 2x2 merged; each image attends alone."""
-    v = config.vision_config
-    grid_h, grid_w = qwen_patch_grid(config, size)
-    patches, merge = grid_h * grid_w, v.spatial_merge_size
-    tokens = patches // merge**2
-    if config.model_type == "qwen2_vl":
-        width, intermediate, mlp, out = v.embed_dim, int(v.embed_dim * v.mlp_ratio), 2, v.hidden_size
-        squares = [patches**2] * v.depth
-    else:
-        width, intermediate, mlp, out = v.hidden_size, v.intermediate_size, 3, v.out_hidden_size
-        window = _window_square(grid_h, grid_w, merge, v.window_size // merge // v.patch_size)
-        squares = [patches**2 if i in v.fullatt_block_indexes else window for i in range(v.depth)]
-    conv = patch_embed_flops(patches, v.in_channels, v.temporal_patch_size * v.patch_size**2, width)
-    blocks = sum(encoder_layer_flops(patches, width, intermediate, square, mlp) for square in squares)
-    merged = merge**2 * width
-    merger = 2 * tokens * (merged * merged + merged * out)
-    return VisionInput(size, tokens, 0, patches, images * (conv + blocks), images * merger)
 
 
-def qwen_patch_grid(config: Any, size: tuple[int, int]) -> tuple[int, int]:
-    """14px patches down and across once the processor's ``smart_resize`` has resized the image."""
-    v = config.vision_config
-    height, width = _smart_resize(*size, v.patch_size * v.spatial_merge_size, QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
-    return height // v.patch_size, width // v.patch_size
 
 
-def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen2-VL's image processor: multiples of ``factor``, pixels in [min, max], aspect kept."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"image_size {height}x{width}: Qwen's processor refuses aspect ratios over 200")
-    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
-def _window_square(grid_h: int, grid_w: int, merge: int, window: int) -> int:
-    """Sum of L^2 over Qwen2.5-VL's attention windows: ``window`` x ``window`` merged tokens each,
-    the last row and column of windows cut short by the image's edge."""
-    if window < 1:
-        raise ValueError("window_size is smaller than one merged token")
-    rows = [min(window, grid_h // merge - i) for i in range(0, grid_h // merge, window)]
-    cols = [min(window, grid_w // merge - j) for j in range(0, grid_w // merge, window)]
-    return sum((r * c * merge**2) ** 2 for r in rows for c in cols)
 
 
-def _mistral3(config: Any, size: tuple[int, int], images: int) -> VisionInput:
-    """Pixtral tower over 14px patches, 2x2 merged; [IMG_BREAK]/[IMG_END] end each row as text."""
-    v, merge = config.vision_config, config.spatial_merge_size
-    patch = _side(v.patch_size)
-    rows, cols = pixtral_token_grid(config, size)
-    patches, tokens = rows * cols * merge**2, rows * cols
-    seq = images * patches  # one sequence, block-diagonal mask: eager attention scores the whole square
-    conv = patch_embed_flops(seq, v.num_channels, patch**2, v.hidden_size)
-    layer = encoder_layer_flops(seq, v.hidden_size, v.intermediate_size, seq * seq, mlp_matrices=3)
-    width, text_width = v.hidden_size, config.get_text_config().hidden_size
-    merger = 2 * images * tokens * (merge**2 * width * width + width * text_width + text_width * text_width)
-    return VisionInput(size, tokens, rows, patches, conv + vision_layers_used(config) * layer, merger)
 
 
-def pixtral_token_grid(config: Any, size: tuple[int, int]) -> tuple[int, int]:
-    """Rows and columns of merged tokens: the image shrunk to ``PIXTRAL_LONGEST_EDGE``, padded to 28s."""
-    height, width = size
-    ratio = max(height / PIXTRAL_LONGEST_EDGE, width / PIXTRAL_LONGEST_EDGE)
-    if ratio > 1:
-        height, width = int(math.floor(height / ratio)), int(math.floor(width / ratio))
-    step = _side(config.vision_config.patch_size) * config.spatial_merge_size
-    return (height - 1) // step + 1, (width - 1) // step + 1
 
 
-def _internvl(config: Any, size: tuple[int, int], images: int) -> VisionInput:
-    """InternViT over 448px tiles (+ thumbnail), CLS dropped, pixel shuffle to 256 tokens a tile."""
-    v = config.vision_config
-    if config.vision_feature_select_strategy != "default":
-        raise ValueError("internvl needs vision_feature_select_strategy='default' (CLS dropped before pixel shuffle)")
-    tile, grid = _side(v.image_size), _side(v.image_size) // _side(v.patch_size)
-    tiles = internvl_tiles(size, tile)
-    side = int(grid * config.downsample_ratio)
-    per_tile, width_in = side * side, v.hidden_size * int(1 / config.downsample_ratio) ** 2
-    n, seq = images * tiles, grid * grid + 1
-    conv = patch_embed_flops(n * grid * grid, v.num_channels, _side(v.patch_size) ** 2, v.hidden_size)
-    layer = encoder_layer_flops(n * seq, v.hidden_size, v.intermediate_size, n * seq * seq)
-    text_width = config.get_text_config().hidden_size
-    projector = 2 * n * per_tile * (width_in * text_width + text_width * text_width)
-    return VisionInput(size, tiles * per_tile, 0, tiles, conv + vision_layers_used(config) * layer, projector)
 
 
-def internvl_tiles(size: tuple[int, int], tile: int, min_tiles: int = INTERNVL_TILES[0],
-                   max_tiles: int = INTERNVL_TILES[1]) -> int:
-    """Tiles InternVL's processor (``get_optimal_tiled_canvas``) cuts, plus the thumbnail if more than one."""
-    height, width = size
-    grids = sorted(((w, h) for w in range(1, max_tiles + 1) for h in range(1, max_tiles + 1)
-                    if min_tiles <= w * h <= max_tiles), key=lambda g: g[0] * g[1])
-    aspect, area = width / height, width * height
-    best_diff, best = float("inf"), (1, 1)
-    for grid in grids:
-        diff = abs(aspect - grid[0] / grid[1])
-        if diff < best_diff:
-            best_diff, best = diff, grid
-        elif diff == best_diff and area > 0.5 * tile * tile * grid[0] * grid[1]:
-            best = grid
-    count = best[0] * best[1] if max_tiles > 1 else 1
-    return count + 1 if count > 1 else 1
 
 
-_FAMILIES: dict[str, Callable[[Any, tuple[int, int], int], VisionInput]] = {
-    "llava": _llava, "llava_next": _anyres, "llava_onevision": _anyres, "qwen2_vl": _qwen_vl,
-    "qwen2_5_vl": _qwen_vl, "mistral3": _mistral3, "internvl": _internvl,
-}
 
 
-def _side(size: Any) -> int:
+def side_of(size: Any) -> int:
     """A square size given as an int or a (height, width) pair."""
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
@@ -470,11 +304,6 @@ def encoder_layer_flops(tokens: int, hidden: int, intermediate: int, attention_s
     values over ``attention_square`` (the sum of ``L^2`` over the groups that attend together),
     and an MLP of ``mlp_matrices`` ``hidden x intermediate`` matrices (2: fc1/fc2, 3: SwiGLU)."""
     return 2 * tokens * (4 * hidden * hidden + mlp_matrices * hidden * intermediate) + 4 * attention_square * hidden
-
-
-def vision_tower_flops(config: Any, images: int) -> int:
-    """LLaVA-1.5's CLIP ViT FLOPs for ``images`` images: patch conv + the used encoder layers (CLS included)."""
-    return _clip_tower_flops(config, images)
 
 
 def projector_flops(config: Any, n_vision: int) -> int:
@@ -579,7 +408,7 @@ def estimate_cost(
     dtype_bytes: int | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> CostEstimate:
-    """Prefill FLOPs and KV-cache bytes of one sample on a config of ``SUPPORTED_MODEL_TYPES``.
+    """Prefill FLOPs and KV-cache bytes of one sample on a config of a supported family (``lvprune.backbones``).
 
     ``images`` images of ``image_size`` ``(height, width)`` each (default ``default_image_size``;
     LLaVA-1.5 sees any image as its one 336px tile) and ``text_tokens`` other prompt tokens.

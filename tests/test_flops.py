@@ -48,19 +48,18 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from lvprune import cli
 from lvprune.flops import (
-    PIXTRAL_LONGEST_EDGE,
-    QWEN_MAX_PIXELS,
-    QWEN_MIN_PIXELS,
-    SUPPORTED_MODEL_TYPES,
     decision_module_flops,
     estimate_cost,
     image_input,
-    internvl_tiles,
-    pixtral_token_grid,
-    qwen_patch_grid,
+    supported_model_types,
     vision_layers_used,
     vision_tokens_per_image,
 )
+from lvprune.backbones.internvl import internvl_tiles
+from lvprune.backbones.mistral3 import PIXTRAL_LONGEST_EDGE, pixtral_token_grid
+from lvprune.backbones.qwen2_vl import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, qwen_patch_grid
+
+
 
 MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 LLAVA_7B = MODELS / "llava-1.5-7b"
@@ -572,8 +571,9 @@ def test_llava_1_5_sees_any_image_as_its_tile(config_7b):
 
 @pytest.mark.parametrize("config", [Gemma3Config(), tiny_llava_config().text_config])
 def test_unknown_model_types_name_the_supported_ones(config):
-    with pytest.raises(ValueError, match=re.escape(", ".join(SUPPORTED_MODEL_TYPES))):
+    with pytest.raises(ValueError) as error:
         estimate_cost(config)
+    assert all(model_type in str(error.value) for model_type in supported_model_types())
 
 
 def test_bad_image_size_is_refused(config_7b):
@@ -609,4 +609,4 @@ def test_cli_refuses_bad_image_size_and_unknown_model_types(capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["flops", str(tmp_path)])
     err = capsys.readouterr().err
-    assert "model_type 'gemma3'" in err and ", ".join(SUPPORTED_MODEL_TYPES) in err
+    assert "model_type 'gemma3'" in err and all(model_type in err for model_type in supported_model_types())

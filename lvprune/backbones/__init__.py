@@ -3,8 +3,8 @@
     backbone = lvprune.backbones.backbone_for(model.config)   # ValueError for an unsupported family
 
 Adding a family: a module here that registers a `Backbone` (its vision-token fields, the processor outputs a
-batch carries, a tiny config and random images for the tests), imported below, and one row in
-`tests/test_backbones.py`'s matrix.
+batch carries, a tiny config and random images for the tests, its chat template, and what its images cost for
+`lvprune flops`), imported below, and one row in `tests/test_backbones.py`'s matrix.
 """
 
 from .base import REFUSED, TINY_FIRST_TEXT_ID, TINY_IDS, Backbone, backbone_for, register, supported, vision_mask

@@ -41,6 +41,10 @@ class Backbone:
             (`pixel_values` and the family's size inputs), for tests.
         token_types: `token_types(input_ids, config)` -> the per-token inputs a processor would give for these
             ids (Qwen2-VL's `mm_token_type_ids`), for tests; None: the family needs none.
+        vision_cost: `vision_cost(config, (height, width), images)` -> a `lvprune.flops.VisionInput`: the vision
+            tokens an image of that size becomes and the FLOPs of encoding `images` of them (`lvprune flops`).
+        typical_image_size: the (height, width) `lvprune flops` assumes when none is given (None: the tower's
+            tile, which is every image's size for LLaVA-1.5).
         chat_template: the family's chat template with its assistant turns marked `{% generation %}`, which
             training needs to label them (the templates on the Hub mostly lack the marks); the prompt it renders
             is the family's own.
@@ -57,6 +61,8 @@ class Backbone:
     video: bool = False
     token_types: Callable | None = field(default=None, compare=False)
     chat_template: str | None = None
+    vision_cost: Callable | None = field(default=None, compare=False)
+    typical_image_size: tuple[int, int] | None = None
 
     def vision_token_ids(self, config) -> tuple[int, ...]:
         """The placeholder ids of vision tokens in `input_ids` (image first, then video)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
+from ..flops import VisionInput, encoder_layer_flops, patch_embed_flops, projector_flops, side_of, vision_layers_used
 from .base import TINY_IDS, Backbone, register, tiny_text
 
 CHAT_TEMPLATE = (
@@ -45,8 +48,46 @@ def random_images(config, n: int, generator) -> dict:
     return {"pixel_values": torch.randn(n, 3, size, size, generator=generator)}
 
 
+# ------------------------------------------------------------------------------ costs (`lvprune flops`)
+
+
+CLS_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}  # the towers the LLaVA families use
+
+
+def vision_cost(config: Any, size: tuple[int, int], images: int) -> VisionInput:
+    """Any image is one square tile of `(image_size / patch_size)²` patches (CLS dropped by "default")."""
+    n = tile_features(config, check=False)
+    return VisionInput(size, n, 0, 1, clip_tower_flops(config, images) if images else 0,
+                       projector_flops(config, images * n))
+
+
+def tile_features(config: Any, check: bool) -> int:
+    """Features one tile gives the projector: patches (+ CLS; a tower not in ``CLS_TOKENS`` is
+    taken to have one, as LLaVA-1.5's CLIP), less the first if "default"."""
+    v = config.vision_config
+    if check and v.model_type not in CLS_TOKENS:
+        raise ValueError(f"vision tower {v.model_type!r} is not one of {', '.join(CLS_TOKENS)}")
+    patches = (side_of(v.image_size) // side_of(v.patch_size)) ** 2
+    features = patches + CLS_TOKENS.get(v.model_type, 1) - (config.vision_feature_select_strategy == "default")
+    if check and features != patches:  # AnyRes lays each tile's features out on its patch grid
+        raise ValueError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} with a "
+                         f"{v.model_type} tower gives {features} features per tile, not its {patches} patches")
+    return features
+
+
+def clip_tower_flops(config: Any, tiles: int) -> int:
+    """CLIP or SigLIP over ``tiles`` square tiles: patch conv + the used encoder layers (CLS included)."""
+    v = config.vision_config
+    patches = (side_of(v.image_size) // side_of(v.patch_size)) ** 2
+    seq = patches + CLS_TOKENS.get(v.model_type, 1)
+    conv = patch_embed_flops(tiles * patches, v.num_channels, side_of(v.patch_size) ** 2, v.hidden_size)
+    layer = encoder_layer_flops(tiles * seq, v.hidden_size, v.intermediate_size, tiles * seq * seq)
+    return conv + vision_layers_used(config) * layer
+
+
+
 BACKBONE = register(Backbone(
     family="LLaVA-1.5", model_types=("llava",),
     tested_with=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
-    tiny_config=tiny_config, random_images=random_images, chat_template=CHAT_TEMPLATE,
+    tiny_config=tiny_config, random_images=random_images, chat_template=CHAT_TEMPLATE, vision_cost=vision_cost,
 ))

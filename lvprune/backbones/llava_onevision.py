@@ -7,7 +7,7 @@ import torch
 from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
 from .base import TINY_IDS, Backbone, register, chatml_template, tiny_text
-from .llava_next import TINY_PINPOINTS
+from .llava_next import TINY_PINPOINTS, vision_cost
 
 
 def tiny_config(*, text=None, **overrides):
@@ -33,4 +33,5 @@ BACKBONE = register(Backbone(
     image_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"), video=True,
     # the Qwen-1.5 conversation OneVision was trained with
     chat_template=chatml_template("<image>\n", "<video>\n", system="You are a helpful assistant."),
+    vision_cost=vision_cost, typical_image_size=(768, 768),  # a 2 x 2 grid of 384px tiles and the base: 3699 tokens
 ))

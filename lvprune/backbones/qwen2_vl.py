@@ -9,9 +9,13 @@ M-RoPE ones, and decode continues from the stored `rope_deltas` as in the stock 
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
+from ..flops import VisionInput, encoder_layer_flops, patch_embed_flops
 from .base import TINY_IDS, Backbone, register, chatml_template, tiny_text
 
 MROPE = {"type": "mrope", "mrope_section": [2, 3, 3]}  # 16 rotary frequencies of a 32-wide head
@@ -53,10 +57,74 @@ def token_types(input_ids, config) -> dict:
     return {"mm_token_type_ids": types}
 
 
+# ------------------------------------------------------------------------------ costs (`lvprune flops`)
+
+
+# Image processing the model's config.json does not hold, from the Hub's preprocessor_config.json.
+QWEN_MIN_PIXELS = 56 * 56  # Qwen2-VL-7B-Instruct and Qwen2.5-VL-7B-Instruct: 3136
+
+
+QWEN_MAX_PIXELS = 16384 * 28 * 28  # 12845056
+
+
+def vision_cost(config: Any, size: tuple[int, int], images: int) -> VisionInput:
+    """Qwen2-VL and Qwen2.5-VL: smart-resized patches, 2x2 merged; each image attends alone."""
+    v = config.vision_config
+    grid_h, grid_w = qwen_patch_grid(config, size)
+    patches, merge = grid_h * grid_w, v.spatial_merge_size
+    tokens = patches // merge**2
+    if config.model_type == "qwen2_vl":
+        width, intermediate, mlp, out = v.embed_dim, int(v.embed_dim * v.mlp_ratio), 2, v.hidden_size
+        squares = [patches**2] * v.depth
+    else:
+        width, intermediate, mlp, out = v.hidden_size, v.intermediate_size, 3, v.out_hidden_size
+        window = _window_square(grid_h, grid_w, merge, v.window_size // merge // v.patch_size)
+        squares = [patches**2 if i in v.fullatt_block_indexes else window for i in range(v.depth)]
+    conv = patch_embed_flops(patches, v.in_channels, v.temporal_patch_size * v.patch_size**2, width)
+    blocks = sum(encoder_layer_flops(patches, width, intermediate, square, mlp) for square in squares)
+    merged = merge**2 * width
+    merger = 2 * tokens * (merged * merged + merged * out)
+    return VisionInput(size, tokens, 0, patches, images * (conv + blocks), images * merger)
+
+
+def qwen_patch_grid(config: Any, size: tuple[int, int]) -> tuple[int, int]:
+    """14px patches down and across once the processor's ``smart_resize`` has resized the image."""
+    v = config.vision_config
+    height, width = _smart_resize(*size, v.patch_size * v.spatial_merge_size, QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
+    return height // v.patch_size, width // v.patch_size
+
+
+def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's image processor: multiples of ``factor``, pixels in [min, max], aspect kept."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"image_size {height}x{width}: Qwen's processor refuses aspect ratios over 200")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def _window_square(grid_h: int, grid_w: int, merge: int, window: int) -> int:
+    """Sum of L^2 over Qwen2.5-VL's attention windows: ``window`` x ``window`` merged tokens each,
+    the last row and column of windows cut short by the image's edge."""
+    if window < 1:
+        raise ValueError("window_size is smaller than one merged token")
+    rows = [min(window, grid_h // merge - i) for i in range(0, grid_h // merge, window)]
+    cols = [min(window, grid_w // merge - j) for j in range(0, grid_w // merge, window)]
+    return sum((r * c * merge**2) ** 2 for r in rows for c in cols)
+
+
+
 _COMMON = dict(random_images=random_images, token_types=token_types,
                vision_token_fields=("image_token_id", "video_token_id"),
                image_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"),
                token_inputs=("mm_token_type_ids",), video=True,
+               vision_cost=vision_cost, typical_image_size=(448, 448),  # 32 x 32 patches: 256 tokens
                chat_template=chatml_template("<|vision_start|><|image_pad|><|vision_end|>",
                                              "<|vision_start|><|video_pad|><|vision_end|>",
                                              system="You are a helpful assistant."))
