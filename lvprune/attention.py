@@ -33,7 +33,7 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
     press = state.press
     if press is not None and state.prefill and state.cache is not None and layer >= press.start_layer:
         scores = last_query_scores(module, query, key, allowed, scaling)
-        keep, counts, stats = press.select(scores, state.books[layer], state.last)
+        keep, counts, stats = press.select(scores, state.slots[layer], state.last)
         state.prune_cache(layer, keep, counts, stats)
     return output, None
 

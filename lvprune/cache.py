@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from .books import take
+from .slots import take
 from .contract import DynamicCache, cache_layers
 
 

@@ -45,19 +45,19 @@ class CachePress:
 
     # ---------------------------------------------------------------- applying a press
 
-    def select(self, scores: torch.Tensor, book, last: torch.Tensor) -> tuple[torch.Tensor, list[int], dict]:
+    def select(self, scores: torch.Tensor, slots, last: torch.Tensor) -> tuple[torch.Tensor, list[int], dict]:
         """Which slots each KV head keeps.
 
-        scores [B, Hkv, K]: the last prompt token's attention per KV head; book: the layer's `KeyBook` (one head);
+        scores [B, Hkv, K]: the last prompt token's attention per KV head; slots: the layer's `TokenSlots` (one head);
         last [B]: the original position of each sample's last prompt token. Returns keep [B, Hkv, K] bool, the
         vision slots each head of a sample keeps (a host list: the layer's one host sync) and the layer's stats.
         """
-        vision = book.vision & book.valid  # [B, 1, K]
+        vision = slots.vision & slots.valid  # [B, 1, K]
         counts, extra = self.vision_counts(scores, vision)
         on_host = counts.tolist()
-        protected = book.order == last[:, None, None]  # [B, 1, K]: ranked first, within the count
+        protected = slots.order == last[:, None, None]  # [B, 1, K]: ranked first, within the count
         ranked = self.vision_scores(scores, vision).masked_fill(protected, float("inf"))
         chosen = top_counts(ranked.masked_fill(~vision, float("-inf")), counts, max(on_host, default=0)) & vision
-        keep = chosen | (book.valid & ~book.vision) | (protected & book.valid)
+        keep = chosen | (slots.valid & ~slots.vision) | (protected & slots.valid)
         stats = dict(vision_tokens=vision.sum(-1)[:, 0], kept_per_head=chosen.sum(-1), **extra)
         return keep, on_host, stats

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .backbones import vision_mask
-from .books import KeyBook, compact, gather_rows
+from .slots import TokenSlots, compact, gather_rows
 from .decisions import keep_counts, keep_score, sample_decisions, topk_decisions
 
 
@@ -44,7 +44,7 @@ class HostCounts(NamedTuple):
         return [text + k for text, k in zip(self.text_rows, kept)]
 
 
-class _Slots(NamedTuple):
+class _Queries(NamedTuple):
     """Where gathered rows came from: index [B, K'] into the rows, real [B, K'] False for fillers."""
 
     index: torch.Tensor
@@ -70,7 +70,7 @@ class PruningState:
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         vision = vision_mask(input_ids, vision_ids) & valid
         text_key = valid & ~vision if labels is None else valid & ~vision & (labels == -100)
-        self.rows, self.text_key = KeyBook.from_sequence(valid, vision), text_key
+        self.rows, self.text_key = TokenSlots.from_sequence(valid, vision), text_key
         self.num_vision = vision.sum(-1)
         # Each sample's last prompt token is never pruned: it is the query whose logits predict the next token.
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -81,8 +81,8 @@ class PruningState:
         self.pruner, self.sample, self.remove, self.labels = pruner, sample, remove, labels
         self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
         self.press, self.cache, self.base_attention = press, cache, base_attention
-        self._books: list[KeyBook | None] = [None] * num_layers
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # decode slots not yet in the books
+        self._slots: list[TokenSlots | None] = [None] * num_layers
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # decode slots not yet appended to each layer's TokenSlots
         self.rectangular = self.unmasked = False  # decode: every cached slot real / one new token, no mask
         self.keep: torch.Tensor | None = None
         self.position_embeddings = None
@@ -95,14 +95,14 @@ class PruningState:
         self.last_query: dict[int, torch.Tensor] = {}
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
         self.widths: list[int] = [0] * num_layers  # hidden rows each layer computes on in the prefill
-        self._mask_for = None  # (book, query_order, mask) of the last mask built
+        self._mask_for = None  # (slots, query_order, mask) of the last mask built
 
     # ---------------------------------------------------------------- steps
 
     def end_prefill(self) -> None:
         """After the prefill: note whether every cached slot of every layer is a real token (known from the host
         counts: no sync)."""
-        self.rectangular = all(book.all_valid for book in {id(book): book for book in self.books}.values())
+        self.rectangular = all(slots.all_valid for slots in {id(slots): slots for slots in self.slots}.values())
 
     def begin_decode(self, valid: torch.Tensor) -> None:
         """Start a decode step of q new tokens: valid [B, q] (their attention-mask values)."""
@@ -112,17 +112,17 @@ class PruningState:
         self.rectangular = self.rectangular and bool(valid.all())
         self.unmasked = self.rectangular and valid.shape[1] == 1
         order = self.seen + torch.arange(valid.shape[1], device=valid.device).expand(valid.shape[0], -1)
-        # A step without a mask never reads the books: their new slots are appended when one is next read.
+        # A step without a mask never reads the slots: their new slots are appended when one is next read.
         self._pending.append((order, valid.bool()))
         if not self.unmasked:
             self._append_pending()
         self.query_order, self.seen = order, self.seen + valid.shape[1]
 
     @property
-    def books(self) -> list:
-        """Per layer, the `KeyBook` of its KV cache (of its hidden rows during the prefill), up to date."""
+    def slots(self) -> list:
+        """Per layer, the `TokenSlots` of its KV cache (of its hidden rows during the prefill), up to date."""
         self._append_pending()
-        return self._books
+        return self._slots
 
     def _append_pending(self) -> None:
         if not self._pending:
@@ -130,16 +130,16 @@ class PruningState:
         order, valid = (torch.cat(parts, dim=-1) for parts in zip(*self._pending))
         self._pending.clear()
         appended = {}
-        for i, book in enumerate(self._books):
-            if id(book) not in appended:  # layers sharing one book share the appended one too
-                appended[id(book)] = book.append(order, valid)
-            self._books[i] = appended[id(book)]
+        for i, slots in enumerate(self._slots):
+            if id(slots) not in appended:  # layers sharing one TokenSlots share the appended one too
+                appended[id(slots)] = slots.append(order, valid)
+            self._slots[i] = appended[id(slots)]
 
     def enter_layer(self, layer_idx: int, position_embeddings):
         """Called before decoder layer `layer_idx`; returns the rotary (cos, sin) its rows need."""
         if not self.prefill:
             return position_embeddings
-        self.books[layer_idx] = self.rows
+        self.slots[layer_idx] = self.rows
         self.widths[layer_idx] = self.rows.order.shape[-1]
         if self.position_embeddings is None:
             self.position_embeddings = position_embeddings
@@ -148,8 +148,8 @@ class PruningState:
     def causal(self, layer_idx: int) -> bool:
         """Whether layer `layer_idx` is plain causal attention: a prefill over the rows themselves, all of them
         real tokens (so their original order is their slot order), and no training mask on pruned keys."""
-        book = self.books[layer_idx]
-        return self.prefill and self.keep is None and book is self.rows and book.all_valid
+        slots = self.slots[layer_idx]
+        return self.prefill and self.keep is None and slots is self.rows and slots.all_valid
 
     def mask_free(self, layer_idx: int) -> bool:
         """Whether layer `layer_idx` needs no mask: a causal prefill, or a one-token decode step over a cache of
@@ -158,9 +158,9 @@ class PruningState:
 
     def allowed(self, layer_idx: int) -> torch.Tensor:
         """Layer `layer_idx`'s attention mask [B, h, Q, K] bool, shared by consecutive layers with the same keys."""
-        book = self.books[layer_idx]
-        if self._mask_for is None or self._mask_for[0] is not book or self._mask_for[1] is not self.query_order:
-            self._mask_for = (book, self.query_order, book.allowed(self.query_order))
+        slots = self.slots[layer_idx]
+        if self._mask_for is None or self._mask_for[0] is not slots or self._mask_for[1] is not self.query_order:
+            self._mask_for = (slots, self.query_order, slots.allowed(self.query_order))
         return self._mask_for[2]
 
     # ---------------------------------------------------------------- LVPruning stages
@@ -170,20 +170,20 @@ class PruningState:
         vision = self.rows.vision[:, 0]
         present = vision if self.keep is None else vision & (self.keep > 0)
         queries_width = max(self.host.vision if self.sample else self.present, default=0)
-        gamma, slots = self._scores(stage, hidden, vision if self.sample else present, queries_width)
+        gamma, queries = self._scores(stage, hidden, vision if self.sample else present, queries_width)
         counts = keep_counts(self.host.vision, self.keep_ratios[stage])
         kept = self.host.kept(counts)
         # The last prompt token is kept, within the count (it ranks first): [B, V] over the query slots.
-        last = (gather_rows(self.rows.order[:, 0], slots.index) == self.last[:, None]) & slots.real
+        last = (gather_rows(self.rows.order[:, 0], queries.index) == self.last[:, None]) & queries.real
         if self.sample:
             decided = sample_decisions(gamma, self.pruner.config.gumbel_tau)
         else:
             score = keep_score(gamma, self.pruner.config.rank_by).float().masked_fill(last, float("inf"))
-            decided = topk_decisions(score, slots.real, torch.tensor(counts, device=score.device), max(kept, default=0))
+            decided = topk_decisions(score, queries.real, torch.tensor(counts, device=score.device), max(kept, default=0))
             self.present = kept
         # Fillers write a neutral 1 onto rows that are not queries (slot indices are distinct).
-        decided = torch.where(slots.real & ~last, decided, torch.ones_like(decided))
-        full = torch.ones_like(vision, dtype=decided.dtype).scatter(1, slots.index, decided)
+        decided = torch.where(queries.real & ~last, decided, torch.ones_like(decided))
+        full = torch.ones_like(vision, dtype=decided.dtype).scatter(1, queries.index, decided)
         if self.remove:
             # Padding rows leave too: a stage's width is the widest sample's real kept rows.
             return self._remove(hidden, (full.bool() | ~vision) & self.rows.valid[:, 0], self.host.widths(kept))
@@ -194,14 +194,14 @@ class PruningState:
 
     def _scores(self, stage, hidden, queries, width: int):
         """γ [B, V, 2] of the rows `queries` [B, L] bool (at most `width` a sample), and where they sit."""
-        slots = _Slots(*(t[:, 0] for t in compact(queries[:, None], width)))
-        text = _Slots(*(t[:, 0] for t in compact(self.text_key[:, None], max(self.host.text_keys, default=0))))
+        queries = _Queries(*(t[:, 0] for t in compact(queries[:, None], width)))
+        text = _Queries(*(t[:, 0] for t in compact(self.text_key[:, None], max(self.host.text_keys, default=0))))
         extra = {}
         layer = self.pruner.config.after_layers[stage] - 1
         if layer in self.last_query:  # the stage layer's last-query attention, mean over heads: [B, V]
-            extra["attention"] = gather_rows(self.last_query[layer].mean(1), slots.index)
-        gamma = self.pruner(stage, gather_rows(hidden, slots.index), gather_rows(hidden, text.index), text.real, **extra)
-        return gamma, slots
+            extra["attention"] = gather_rows(self.last_query[layer].mean(1), queries.index)
+        gamma = self.pruner(stage, gather_rows(hidden, queries.index), gather_rows(hidden, text.index), text.real, **extra)
+        return gamma, queries
 
     def _fraction(self, keep, vision):
         """Kept fraction of each sample's vision tokens: [B] (NaN for samples without vision tokens)."""
@@ -226,6 +226,6 @@ class PruningState:
         keeps its text slots and `counts[b]` vision slots (with the protected last token)."""
         widths = self.host.widths(self.host.kept(counts))
         index, real = compact(keep, max(widths))
-        self.books[layer_idx] = self.books[layer_idx].gather(index, real).known_valid(min(widths) == max(widths))
+        self.slots[layer_idx] = self.slots[layer_idx].gather(index, real).known_valid(min(widths) == max(widths))
         self.cache.keep_slots(layer_idx, index)
         self.layer_stats[layer_idx].update(stats)

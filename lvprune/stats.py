@@ -1,6 +1,6 @@
 """`PruningStats`: what a pruned prefill kept, layer by layer, and what its KV cache weighs.
 
-The prefill only keeps its books and a press's per-sample tensors; the figures are computed and read to the
+The prefill only keeps its slots and a press's per-sample tensors; the figures are computed and read to the
 host the first time one is asked for, so a served model that never looks pays neither work nor a host sync.
 """
 
@@ -50,8 +50,8 @@ class PruningStats:
     """
 
     def __init__(self, state):
-        # The prefill's books and figures, kept as they are: everything is computed on first read.
-        self._rows, self._books = state.rows, list(state.books)
+        # The prefill's slots and figures, kept as they are: everything is computed on first read.
+        self._rows, self._slots = state.rows, list(state.slots)
         self._extras, self._widths = state.layer_stats, list(state.widths)
         self.kv_cache_bytes = self.kv_cache_bytes_unpruned = self._slot_bytes = 0
         if state.cache is not None:
@@ -67,7 +67,7 @@ class PruningStats:
         batch, kv_heads, _, head_dim = filled[0].keys.shape
         self._slot_bytes = 2 * kv_heads * head_dim * filled[0].keys.element_size()  # K and V, all heads
         self.kv_cache_bytes = state.cache.nbytes()
-        self.kv_cache_bytes_unpruned = len(self._books) * batch * state.seen * self._slot_bytes
+        self.kv_cache_bytes_unpruned = len(self._slots) * batch * state.seen * self._slot_bytes
 
     @cached_property
     def positions(self) -> torch.Tensor:
@@ -76,12 +76,12 @@ class PruningStats:
     @cached_property
     def kv_cache_bytes_per_prompt(self) -> int:
         # Alone, a sample's cache is as wide as its widest head: real slots only, no fillers.
-        slots = sum(int(book.valid.sum(-1).amax(-1).sum()) for book in self._books) if self._slot_bytes else 0
+        slots = sum(int(slots.valid.sum(-1).amax(-1).sum()) for slots in self._slots) if self._slot_bytes else 0
         return slots * self._slot_bytes
 
     @cached_property
     def layers(self) -> list[LayerStats]:
-        return [_layer(book, extra, width) for book, extra, width in zip(self._books, self._extras, self._widths)]
+        return [_layer(slots, extra, width) for slots, extra, width in zip(self._slots, self._extras, self._widths)]
 
     @property
     def kv_cache_fraction(self) -> float:
@@ -93,11 +93,11 @@ class PruningStats:
                 f"layers={self.layers})")
 
 
-def _layer(book, extra: dict, width: int) -> LayerStats:
-    """A layer's figures: a press's own (`extra`), else counted from the layer's book."""
-    raw = dict(width=width, cache_width=book.order.shape[-1], **extra)
+def _layer(slots, extra: dict, width: int) -> LayerStats:
+    """A layer's figures: a press's own (`extra`), else counted from the layer's slots."""
+    raw = dict(width=width, cache_width=slots.order.shape[-1], **extra)
     if "kept_per_head" not in extra:
-        kept = (book.vision & book.valid).sum(-1)  # [B, h]
+        kept = (slots.vision & slots.valid).sum(-1)  # [B, h]
         raw.update(vision_tokens=kept.amax(-1), kept_per_head=kept)
     plphp = "plphp_class" in raw
     return LayerStats(

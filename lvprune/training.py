@@ -93,7 +93,7 @@ class LVPruningForTraining(nn.Module):
                                keep_fractions=fractions.nanmean(dim=1), logits=out.logits,
                                decisions=tuple(state.decisions))
 
-    def unwrap(self) -> nn.Module:
+    def detach(self) -> nn.Module:
         """Detach the hooks and return the stock base model."""
         self.hooks.detach()
         return self.base_model

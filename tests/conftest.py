@@ -100,7 +100,7 @@ def generated_with_masked_reference(base, pruner, batch, ratios, steps):
             ids = torch.cat([ids, next_ids], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     finally:
-        trainer.unwrap()
+        trainer.detach()
     return first_logits, ids
 
 
@@ -130,11 +130,11 @@ def register_per_head_reference(keep_sets):
 def per_head_keep_sets(state, prompt_length: int, start_layer: int) -> dict:
     """layer -> [B, kv_heads, prompt_length] bool: the prompt slots each head of a pressed cache still holds."""
     keep_sets = {}
-    for layer, book in enumerate(state.books):
+    for layer, slots in enumerate(state.slots):
         if layer >= start_layer:
-            prompt = book.order < prompt_length
-            keep = torch.zeros(book.order.shape[0], book.order.shape[1], prompt_length, dtype=torch.bool)
-            keep.scatter_(-1, torch.where(prompt & book.valid, book.order, 0), prompt & book.valid)
-            keep[..., 0] |= ((book.order == 0) & book.valid).any(-1)
+            prompt = slots.order < prompt_length
+            keep = torch.zeros(slots.order.shape[0], slots.order.shape[1], prompt_length, dtype=torch.bool)
+            keep.scatter_(-1, torch.where(prompt & slots.valid, slots.order, 0), prompt & slots.valid)
+            keep[..., 0] |= ((slots.order == 0) & slots.valid).any(-1)
             keep_sets[layer] = keep
     return keep_sets

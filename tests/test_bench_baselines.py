@@ -38,8 +38,8 @@ def prefill_state(model, pruner, batch, **kwargs):
 
 def kept_positions(state, layer: int = -1) -> list[set[int]]:
     """Per sample, the prompt positions of the vision tokens a layer still holds."""
-    book = state.books[layer]
-    return [set(book.order[b, 0][book.vision[b, 0] & book.valid[b, 0]].tolist()) for b in range(book.order.shape[0])]
+    slots = state.slots[layer]
+    return [set(slots.order[b, 0][slots.vision[b, 0] & slots.valid[b, 0]].tolist()) for b in range(slots.order.shape[0])]
 
 
 def test_random_keeps_lvpruning_counts_in_every_layer(model, batch, pruner):

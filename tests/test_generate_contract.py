@@ -99,8 +99,8 @@ def test_plphp_keeps_the_last_prompt_token_in_every_head(base, pruned):
     model = pruned(None, plphp=PLPHPConfig(r=0.1, delta_r=0.1, alpha=0.99, beta=0.98, start_layer=0))
     out = model.generate(**batch, max_new_tokens=1, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
     last = batch["input_ids"].shape[1] - 1
-    for layer, book in enumerate(lvprune.contract.output_cache(out).state.books):
-        assert ((book.order == last) & book.valid).any(-1).all(), f"layer {layer} dropped the last prompt token"
+    for layer, slots in enumerate(lvprune.contract.output_cache(out).state.slots):
+        assert ((slots.order == last) & slots.valid).any(-1).all(), f"layer {layer} dropped the last prompt token"
 
 
 # ------------------------------------------------------------------ 3. PLPHP's counts are exact
@@ -189,7 +189,7 @@ def test_loss_over_kept_rows_equals_the_masked_reference(base, pruner, pruned, m
         with torch.no_grad():
             reference = trainer(**scored, position_ids=positions).causal_loss
     finally:
-        trainer.unwrap()
+        trainer.detach()
     model = pruned(pruner, keep_ratios=ratios)
     with torch.no_grad():
         out = model(**scored, position_ids=positions, use_cache=False)

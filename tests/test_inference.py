@@ -221,10 +221,10 @@ def test_a_press_keeps_what_its_override_points_choose(base, mixed_batch, pruned
     out = model.generate(**mixed_batch, max_new_tokens=1, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
     state = lvprune.contract.output_cache(out).state
     vision = (mixed_batch["input_ids"] == base.config.image_token_id) & mixed_batch["attention_mask"].bool()
-    for layer, book in enumerate(state.books[1:], start=1):
+    for layer, slots in enumerate(state.slots[1:], start=1):
         for b in range(vision.shape[0]):
             positions = vision[b].nonzero()[:, 0]
             earliest = positions[: -(-len(positions) // 2)].tolist()
-            for head in range(book.order.shape[1]):
-                kept = book.order[b, head][book.vision[b, head] & book.valid[b, head]]
+            for head in range(slots.order.shape[1]):
+                kept = slots.order[b, head][slots.vision[b, head] & slots.valid[b, head]]
                 assert sorted(kept.tolist()) == earliest, (layer, b, head)

@@ -104,7 +104,7 @@ def test_a_collated_batch_is_what_the_stock_model_takes_and_prunes(model_type, i
         try:
             masked = trainer(**batch).causal_loss
         finally:
-            trainer.unwrap()
+            trainer.detach()
         with lvprune.pruning(model, pruner, keep_ratios=[1, 1, 1]):
             pruned = model(**batch).loss
     assert abs(masked.item() - stock.item()) < 1e-5 and abs(pruned.item() - stock.item()) < 1e-5

@@ -13,7 +13,7 @@ from conftest import assert_close
 def trainer(base, pruner):
     model = LVPruningForTraining(base, pruner)
     yield model
-    model.unwrap()
+    model.detach()
 
 
 def always_keep(pruner) -> LVPrunerModel:
@@ -38,7 +38,7 @@ def test_forced_keep_equals_stock_sdpa(base, stock, pruner, mixed_batch):
     try:
         out = trainer(**mixed_batch, labels=labels_for(mixed_batch))
     finally:
-        trainer.unwrap()
+        trainer.detach()
     with torch.no_grad():
         reference = stock(**mixed_batch)
     valid = mixed_batch["attention_mask"].bool()
@@ -111,7 +111,7 @@ def test_keep_fractions_and_ratio_loss_match_hand_computation(base, pruner, mixe
         torch.manual_seed(3)
         out = trainer(**mixed_batch, labels=labels_for(mixed_batch))
     finally:
-        trainer.unwrap()
+        trainer.detach()
     vision = mixed_batch["input_ids"] == base.config.image_token_id
     has_vision = vision.any(-1)
     per_sample = torch.stack([(d * vision).sum(-1) / vision.sum(-1) for d in out.decisions])  # [S, B]

@@ -58,8 +58,8 @@ def kept_vision_tokens(model, inputs: dict) -> list[int]:
     cache = output_cache(prefill(model, inputs))
     if not isinstance(cache, PrunedCache):
         return list(range(len(positions)))
-    book = cache.state.books[-1]
-    kept = book.order[0][book.vision[0] & book.valid[0]].unique()
+    slots = cache.state.slots[-1]
+    kept = slots.order[0][slots.vision[0] & slots.valid[0]].unique()
     return torch.searchsorted(positions, kept).tolist()
 
 

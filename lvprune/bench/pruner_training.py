@@ -98,7 +98,7 @@ def train_pruner(base, processor, split: tuple, config: PrunerTrainingConfig | N
                     bar.set_postfix(causal=f"{out.causal_loss.item():.3f}", kept=kept)
                     bar.update()
     finally:
-        model.unwrap()
+        model.detach()
     return pruner.eval()
 
 

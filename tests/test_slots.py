@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lvprune.books import compact, gather_rows, take
+from lvprune.slots import compact, gather_rows, take
 from lvprune.decisions import top_counts
 
 

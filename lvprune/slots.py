@@ -14,7 +14,7 @@ import torch
 
 
 @dataclass
-class KeyBook:
+class TokenSlots:
     """What the slots of a hidden-state or KV tensor are.
 
     order:  [B, h, K] long, index of the token in the unpruned (padded) sequence; causality compares these.
@@ -28,8 +28,8 @@ class KeyBook:
     vision: torch.Tensor
 
     @classmethod
-    def from_sequence(cls, valid: torch.Tensor, vision: torch.Tensor) -> "KeyBook":
-        """Book of an unpruned sequence: valid, vision [B, N] bool."""
+    def from_sequence(cls, valid: torch.Tensor, vision: torch.Tensor) -> "TokenSlots":
+        """Slots of an unpruned sequence: valid, vision [B, N] bool."""
         order = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
         return cls(order[:, None], valid[:, None], vision[:, None])
 
@@ -39,25 +39,25 @@ class KeyBook:
 
     @cached_property
     def all_valid(self) -> bool:
-        """Every slot is a real token: no padding, no filler (one host sync per book, unless `known_valid`)."""
+        """Every slot is a real token: no padding, no filler (one host sync per slots, unless `known_valid`)."""
         return bool(self.valid.all())
 
-    def known_valid(self, all_valid: bool) -> "KeyBook":
+    def known_valid(self, all_valid: bool) -> "TokenSlots":
         """Record `all_valid` where the caller knows it from host-side counts, sparing the sync."""
         self.__dict__["all_valid"] = all_valid
         return self
 
-    def append(self, order: torch.Tensor, valid: torch.Tensor) -> "KeyBook":
+    def append(self, order: torch.Tensor, valid: torch.Tensor) -> "TokenSlots":
         """Add new (non-vision) tokens at the end: order, valid [B, q]."""
         heads = self.num_heads
         new = [t[:, None, :].expand(-1, heads, -1) for t in (order, valid, torch.zeros_like(valid))]
-        return KeyBook(*(torch.cat([old, add], dim=-1) for old, add in zip(self.fields(), new)))
+        return TokenSlots(*(torch.cat([old, add], dim=-1) for old, add in zip(self.fields(), new)))
 
-    def gather(self, index: torch.Tensor, real: torch.Tensor) -> "KeyBook":
+    def gather(self, index: torch.Tensor, real: torch.Tensor) -> "TokenSlots":
         """Slots `index` [B, h', K'] (h broadcast from 1 if needed); `real` [B, h', K'] False marks fillers."""
         heads = index.shape[1]
         order, valid, vision = (t.expand(-1, heads, -1).gather(-1, index) for t in self.fields())
-        return KeyBook(order, valid & real, vision & real)
+        return TokenSlots(order, valid & real, vision & real)
 
     def fields(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.order, self.valid, self.vision
