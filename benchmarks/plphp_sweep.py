@@ -1,6 +1,6 @@
 """PLPHP's settings measured on the reference base: accuracy and KV cache per (start layer, r, Δr).
 
-    python benchmarks/plphp_sweep.py --pruner outputs/reference-pruner/final [--base DIR] [--questions 500]
+    python benchmarks/plphp_sweep.py --pruner outputs/reference-pruner/final [--base DIR] [--test_records 500]
 
 For every first pruned layer L and the paper's (r, Δr) sweep, with the thresholds `alpha`/`beta` measured
 for that L (`lvprune.calibration.suggest_thresholds`), it runs PLPHP alone and on top of LVPruning at
@@ -11,38 +11,41 @@ project picks them for a base.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from lvprune.bench.harness import BenchConfig, measure_method, test_split
+from lvprune.bench.harness import load_base, measure_method, test_split
 from lvprune.bench.methods import REFERENCE_RHO, Method, schedule
 from lvprune.bench.questions import load_questions, prompt_batches
 from lvprune.calibration import suggest_thresholds, vision_attention_profile
 from lvprune.modeling import LVPrunerModel
 from lvprune.plphp import PLPHPConfig
-from lvprune.reference import load_reference, reference_base
+from lvprune.settings import doc, parse
+from lvprune_shapes.bench import ShapesBenchConfig, resolve
 
 PAPER_RATES = ((0.3, 0.3), (0.4, 0.3), (0.5, 0.3))
 PROFILE_QUESTIONS = 128  # questions whose last-token vision attention sets alpha/beta
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, default=None, help="base LLaVA folder (default: the reference base)")
-    parser.add_argument("--pruner", type=Path, required=True, help="trained LVPruning pruner folder")
-    parser.add_argument("--questions", type=int, default=500)
-    parser.add_argument("--start-layers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--allocations", nargs="+", default=["sample"], choices=["sample", "batch"],
-                        help="PLPHP's allocation: per sample (the paper's) or one count per answering batch of 32 prompts; KV is measured at batch 1, where both are the same")
-    args = parser.parse_args()
-    model, processor = load_reference(args.base or reference_base())
-    pruner = LVPrunerModel.from_pretrained(args.pruner).eval()
-    size = processor.image_processor.crop_size["height"]
-    config = BenchConfig(out=Path("."), test_records=args.questions, examples=1)
-    questions = load_questions(*test_split(config, size), limit=args.questions)
+@dataclass
+class SweepConfig(ShapesBenchConfig):
+    """The shapes benchmark's settings (base, pruner, test split, cache) plus the sweep's."""
+
+    start_layers: list[int] = doc([0, 1, 2], "first pruned layers (0-based) to sweep")
+    allocations: list[str] = doc(["sample"], "PLPHP's allocation: sample (the paper's) or batch (one count per "
+                                 "answering batch of 32 prompts); KV is measured at batch 1, where both are the same")
+
+
+def main(argv=None) -> None:
+    args = parse(SweepConfig, argv, prog="python benchmarks/plphp_sweep.py")
+    if args.pruner is None:
+        raise SystemExit("python benchmarks/plphp_sweep.py: --pruner DIR is required")
+    config = resolve(SweepConfig(**{**args.__dict__, "out": args.out or ".", "examples": 1}))
+    model, processor = load_base(config.base)
+    pruner = LVPrunerModel.from_pretrained(config.pruner).eval()
+    questions = load_questions(*test_split(config), limit=config.test_records)
     with torch.no_grad():
         batches = prompt_batches(questions[:PROFILE_QUESTIONS], processor, batch_size=16)
         profile = vision_attention_profile(model, batches)

@@ -1,4 +1,5 @@
-"""The benchmark harness on a tiny reference base: its files, fields, methods, counts and metrics."""
+"""The benchmark harness on a tiny reference base (through the shapes benchmark, which makes its pruner and
+test split): its files, fields, methods, counts and metrics."""
 
 import json
 import math
@@ -9,12 +10,13 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaForConditionalGeneration
 
-from lvprune.bench import METHOD_NAMES, RESULT_FIELDS, main
+from lvprune.bench import METHOD_NAMES, RESULT_FIELDS
 from lvprune.bench.metrics import chance_accuracy, exact_match, yes_no_f1
 from lvprune.bench.profile import prefill_flops
 from lvprune.bench.questions import load_questions, single_prompt
-from lvprune.data import ShapesConfig, make_shapes_dataset
-from lvprune.reference import ReferenceConfig, load_reference, reference_base
+from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
+from lvprune_shapes.bench import main
+from lvprune_shapes.reference import ReferenceConfig, load_reference, reference_base
 
 TINY = ReferenceConfig(image_size=24, patch_size=4, vision_hidden_size=16, vision_layers=1, vision_heads=2,
                        hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, train_records=8, test_records=4,
@@ -28,10 +30,10 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def results(base, tmp_path_factory):
-    """`python -m lvprune.bench --quick` on the tiny base (its pruner trained on a few records)."""
+    """`python -m lvprune_shapes.bench --quick` on the tiny base (its pruner trained on a few records)."""
     root = tmp_path_factory.mktemp("bench-run")
-    assert main(["--quick", "--out", str(root / "out"), "--base", str(base), "--cache-dir", str(root / "cache"),
-                 "--test-records", "10", "--batch-size", "4"]) == 0
+    assert main(["--quick", "--out", str(root / "out"), "--base", str(base), "--cache_dir", str(root / "cache"),
+                 "--test_records", "10", "--batch_size", "4"]) == 0
     return root / "out"
 
 
@@ -85,26 +87,28 @@ def test_metrics_by_hand():
     assert math.isnan(yes_no_f1(["red"], ["red"]))
 
 
-def test_plphp_flag_sets_every_field():
-    from lvprune.bench.cli import plphp_config
+def test_plphp_setting_sets_every_field():
+    from lvprune.bench.config import plphp_config
     from lvprune.plphp import PLPHPConfig
 
     assert plphp_config(None) == PLPHPConfig()
     assert plphp_config([0.3, 0.3, 0.6, 0.25, 0.0]) == PLPHPConfig(r=0.3, delta_r=0.3, alpha=0.6, beta=0.25,
                                                                    start_layer=0)
-    with pytest.raises(ValueError, match="START"):
+    with pytest.raises(ValueError, match="start_layer"):
         plphp_config([0.3, 0.3, 0.6, 0.25, 1.5])
     with pytest.raises(ValueError, match="beta"):
         plphp_config([0.3, 0.3, 0.2, 0.6, 0])
 
 
-def test_bench_config_refuses_empty_counts(tmp_path):
-    from lvprune.bench.harness import BenchConfig
+def test_bench_config_refuses_empty_counts_and_missing_inputs(tmp_path):
+    from lvprune.bench import BenchConfig
 
     with pytest.raises(ValueError, match="timing_repeats=0"):
-        BenchConfig(out=tmp_path, timing_repeats=0)
+        BenchConfig(out=str(tmp_path), timing_repeats=0)
     with pytest.raises(ValueError, match="test_records=0"):
-        BenchConfig(out=tmp_path, test_records=0)
+        BenchConfig(out=str(tmp_path), test_records=0)
+    with pytest.raises(ValueError, match="lvprune bench needs --pruner, --test_json .*python -m lvprune_shapes.bench"):
+        BenchConfig(out=str(tmp_path), base="b").check_complete()
 
 
 def test_timing_keeps_the_fastest_run(monkeypatch):

@@ -7,7 +7,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from lvprune.data.collator import LlavaCollator
 from lvprune.data.llava_format import IGNORE_INDEX, encode_record
-from lvprune.data.processor import build_processor
+from lvprune_shapes.processor import build_processor
 
 PAD = 0
 

@@ -14,7 +14,7 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from lvprune.data.processor import CHAT_TEMPLATE, ProcessorConfig, build_processor, words_in
+from lvprune_shapes.processor import CHAT_TEMPLATE, ProcessorConfig, build_processor, words_in
 
 PROMPT = "USER: <image>\nWhere is the red circle? ASSISTANT: in the northwest</s>"
 

@@ -5,7 +5,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from lvprune.data.shapes import (
+from lvprune_shapes.dataset import (
     COLOURS,
     NUMBERS,
     POSITIONS,
@@ -135,9 +135,9 @@ def test_vocabulary_covers_every_word(train):
 
 
 def test_cli_writes_the_splits(tmp_path):
-    from data.make_shapes import main
+    from lvprune_shapes.make_shapes import main
 
-    main(["--out", str(tmp_path), "--train", "12", "--validation", "4", "--test", "0", "--image-size", "48"])
+    main(["--out", str(tmp_path), "--train", "12", "--validation", "4", "--test", "0", "--image_size", "48"])
     assert not (tmp_path / "test.json").exists()
     train = json.loads((tmp_path / "train.json").read_text())
     assert len(train) == 12 and len(json.loads((tmp_path / "validation.json").read_text())) == 4

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from lvprune.data import build_processor
-from lvprune.data.shapes import COLOURS, NUMBERS, POSITIONS
-from lvprune.reference.cache import CHECKSUMS, verify_checksums
-from lvprune.reference import (
+from lvprune_shapes.processor import build_processor
+from lvprune_shapes.dataset import COLOURS, NUMBERS, POSITIONS
+from lvprune_shapes.reference.cache import CHECKSUMS, verify_checksums
+from lvprune_shapes.reference import (
     REPORT_FILE,
     GroundingProbe,
     ReferenceConfig,

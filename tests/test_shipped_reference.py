@@ -5,11 +5,11 @@ import json
 import pytest
 
 from lvprune.bench.evaluate import evaluate_answers
-from lvprune.data import ShapesConfig, make_shapes_dataset
-from lvprune.reference import REPORT_FILE, ReferenceConfig, load_reference, reference_base
-from lvprune.reference.cache import CHECKSUMS, SHIPPED_DIR, sha256, verify_checksums
+from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
+from lvprune_shapes.reference import REPORT_FILE, ReferenceConfig, load_reference, reference_base
+from lvprune_shapes.reference.cache import CHECKSUMS, SHIPPED_DIR, sha256, verify_checksums
 
-# The weights of the default build (`lvprune.reference.reference_base()` with `ReferenceConfig()`): a change
+# The weights of the default build (`lvprune_shapes.reference.reference_base()` with `ReferenceConfig()`): a change
 # to them is a change to every figure of the README's benchmark table.
 WEIGHTS_SHA256 = "9513b930098a702558c9f799d3e0210b5809cb2a9d734fbfff6909e3a12b0a24"
 
@@ -22,7 +22,7 @@ def test_shipped_files_match_their_checksums():
 
 
 def test_default_recipe_uses_the_shipped_build_and_rebuilds_a_damaged_one(tmp_path, monkeypatch):
-    import lvprune.reference.cache as cache
+    import lvprune_shapes.reference.cache as cache
 
     assert reference_base(tmp_path / "empty-cache") == SHIPPED_DIR
     damaged = tmp_path / "shipped"

@@ -1,27 +1,27 @@
-"""The training script's parts, in process: layered config, shipped configs, atomic checkpoints, data order
-and sharding (against accelerate's own sharding), LoRA placement, and the model card."""
+"""The training script's parts, in process: layered config (the main job's `JobConfig`, which is `TrainConfig`
+plus the shapes world's names), shipped configs, atomic checkpoints, data order and sharding (against
+accelerate's own sharding), LoRA placement, and the model card."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from lvprune import LVPrunerConfig, checkpointing
+from lvprune.hub import model_card
+from lvprune.testing import tiny_llava
+from lvprune.train import TrainConfig
+from lvprune.train.data import EpochSampler, micro_batch_index
+from lvprune.train.lora import add_lora, lora_config, save_lora
+from lvprune_shapes.job import JobConfig
+from lvprune_shapes.job import parse_job_config as parse_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-from lora import add_lora, lora_config, save_lora  # noqa: E402
-from train_config import TrainConfig, parse_config  # noqa: E402
-from train_data import EpochSampler, micro_batch_index  # noqa: E402
-
-from lvprune import LVPrunerConfig, checkpointing  # noqa: E402
-from lvprune.hub import model_card  # noqa: E402
-from lvprune.testing import tiny_llava  # noqa: E402
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
@@ -36,7 +36,7 @@ def test_layering_defaults_then_yaml_then_command_line(tmp_path):
                            "--push_to_hub", "me/pruner", "--record_samples", "true"])
     assert config.learning_rate == 2e-6 and config.keep_ratios == [0.6, 0.4, 0.2]  # from the YAML
     assert config.lora_r == 8 and config.after_layers == [1, 2, 3] and config.record_samples is True  # CLI wins
-    assert config.push_to_hub == "me/pruner" and config.seed == TrainConfig().seed  # untouched default
+    assert config.push_to_hub == "me/pruner" and config.seed == JobConfig().seed  # untouched default
     assert parse_config(["--config", str(path), "--keep_ratios", "[0.7, 0.5]"]).keep_ratios == [0.7, 0.5]
     assert parse_config(["--config", str(path), "--learning_rate", "1e-4"]).learning_rate == 1e-4
 
@@ -69,7 +69,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
 
 
 def test_every_key_is_documented(capsys):
-    undocumented = [f.name for f in dataclasses.fields(TrainConfig) if len(f.metadata.get("help", "")) < 10]
+    undocumented = [f.name for f in dataclasses.fields(JobConfig) if len(f.metadata.get("help", "")) < 10]
     assert not undocumented
     with pytest.raises(SystemExit) as done:
         parse_config(["--help"])
@@ -89,7 +89,9 @@ def test_shipped_yaml_opens_with_its_command(path):
 def test_default_run_prunes_the_reference_base_and_benchmarks_it():
     config = parse_config([])
     assert (config.base_model, config.data_path, config.evaluate) == ("reference", "synthetic-shapes", "full")
-    assert TrainConfig().base_model == "tiny-random"  # the dataclass defaults stay the seconds-long tiny run
+    assert JobConfig().base_model == "tiny-random"  # the dataclass defaults stay the seconds-long tiny run
+    with pytest.raises(ValueError, match="base_model is required"):  # the library's own config names nothing
+        TrainConfig()
 
 
 def test_paper_recipe():
@@ -174,7 +176,7 @@ def test_micro_batch_index_undoes_accelerate_sharding(processes):
 def test_lora_adapts_only_the_language_model(tmp_path):
     from peft import PeftModel
 
-    config = TrainConfig(lora_r=4)
+    config = JobConfig(lora_r=4)
     base = tiny_llava()
     adapted = add_lora(base, lora_config(config))
     layers = base.config.text_config.num_hidden_layers
@@ -188,7 +190,7 @@ def test_lora_adapts_only_the_language_model(tmp_path):
     ids = torch.tensor([[1, 5, 6, 7]])
     assert torch.allclose(reloaded(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-6)
     with pytest.raises(ValueError, match="vision_tower"):
-        add_lora(tiny_llava(), lora_config(TrainConfig(lora_r=4, lora_target=r".*\.(q_proj|v_proj)")))
+        add_lora(tiny_llava(), lora_config(JobConfig(lora_r=4, lora_target=r".*\.(q_proj|v_proj)")))
 
 
 def test_model_card_states_the_recipe():
@@ -203,7 +205,7 @@ def test_model_card_states_the_recipe():
 
 
 def test_cpu_threads_zero_shares_the_cores_among_local_processes(monkeypatch):
-    import train
+    from lvprune.train import loop as train
 
     monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -18,11 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-from deepspeed_check import build, local_batch  # noqa: E402
+from lvprune.train.deepspeed_check import build, local_batch
 from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STEPS, LR, SEED, KEEP = 6, 1e-2, 0, [0.9, 0.8, 0.7]
 STAGES = (2, 3)
@@ -34,7 +33,7 @@ pytestmark = pytest.mark.slow  # end-to-end runs of the real script
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("deepspeed") / "report.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "train/deepspeed_check.py", "--stages", *map(str, STAGES), "--steps", str(STEPS), "--lr", str(LR),
+           "-m", "lvprune.train.deepspeed_check", "--stages", *map(str, STAGES), "--steps", str(STEPS), "--lr", str(LR),
            "--seed", str(SEED), "--keep_ratios", *map(str, KEEP), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)

@@ -23,13 +23,12 @@ from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig
 from lvprune.backbones import backbone_for, supported, vision_mask
 from lvprune.data.collator import LlavaCollator
 from lvprune.data.llava_format import encode_record, to_messages
-from lvprune.data.processor import TORCHVISION_PROCESSORS
+from lvprune_shapes.processor import TORCHVISION_PROCESSORS
 from lvprune.data.records import normalize_record
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))  # the script's sibling modules
 
-from assets import build_tiny_family_base, materialise_shapes, materialise_tiny_base  # noqa: E402
+from lvprune_shapes.assets import build_tiny_family_base, materialise_shapes, materialise_tiny_base
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 

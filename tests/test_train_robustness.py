@@ -93,7 +93,7 @@ def test_the_launchers_death_takes_the_trainer_with_it_after_a_checkpoint(assets
     while not complete_checkpoints(out) and time.time() < deadline:
         time.sleep(0.2)
     assert complete_checkpoints(out), "the orphaned trainer saved nothing"
-    from run_control import OutputLock
+    from lvprune.train.run_control import OutputLock
 
     deadline = time.time() + 60
     while True:  # the trainer exits and releases output_dir

@@ -32,12 +32,11 @@ from safetensors.torch import load_file
 from fakehub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))  # the script's sibling modules
 
-from assets import materialise_shapes, materialise_tiny_base  # noqa: E402
+from lvprune_shapes.assets import materialise_shapes, materialise_tiny_base
 
-from lvprune import LVPrunerConfig, LVPrunerModel, load_pruned_model  # noqa: E402
-from lvprune.bench.methods import METHOD_NAMES  # noqa: E402
+from lvprune import LVPrunerConfig, LVPrunerModel, load_pruned_model
+from lvprune.bench.methods import METHOD_NAMES
 from conftest import free_port
 
 REPO_ID = "lvprune-test/tiny-pruner"

@@ -1,13 +1,14 @@
-"""Greedy answers of a (possibly pruned) LLaVA to a list of questions."""
+"""Greedy answers of a (possibly pruned) vision-language model to a list of questions."""
 
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
+from ..backbones import backbone_for
 from .questions import Question, prompt_batches
 
-MAX_NEW_TOKENS = 8  # the longest shapes answer ("in the northwest") is 5 word-level tokens (with spaces) plus </s>
+MAX_NEW_TOKENS = 8  # short answers: the longest shapes one ("in the northwest") is 5 word-level tokens plus </s>
 
 
 @torch.no_grad()
@@ -16,7 +17,7 @@ def answer_questions(model, processor, questions: list[Question], *, batch_size:
     """Greedy-decode an answer to each question (batched, left padding); returns the decoded strings."""
     tokenizer = processor.tokenizer
     answers = []
-    batches = prompt_batches(questions, processor, batch_size, blank)
+    batches = prompt_batches(questions, processor, batch_size, blank, backbone_for(model.config))
     total = -(-len(questions) // batch_size)
     for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=desc is None):
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,

@@ -1,4 +1,4 @@
-"""Accuracy of a model on a shapes split: overall, per question type, yes/no F1, and with blank images."""
+"""Accuracy of a model on a LLaVA-format test split: overall, per question type, yes/no F1, and with blank images."""
 
 from __future__ import annotations
 

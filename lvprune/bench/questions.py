@@ -11,12 +11,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from lvprune.data.collator import LlavaCollator
-from lvprune.data.llava_format import load_image, to_messages
+from .. import backbones
+from ..data.collator import LlavaCollator
+from ..data.llava_format import load_image, stack_padded, to_messages
 
 BLANK_COLOUR = (235, 235, 235)  # the shapes generator's background: a blank image is an empty scene
 
@@ -60,27 +60,36 @@ def question_image(question: Question, blank: bool = False) -> Image.Image:
     return Image.new("RGB", image.size, BLANK_COLOUR) if blank else image
 
 
-def encode_question(question: Question, processor, blank: bool = False) -> dict:
-    """Prompt tensors: input_ids, attention_mask [N] (long) and pixel_values [1, 3, H, W] (float)."""
+def encode_question(question: Question, processor, blank: bool = False, backbone=None) -> dict:
+    """Prompt tensors: input_ids, attention_mask [N] (long) and the family's vision inputs (`pixel_values`
+    [1, 3, H, W] for LLaVA-1.5; `backbone`, default LLaVA-1.5's, says which)."""
+    backbone = backbone or backbones.supported()["llava"]
     messages = to_messages([question.human_turn], [question_image(question, blank)])
-    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-    pixel_values = torch.from_numpy(np.stack(out["pixel_values"])).float()
-    return {
-        "input_ids": torch.tensor(out["input_ids"][0], dtype=torch.long),
-        "attention_mask": torch.tensor(out["attention_mask"][0], dtype=torch.long),
-        "pixel_values": pixel_values.reshape(-1, *pixel_values.shape[-3:]),
-    }
+    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors=None)
+    example = {"input_ids": torch.as_tensor(out["input_ids"][0], dtype=torch.long),
+               "attention_mask": torch.as_tensor(out["attention_mask"][0], dtype=torch.long)}
+    for key in backbone.image_inputs:
+        if out.get(key) is not None:
+            example[key] = stack_padded(out[key])
+    for key in backbone.token_inputs:
+        example[key] = torch.as_tensor(out[key][0], dtype=torch.long)
+    return example
 
 
-def prompt_batches(questions: list[Question], processor, batch_size: int, blank: bool = False):
+def prompt_batches(questions: list[Question], processor, batch_size: int, blank: bool = False, backbone=None):
     """Yield left-padded prompt batches (for batched generation) of `batch_size` questions."""
-    collate = LlavaCollator(pad_token_id=processor.tokenizer.pad_token_id, padding_side="left")
+    collate = _collator(processor, backbone)
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        yield collate([encode_question(q, processor, blank) for q in chunk])
+        yield collate([encode_question(q, processor, blank, backbone) for q in chunk])
 
 
-def single_prompt(question: Question, processor, blank: bool = False) -> dict:
-    """A batch of one prompt: input_ids, attention_mask [1, N] and pixel_values [1, 3, H, W]."""
-    collate = LlavaCollator(pad_token_id=processor.tokenizer.pad_token_id, padding_side="left")
-    return collate([encode_question(question, processor, blank)])
+def single_prompt(question: Question, processor, blank: bool = False, backbone=None) -> dict:
+    """A batch of one prompt: input_ids, attention_mask [1, N] and the vision inputs."""
+    return _collator(processor, backbone)([encode_question(question, processor, blank, backbone)])
+
+
+def _collator(processor, backbone) -> LlavaCollator:
+    token_inputs = backbone.token_inputs if backbone is not None else ()
+    return LlavaCollator(pad_token_id=processor.tokenizer.pad_token_id, padding_side="left", token_inputs=token_inputs)

@@ -27,8 +27,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ..backbones.llava import CHAT_TEMPLATE
-from .shapes import vocabulary as shapes_vocabulary
+from lvprune.backbones.llava import CHAT_TEMPLATE
+from .dataset import vocabulary as shapes_vocabulary
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)
@@ -177,8 +177,8 @@ def build_family_processor(model_type: str, words=None):
     """
     import transformers
 
-    from ..backbones import supported
-    from ..backbones.llava_next import TINY_PINPOINTS
+    from lvprune.backbones import supported
+    from lvprune.backbones.llava_next import TINY_PINPOINTS
 
     if model_type == "llava":
         return build_processor()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data.shapes import NUMBERS, POSITIONS
+from ..dataset import NUMBERS, POSITIONS
 from .config import ReferenceConfig
 from .data import ShapesTrainingSet, make_reference_data
 from .grounding import GroundingProbe
@@ -106,7 +106,7 @@ def train_reference(out_dir: str | Path, config: ReferenceConfig | None = None, 
     The folder holds `save_pretrained` weights + config, the processor, and `reference_report.json`
     (config, seconds per stage, test accuracy overall / per question type / with blank images, chance).
     """
-    from ..bench.evaluate import evaluate_answers
+    from lvprune.bench.evaluate import evaluate_answers
 
     config = config or ReferenceConfig()
     out_dir = Path(out_dir)

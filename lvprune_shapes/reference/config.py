@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """How the reference base is built and trained (see `lvprune.reference`).
+    """How the reference base is built and trained (see `lvprune_shapes.reference`).
 
     image_size / patch_size: `(image_size // patch_size) ** 2` vision tokens per image.
     train_records, turns: training images and questions asked about each (a turn costs a dozen tokens next

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import saving
-from lvprune.hub import push_folder, write_model_card
+from . import saving
+from ..hub import push_folder, write_model_card
 
 def export(accelerator, config, model, lora, data_name: str, summary: dict) -> Path:
     """Write `output_dir/final/` (pruner, card, adapter) and push it if asked; returns the folder."""

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from lvprune.backbones import supported
-from lvprune.data.processor import build_family_processor, build_processor
-from lvprune.data.shapes import ShapesConfig, make_shapes_dataset
+from lvprune_shapes.processor import build_family_processor, build_processor
+from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 from lvprune.testing import tiny_llava
 
 TINY_IMAGE_SIZE = 32  # 8 x 8 patches of 4 pixels: 64 vision tokens per image

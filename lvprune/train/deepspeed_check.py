@@ -1,6 +1,6 @@
 """Run LVPruning's training step under DeepSpeed's own engine at several ZeRO stages, and report.
 
-    torchrun --nproc_per_node 2 train/deepspeed_check.py --stages 0 2 3 --out ds_check.json
+    torchrun --nproc_per_node 2 -m lvprune.train.deepspeed_check --stages 0 2 3 --out ds_check.json
 
 Accelerate's DeepSpeed integration needs GPUs, so this check drives `deepspeed.initialize` directly; it runs
 on CPU over gloo as well as on GPUs over NCCL. For each stage it builds the same tiny random LLaVA (frozen)
@@ -12,30 +12,32 @@ stage's final pruner weights to `<out>.zero<stage>.safetensors`.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from assets import build_tiny_base
-from deepspeed_support import gathered
-from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
-from lvprune.testing import make_batch
-from saving import weights_digest
+from .. import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
+from ..settings import doc, parse
+from ..testing import make_batch, tiny_llava
+from .deepspeed_support import gathered
+from .saving import weights_digest
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", type=int, nargs="+", default=[2, 3], help="ZeRO stages to run")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--keep_ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7],
-                        help="far from an untrained pruner's ~[0.5, 0.25, 0.125], so the ratio loss has room to fall")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="JSON report (written by rank 0)")
-    return parser.parse_args(argv)
+@dataclass
+class CheckConfig:
+    """What the DeepSpeed check runs."""
+
+    out: str | None = doc(None, "JSON report, written by rank 0 (required)")
+    stages: list[int] = doc([2, 3], "ZeRO stages to run")
+    steps: int = doc(6, "optimizer steps per stage")
+    lr: float = doc(1e-2, "AdamW learning rate")
+    keep_ratios: list[float] = doc([0.9, 0.8, 0.7], "far from an untrained pruner's ~[0.5, 0.25, 0.125], so the "
+                                   "ratio loss has room to fall")
+    seed: int = doc(0, "seed of the pruner and the Gumbel noise")
 
 
 def ds_config(stage: int, lr: float) -> dict:
@@ -59,7 +61,9 @@ def local_batch(config, rank: int) -> dict:
 
 
 def build(seed: int, keep_ratios):
-    base, _ = build_tiny_base()
+    # The tiny LLaVA of the main job's `tiny-random` (its 99-word vocabulary, `<image>` = 4): 64 vision tokens an image.
+    base = tiny_llava(seed=0, vocab_size=99, image_size=32)
+    base.config.image_token_id = 4
     torch.manual_seed(seed)
     pruner = LVPrunerModel(LVPrunerConfig.from_base_config(base.config, num_heads=4, keep_ratios=keep_ratios))
     return LVPruningForTraining(base, pruner)
@@ -101,7 +105,9 @@ def process_mean(value: torch.Tensor) -> float:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = parse(CheckConfig, argv, prog="python -m lvprune.train.deepspeed_check")
+    if args.out is None:
+        sys.exit("lvprune.train.deepspeed_check: --out FILE is required")
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"

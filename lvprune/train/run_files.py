@@ -7,11 +7,11 @@ import json
 import os
 from pathlib import Path
 
-import saving
-from health import check_finite_weights
-from lvprune import checkpointing
-from run_control import OutputLock
-from train_config import to_yaml
+from . import saving
+from .health import check_finite_weights
+from .. import checkpointing
+from .run_control import OutputLock
+from ..settings import to_yaml
 
 SUMMARY_FILE = "train_summary.json"
 

@@ -14,9 +14,9 @@ import torch
 from accelerate.utils import DistributedType, gather_object
 from safetensors.torch import load_file
 
-from lora import load_lora, lora_parameters, save_lora
-from lvprune import checkpointing
-from deepspeed_support import gathered, is_zero3
+from .lora import load_lora, lora_parameters, save_lora
+from .. import checkpointing
+from .deepspeed_support import gathered, is_zero3
 
 PRUNER_DIR, LORA_DIR = "pruner", "lora"
 

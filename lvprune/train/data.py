@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lvprune.data.collator import LlavaCollator
+from ..data.collator import LlavaCollator
 
 INDEX_KEY = "sample_index"
 

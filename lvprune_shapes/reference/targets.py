@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.shapes import BACKGROUND, COLOURS, POSITIONS, draw_scene
+from ..dataset import BACKGROUND, COLOURS, POSITIONS, draw_scene
 
 COLOUR_NAMES = tuple(COLOURS)
 

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import LlavaCollator, ShapesConfig, build_processor, load_llava_dataset, make_shapes_dataset
+from lvprune.data import LlavaCollator, load_llava_dataset
+
+from ..dataset import ShapesConfig, make_shapes_dataset
+from ..processor import build_processor
 from .config import ReferenceConfig
-from ..data.shapes import POSITIONS
+from ..dataset import POSITIONS
 from .targets import COLOUR_NAMES, grounding_rows, patch_labels
 
 

@@ -1,0 +1,87 @@
+"""The shapes benchmark: `lvprune bench` on the reference base and the shapes test split, with defaults.
+
+    python -m lvprune_shapes.bench --out DIR [--quick true] [--base DIR] [--pruner DIR] [--cache_dir DIR]
+
+Whatever is not given is made and cached under `cache_dir`: the reference base (the shipped one, checked
+against its SHA256SUMS), the shapes test split, and a pruner trained on the base (`bench_pruner`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvprune.bench import BenchConfig
+from lvprune.settings import doc, parse
+
+from .bench_pruner import FULL, QUICK, bench_pruner
+from .dataset import ShapesConfig, make_shapes_dataset
+from .reference import reference_base
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lvprune"
+
+
+@dataclass
+class ShapesBenchConfig(BenchConfig):
+    """`lvprune bench`'s settings, each of base, pruner and test split defaulting to the shapes world's."""
+
+    cache_dir: str | None = doc(None, "where the reference base, the test split and the trained pruner are cached "
+                                "(default: ~/.cache/lvprune)")
+
+
+def resolve(config: ShapesBenchConfig) -> BenchConfig:
+    """The complete `BenchConfig`: the reference base, the shapes test split and a pruner for what is not given."""
+    cache = Path(config.cache_dir or DEFAULT_CACHE_DIR).expanduser()
+    base = config.base or str(reference_base(cache / "reference-base"))
+    test_json, image_folder = config.test_json, config.image_folder
+    if test_json is None:
+        test_json, image_folder = (str(p) for p in shapes_test_split(cache, base, config))
+    pruner = config.pruner
+    if pruner is None:
+        size = image_size(base)
+        recipe = QUICK if config.quick else FULL
+        pruner = str(bench_pruner(base, image_size=size, cache_dir=cache / "bench-pruners", seed=config.seed,
+                                  **recipe))
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(BenchConfig)}
+    return BenchConfig(**{**fields, "base": base, "pruner": pruner, "test_json": test_json,
+                          "image_folder": image_folder})
+
+
+def image_size(base) -> int:
+    """The square side the base's processor crops images to."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(base).image_processor.crop_size["height"]
+
+
+def shapes_test_split(cache: Path, base, config: BenchConfig) -> tuple[Path, Path]:
+    """The shapes test split at the base's image size, generated into the cache once."""
+    size = image_size(base)
+    shapes = ShapesConfig(image_size=size, seed=config.seed)
+    low, high = shapes.object_size
+    records = min(config.test_records, 24) if config.quick else config.test_records
+    folder = cache / f"shapes-test-{size}px-objects{low:g}-{high:g}-{records}-seed{config.seed}"
+    if not (folder / "test.json").is_file():
+        make_shapes_dataset(folder, {"test": records}, shapes)
+    return folder / "test.json", folder
+
+
+def run(config: ShapesBenchConfig) -> list[dict]:
+    from lvprune.bench.harness import run as run_bench
+
+    return run_bench(resolve(config))
+
+
+def main(argv=None) -> int:
+    config = parse(ShapesBenchConfig, argv, prog="python -m lvprune_shapes.bench")
+    if config.out is None:
+        sys.exit("python -m lvprune_shapes.bench: --out DIR is required")
+    run(config)
+    print((Path(config.out) / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

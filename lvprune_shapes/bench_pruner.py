@@ -1,0 +1,71 @@
+"""A pruner for the shapes benchmark when none is given: `lvprune.train` on the shapes training split, cached.
+
+The base stays frozen; only the decision modules learn (paper §3), with the ratio loss pulling each stage's
+kept fraction to its target. The cached folder's name is a digest of the base's weights and the training
+settings, so a new base or new settings train anew.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from lvprune.train import TrainConfig, train
+
+from .dataset import ShapesConfig, make_shapes_dataset
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lvprune" / "bench-pruners"
+# The main job's recipe (configs/default.yaml): 600 steps of 8 on 4800 single-question records.
+FULL = dict(train_records=4800, per_device_batch_size=8)
+QUICK = dict(train_records=64, per_device_batch_size=8)
+
+
+def training_config(base_dir: Path, data: tuple[Path, Path], output_dir: Path, *, per_device_batch_size: int,
+                    seed: int = 0) -> TrainConfig:
+    """One epoch over `data` (json, image folder) at the paper's ratios and the main job's learning rate."""
+    return TrainConfig(base_model=str(base_dir), data_path=str(data[0]), image_folder=str(data[1]),
+                       output_dir=str(output_dir), per_device_batch_size=per_device_batch_size, max_steps=0,
+                       num_train_epochs=1, learning_rate=1e-3, warmup_ratio=0.03, seed=seed, cpu_threads=0,
+                       logging_steps=50, report_to="none")
+
+
+def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_size: int, image_size: int,
+                 cache_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """The folder of a pruner trained on the base at `base_dir`: from the cache if there, else trained now
+    (a few minutes for the reference base) through `lvprune.train` and saved there."""
+    base_dir = Path(base_dir)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
+    recipe = training_config(base_dir, (Path("train.json"), Path(".")), Path("run"),
+                             per_device_batch_size=per_device_batch_size, seed=seed)
+    described = {**dataclasses.asdict(recipe), "base_model": None, "train_records": train_records,
+                 "image_size": image_size}
+    folder = cache / f"pruner-{_digest(base_dir, described)}"
+    if (folder / "config.json").is_file():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=cache))
+    try:
+        print(f"training a pruner for {base_dir} on {train_records} shapes records (cached in {folder})", flush=True)
+        paths = make_shapes_dataset(staging / "data", {"train": train_records},
+                                    ShapesConfig(image_size=image_size, seed=seed))
+        run = training_config(base_dir, (paths["train"], staging / "data"), staging / "run",
+                              per_device_batch_size=per_device_batch_size, seed=seed)
+        train(run)
+        shutil.move(str(staging / "run" / "final"), str(staging / "pruner"))
+        (staging / "pruner" / "training_config.json").write_text(json.dumps(described, indent=1) + "\n")
+        (staging / "pruner").rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _digest(base_dir: Path, described: dict) -> str:
+    """A short digest of the base's weights and the training settings (names the cached pruner)."""
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+    for path in sorted(base_dir.glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

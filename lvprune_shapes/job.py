@@ -1,0 +1,113 @@
+"""The main job (`make demo`, `accelerate launch train/train.py`): `lvprune.train` with the shapes world's names,
+then the benchmark of the exported pruner.
+
+`JobConfig` is `TrainConfig` plus what only this job has: the names `tiny-random[-<model_type>]` and `reference`
+for `base_model` and `synthetic-shapes` for `data_path`, made under `assets_dir` on first use (by the main
+process; the others wait), and `evaluate`, the benchmark after the export. Without `--config`,
+`configs/default.yaml` is read: it is the one place that names the project's default run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvprune.settings import doc, one_of
+from lvprune.train import TrainConfig
+from lvprune.train import main as train_main
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+TINY_RANDOM = "tiny-random"
+REFERENCE = "reference"
+SYNTHETIC_SHAPES = "synthetic-shapes"
+EVALUATIONS = ("none", "quick", "full")
+
+
+@dataclass
+class JobConfig(TrainConfig):
+    """Every setting of `train/train.py`. The defaults are a tiny random LLaVA on synthetic shapes (seconds on CPU)."""
+
+    base_model: str | None = doc(TINY_RANDOM, "base model of a supported family: a folder or a Hub id; "
+                                 "`tiny-random` makes a tiny random LLaVA with its processor under `assets_dir` on "
+                                 "first use, `tiny-random-<model_type>` one of another family (e.g. "
+                                 "tiny-random-qwen2_vl); `reference` the project's reference base (the shipped one, "
+                                 "or trained from scratch on the shapes set and cached under `assets_dir`)")
+    data_path: str | None = doc(SYNTHETIC_SHAPES, "LLaVA-format training records (.json list or .jsonl); "
+                                "`synthetic-shapes` generates a small shapes VQA set under `assets_dir` on first use")
+    output_dir: str = doc("outputs/tiny-cpu", "checkpoints, logs and the final export go here")
+    synthetic_samples: int = doc(64, "records generated for `synthetic-shapes`")
+    assets_dir: str = doc("outputs/assets", "where `tiny-random`, `reference` and `synthetic-shapes` are made")
+    evaluate: str = doc("none", "after the export, benchmark the base and the new pruner against the other "
+                        "methods on the shapes test split: none, quick (a smoke test) or full; writes "
+                        "output_dir/bench")
+    bench_plphp: list[float] | None = doc(None, "PLPHP's [r, delta_r, alpha, beta, start_layer] for the benchmark's "
+                                          "PLPHP rows (null: PLPHPConfig's defaults)")
+
+    def check(self) -> None:
+        super().check()
+        one_of("evaluate", self.evaluate, EVALUATIONS)
+        if self.synthetic_samples < 0:
+            raise ValueError(f"synthetic_samples={self.synthetic_samples} must be >= 0.")
+        if self.bench_plphp is not None and len(self.bench_plphp) != 5:
+            raise ValueError(f"bench_plphp={self.bench_plphp} must be [r, delta_r, alpha, beta, start_layer].")
+        tiny_family(self.base_model)
+
+
+def tiny_family(base_model: str) -> str | None:
+    """The model_type of a `tiny-random[-<model_type>]` base (None for any other base); refuses an unknown one."""
+    if base_model == TINY_RANDOM:
+        return "llava"
+    if not base_model.startswith(TINY_RANDOM + "-"):
+        return None
+    from lvprune.backbones import supported
+
+    family = base_model[len(TINY_RANDOM) + 1:]
+    if family not in supported():
+        raise ValueError(f"base_model={base_model!r}: no supported family {family!r}; tiny bases: "
+                         f"{', '.join(f'{TINY_RANDOM}-{t}' for t in sorted(supported()))}.")
+    return family
+
+
+def prepare(config: JobConfig, accelerator) -> JobConfig:
+    """The config with the shapes world's names made into folders (run by the main process first)."""
+    from .assets import materialise_shapes, materialise_tiny_base
+    from .reference import reference_base
+
+    changes = {}
+    if (family := tiny_family(config.base_model)) is not None:
+        changes["base_model"] = str(materialise_tiny_base(config.assets_dir, family))
+    elif config.base_model == REFERENCE:
+        changes["base_model"] = str(reference_base(Path(config.assets_dir) / "reference-base"))
+    if config.data_path == SYNTHETIC_SHAPES:
+        json_path, folder = materialise_shapes(config.assets_dir, config.synthetic_samples)
+        changes.update(data_path=str(json_path), image_folder=str(folder))
+    return dataclasses.replace(config, **changes)
+
+
+def after_export(config: JobConfig, accelerator, base_name: str, final: Path) -> None:
+    """`evaluate`: the shapes benchmark of the base and the exported pruner (main process), its table printed."""
+    if config.evaluate == "none":
+        return
+    if accelerator.is_main_process:
+        from .bench import ShapesBenchConfig, run
+
+        out = Path(config.output_dir) / "bench"
+        accelerator.print("benchmarking the base and the exported pruner against the other methods"
+                          + (" (about 2 minutes on 2 CPU cores)" if config.evaluate == "full" else ""))
+        run(ShapesBenchConfig(out=str(out), base=base_name, pruner=str(final), quick=config.evaluate == "quick",
+                              cache_dir=config.assets_dir, plphp=config.bench_plphp))
+        accelerator.print((out / "results.md").read_text())
+    accelerator.wait_for_everyone()
+
+
+def parse_job_config(argv=None) -> JobConfig:
+    """The job's settings: `JobConfig` defaults <- `--config` (else `configs/default.yaml`) <- `--key value`."""
+    from lvprune.train import parse_config
+
+    return parse_config(argv, JobConfig, DEFAULT_CONFIG, prog="train/train.py")
+
+
+def main(argv=None) -> dict:
+    return train_main(argv, cls=JobConfig, default_file=DEFAULT_CONFIG, prog="train/train.py", prepare=prepare,
+                      after_export=after_export)
