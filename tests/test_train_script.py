@@ -274,3 +274,25 @@ def test_evaluation_benchmarks_the_exported_pruner(reference):
     assert by_name["lvpruning-0.45"]["prefill_tflops"] < by_name["lvpruning-0.6"]["prefill_tflops"]
     assert by_name["lvpruning-0.5"]["prefill_tflops"] < by_name["unpruned"]["prefill_tflops"]
     assert "| lvpruning-0.5 |" in summary["stdout"]  # the table is printed
+
+
+def test_the_library_entry_point_trains_what_the_job_trains(assets, tmp_path):
+    """`accelerate launch -m lvprune.train` on real folders (no demo names, no `--config`) trains the pruner
+    the main job's script trains with the same settings."""
+    settings = ["--base_model", str(assets["base"]), "--data_path", str(assets["data"]), "--image_folder",
+                str(assets["images"]), "--max_steps", "2", "--per_device_batch_size", "2", "--cpu_threads", "1",
+                "--learning_rate", "1e-3", "--report_to", "none"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(ROOT / "configs/accelerate/single.yaml")]
+    runs = {"library": [*launcher, "-m", "lvprune.train"],
+            "job": [*launcher, "train/train.py", "--config", "configs/tiny-cpu.yaml"]}
+    for name, cmd in runs.items():
+        proc = subprocess.run([*cmd, *settings, "--output_dir", str(tmp_path / name)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    ours, theirs = (weights(tmp_path / name / "final") for name in runs)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    proc = subprocess.run([sys.executable, "-m", "lvprune.train", "--data_path", "x.json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "base_model is required" in proc.stderr

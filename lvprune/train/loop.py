@@ -288,7 +288,11 @@ STOPS = (DivergenceError, NoRecords, OutputInUse, saving.ResumeError, saving.Uns
 def main(argv=None, cls=TrainConfig, default_file: Path | None = None, prog: str | None = None, **hooks) -> dict:
     """Parse the command line into `cls` (a `TrainConfig`) and `train`; a `STOPS` error exits with status 1 and
     its message."""
-    config = parse_config(argv, cls, default_file, prog)  # every setting validated before anything is touched
+    try:
+        config = parse_config(argv, cls, default_file, prog)  # every setting validated before anything is touched
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{prog or 'lvprune.train'}: error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         return train(config, **hooks)
     except STOPS as error:
