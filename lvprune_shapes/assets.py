@@ -11,14 +11,12 @@ half-written one.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from lvprune.backbones import supported
+from lvprune.files import write_folder
 from lvprune_shapes.processor import build_family_processor, build_processor
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 from lvprune.testing import tiny_llava
@@ -94,17 +92,5 @@ def materialise_shapes(assets_dir, num_samples: int, seed: int = 0) -> tuple[Pat
 
 
 def _materialise(target: Path, write) -> Path:
-    """Run `write(tmp_folder)` and rename the folder to `target`, unless `target` already exists."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():  # another process won the race: its folder is as good as ours
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """`target`, written by `write(folder)` on first use (atomically: `lvprune.files.write_folder`)."""
+    return target if target.is_dir() else write_folder(target, write)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lvprune.files import write_folder
 from lvprune.train import TrainConfig, train
 
 from .dataset import ShapesConfig, make_shapes_dataset
@@ -46,21 +47,19 @@ def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_s
     folder = cache / f"pruner-{_digest(base_dir, described)}"
     if (folder / "config.json").is_file():
         return folder
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=cache))
-    try:
-        print(f"training a pruner for {base_dir} on {train_records} shapes records (cached in {folder})", flush=True)
-        paths = make_shapes_dataset(staging / "data", {"train": train_records},
-                                    ShapesConfig(image_size=image_size, seed=seed))
-        run = training_config(base_dir, (paths["train"], staging / "data"), staging / "run",
-                              per_device_batch_size=per_device_batch_size, seed=seed)
-        train(run)
-        shutil.move(str(staging / "run" / "final"), str(staging / "pruner"))
-        (staging / "pruner" / "training_config.json").write_text(json.dumps(described, indent=1) + "\n")
-        (staging / "pruner").rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    print(f"training a pruner for {base_dir} on {train_records} shapes records (cached in {folder})", flush=True)
+
+    def write(staging: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=staging.parent) as work:
+            paths = make_shapes_dataset(Path(work) / "data", {"train": train_records},
+                                        ShapesConfig(image_size=image_size, seed=seed))
+            run = training_config(base_dir, (paths["train"], Path(work) / "data"), Path(work) / "run",
+                                  per_device_batch_size=per_device_batch_size, seed=seed)
+            train(run)
+            shutil.copytree(Path(work) / "run" / "final", staging, dirs_exist_ok=True)
+        (staging / "training_config.json").write_text(json.dumps(described, indent=1) + "\n")
+
+    return write_folder(folder, write)
 
 
 def _digest(base_dir: Path, described: dict) -> str:

@@ -73,11 +73,6 @@ class Backbone:
                             "vision tokens.")
         return ids
 
-    @property
-    def batch_inputs(self) -> tuple[str, ...]:
-        """Every processor output a model call takes beyond `input_ids`, `attention_mask` and `labels`."""
-        return self.image_inputs + self.token_inputs
-
 
 def register(backbone: Backbone) -> Backbone:
     for model_type in backbone.model_types:

@@ -83,7 +83,7 @@ def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMi
     """One normalised record -> tensors, through the processor's own chat template.
 
     Returns `input_ids`, `attention_mask`, `labels` (each [seq], int64), and the family's inputs
-    (`backbone.batch_inputs`, default LLaVA-1.5's `pixel_values` [n_images, 3, H, W]): per-image ones as the
+    (`backbone.image_inputs` and `token_inputs`, default LLaVA-1.5's `pixel_values` [n_images, 3, H, W]): per-image ones as the
     processor gives them (empty, `[0, ...]`, for a record without images), per-token ones as [seq].
     """
     backbone = backbone or backbones.supported()["llava"]

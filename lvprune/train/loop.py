@@ -45,8 +45,6 @@ from .config import TrainConfig, parse_config
 from .data import INDEX_KEY, build_dataloader, micro_batch_index, micro_batches
 from .metrics import Resources, TrainMetrics
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "labels")
-
 
 # =============================================================================== helpers
 

@@ -4,12 +4,12 @@ and the checkpoint it resumes from."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from . import saving
 from .health import check_finite_weights
 from .. import checkpointing
+from ..files import replace_text
 from .run_control import OutputLock
 from ..settings import to_yaml
 
@@ -44,9 +44,7 @@ def truncate_metrics(config, step: int) -> None:
     path = Path(config.output_dir) / "metrics.jsonl"
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(row + "\n" for row in rows))
-        os.replace(tmp, path)
+        replace_text(path, "".join(row + "\n" for row in rows))
 
 
 def resume(accelerator, config, output_dir: Path, scheduler, trainable) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+from lvprune.files import write_folder
 
 from .config import ReferenceConfig
 from .training import REPORT_FILE, train_reference
@@ -71,18 +72,15 @@ def reference_base(cache_dir: str | Path | None = None, config: ReferenceConfig 
         if shipped is not None:
             return shipped
         print(f"building the reference base into {folder}: about 15 minutes on 2 CPU cores, once")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+
+    def write(staging: Path) -> None:
         train_reference(staging, config, data_dir=staging / "data", progress=progress)
         shutil.rmtree(staging / "data")
         write_checksums(staging)  # a rebuilt default can replace the shipped one as it is
-        if folder.exists():
-            folder.rmdir()  # only an empty folder may be replaced
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not a reference base: only an empty folder is replaced.")
+    return write_folder(folder, write)
 
 
 def load_reference(folder: str | Path) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
