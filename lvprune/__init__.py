@@ -1,10 +1,11 @@
-"""lvprune: vision-token pruning for LLaVA-style models.
+"""lvprune: vision-token pruning for vision-language models (the families of `lvprune.backbones`).
 
-- LVPruning (trained, language-guided): `LVPrunerConfig`, `LVPrunerModel`, `LVPruningForTraining`.
+- LVPruning (trained, language-guided): `LVPrunerConfig`, `LVPrunerModel`, `LVPruningForTraining`, a
+  `StagePruner` (the base of stage pruners; the random and FastV baselines are others).
 - PLPHP (training-free, per-layer per-head KV pruning): `PLPHPConfig`, a `CachePress` (the base of cache presses).
 - Pruned decoding on a stock model: `load_pruned_model`, `pruning` (context manager), `unprune`.
 - Analytic cost of a configuration: `estimate_cost`; PLPHP threshold measurement: `vision_attention_profile`.
-- Data in the LLaVA instruction format and a synthetic VQA set: `lvprune.data`.
+- Training (`lvprune.train`), data in the LLaVA instruction format (`lvprune.data`), the benchmark (`lvprune.bench`).
 """
 
 from .cache import PrunedCache
@@ -16,6 +17,7 @@ from .inference import Pruning, load_pruned_model, pruning, unprune
 from .modeling import LVPrunerModel
 from .plphp import PLPHPConfig
 from .press import CachePress
+from .stage import StagePruner
 from .stats import LayerStats, PruningStats
 from .training import LVPruningForTraining, LVPruningOutput
 
@@ -28,6 +30,7 @@ __all__ = [
     "LVPruningOutput",
     "PLPHPConfig",
     "CachePress",
+    "StagePruner",
     "Pruning",
     "PrunedCache",
     "PruningStats",

@@ -1,9 +1,5 @@
-"""Baseline pruners with the `LVPrunerModel` protocol, so they run through the same stages and counts.
-
-A pruner is anything with a `config` (`LVPrunerConfig`: `after_layers`, `keep_ratios`, ...), a
-`stage_for_layer(layer_idx)` and `forward(stage, vision [B, V, C], text [B, T, C], text_mask [B, T]) -> γ
-[B, V, 2]`; each stage keeps its top `round(ratio × n_vision)` vision tokens by `γ₀ − γ₁`. The baselines only
-replace the scores:
+"""Baseline stage pruners (`lvprune.stage`), so they run through LVPruning's stages and counts and only replace
+its scores:
 
 - `RandomPruner`: uniform random scores (random pruning at a given schedule, e.g. LVPruning's);
 - `FastVPruner`: FastV (Chen et al., 2024): after decoder layer K, keep the vision tokens the last prompt
@@ -18,36 +14,12 @@ replace the scores:
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .config import LVPrunerConfig
+from .stage import StagePruner
 
 
-class ScorePruner(nn.Module):
-    """Base of the baselines: a pruner config and the stage lookup, no trained weights."""
-
-    def __init__(self, config: LVPrunerConfig):
-        super().__init__()
-        self.config = config
-
-    @staticmethod
-    def base_config(base_config, after_layers, keep_ratios) -> LVPrunerConfig:
-        """A pruner config for a LLaVA config with the given stages (one head: there is no module to size)."""
-        return LVPrunerConfig.from_base_config(base_config, after_layers=list(after_layers),
-                                               keep_ratios=list(keep_ratios), num_heads=1)
-
-    def stage_for_layer(self, layer_idx: int) -> int | None:
-        """The stage that runs after 0-based decoder layer `layer_idx`, or None."""
-        after = self.config.after_layers
-        return after.index(layer_idx + 1) if layer_idx + 1 in after else None
-
-    @staticmethod
-    def as_gamma(score: torch.Tensor) -> torch.Tensor:
-        """Keep scores [B, V] -> γ [B, V, 2] = (score, 0), so both rankings (`γ₀ − γ₁`, `γ₀`) sort by score."""
-        return torch.stack([score.float(), torch.zeros_like(score, dtype=torch.float32)], dim=-1)
-
-
-class RandomPruner(ScorePruner):
+class RandomPruner(StagePruner):
     """Random pruning: every stage keeps a uniformly random subset of the vision tokens still present.
 
     Deterministic in `seed`: the draws come from the pruner's own generator, in call order.
@@ -72,7 +44,7 @@ class RandomPruner(ScorePruner):
         return self.as_gamma(score.to(vision.device))
 
 
-class FastVPruner(ScorePruner):
+class FastVPruner(StagePruner):
     """FastV: one stage after 1-based decoder layer `after_layer`, keeping `round(keep_ratio × n_vision)`
     vision tokens ranked by the last prompt token's attention in that layer (mean over heads).
 

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random LLaVA models built from config (no download), made once per session."""
 
+import copy
 import socket
 
 import pytest
@@ -80,9 +81,14 @@ def generated_with_masked_reference(base, pruner, batch, ratios, steps):
     from the per-token inputs, extended over the answer as text).
     """
     backbone = backbone_for(base.config)
-    config = LVPrunerModel(pruner.config.__class__(**{**pruner.config.to_dict(), "keep_ratios": ratios}))
-    config.load_state_dict(pruner.state_dict())
-    trainer = LVPruningForTraining(base, config).eval()
+    config = pruner.config.__class__(**{**pruner.config.to_dict(), "keep_ratios": ratios})
+    if isinstance(pruner, LVPrunerModel):
+        at_ratios = LVPrunerModel(config)
+        at_ratios.load_state_dict(pruner.state_dict())
+    else:  # a stage pruner without weights (lvprune.stage)
+        at_ratios = copy.deepcopy(pruner)
+        at_ratios.config = config
+    trainer = LVPruningForTraining(base, at_ratios).eval()
     ids, mask = batch["input_ids"], batch["attention_mask"]
     extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     first_logits = None

@@ -9,6 +9,7 @@ from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
 
 from conftest import assert_close, generated_with_masked_reference, per_head_keep_sets, register_per_head_reference
 from earliest_press import KeepEarliest
+from earliest_stage import KeepEarliestRows
 
 # Random tiny models may otherwise generate the image placeholder, which a re-run prompt could not hold.
 GREEDY = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, suppress_tokens=[IMAGE_TOKEN_ID])
@@ -31,8 +32,18 @@ def test_sampling_with_nothing_pruned_matches_stock(stock, base, pruner, mixed_b
     assert torch.equal(pruned(pruner, keep_ratios=[1, 1, 1]).generate(**mixed_batch, **sample), reference)
 
 
+def stage_pruner(name, pruner, base):
+    """The trained LVPruning pruner, or the trivial stage pruner of tests/earliest_stage.py at the same stages."""
+    if name == "lvpruning":
+        return pruner
+    return KeepEarliestRows.for_base(base.config, pruner.config.after_layers, pruner.config.keep_ratios)
+
+
 @pytest.mark.parametrize("ratios", [[0.5, 0.3, 0.1], [0.6, 0.4, 0.2]])
-def test_removal_equals_masking(base, pruner, mixed_batch, pruned, ratios):
+@pytest.mark.parametrize("which", ["lvpruning", "keep-earliest-rows"])
+def test_removal_equals_masking(base, pruner, mixed_batch, pruned, ratios, which):
+    """Removal equals the masked training forward, for any stage pruner (one row each)."""
+    pruner = stage_pruner(which, pruner, base)
     masked_logits, masked_ids = generated_with_masked_reference(base, pruner, mixed_batch, ratios, steps=4)
     model = pruned(pruner, keep_ratios=ratios)
     with torch.no_grad():
