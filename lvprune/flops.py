@@ -87,6 +87,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import check_stages
+from .decisions import keep_counts
 from .plphp import ceil_count
 
 DECISION_BLOCKS = 2
@@ -346,11 +347,6 @@ def decision_module_flops(hidden: int, n_vision: int, n_text: int, blocks: int =
 # ----------------------------------------------------------------------------- schedule
 
 
-def kept_vision_tokens(ratio: float, n_vision: int) -> int:
-    """Vision tokens left after a stage with cumulative keep ratio ``ratio``: round(ratio * n)."""
-    return int(round(ratio * n_vision))
-
-
 def vision_tokens_per_layer(num_layers: int, n_vision: int, plan: PruningPlan) -> list[int]:
     """Vision tokens present in each decoder layer (index 0 = layer 1) under LVPruning's stages."""
     present, counts = n_vision, []
@@ -358,7 +354,7 @@ def vision_tokens_per_layer(num_layers: int, n_vision: int, plan: PruningPlan) -
     for layer in range(1, num_layers + 1):
         counts.append(present)
         if layer in stages:
-            present = kept_vision_tokens(stages[layer], n_vision)
+            present = keep_counts([n_vision], stages[layer])[0]  # the pruning core's own count rule
     return counts
 
 
