@@ -6,7 +6,8 @@
 # Other settings: VENV (the environment's folder), EXTRAS (lvprune's extras to install), PIN (extra
 # requirements, e.g. PIN="transformers==5.19.0"), PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'"). The families
 # whose processors need torchvision are tested in an environment of their own:
-#   make test VENV=.venv-video CONSTRAINTS=constraints-video.txt EXTRAS=deepspeed,train,bench,test,video
+#   make test VENV=.venv-video CONSTRAINTS=constraints-video.txt EXTRAS=deepspeed,train,bench,test,video,lmms-eval \
+#       PYTEST_ARGS="-m torchvision"
 
 VENV ?= .venv
 PYTHON ?= python3
