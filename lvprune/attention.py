@@ -32,7 +32,10 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
         state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
     press = state.press
     if press is not None and state.prefill and state.cache is not None and layer >= press.start_layer:
-        scores = last_query_scores(module, query, key, allowed, scaling)
+        if press.queries == "all":
+            scores = observed_scores(module, query, key, allowed, scaling, state.slots[layer].valid[:, 0])
+        else:
+            scores = last_query_scores(module, query, key, allowed, scaling)
         keep, counts, stats = press.select(scores, state.slots[layer], state.last)
         state.prune_cache(layer, keep, counts, stats)
     return output, None
@@ -108,6 +111,21 @@ def last_query_scores(module, query, key, allowed, scaling):
         logits = logits.masked_fill(~expand_heads(allowed[:, :, -1:], query.shape[1]), float("-inf"))
     probs = logits.softmax(dim=-1)[:, :, 0]
     return probs.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
+
+
+def observed_scores(module, query, key, allowed, scaling, valid):
+    """Attention every key receives, averaged over the real prompt queries, one row per KV head: -> [B, Hkv, K].
+
+    The score of a cache pressed before the question is known (the context case), where the last prompt token
+    is the image's last one; valid [B, Q] marks the real query rows (not padding or fillers).
+    """
+    key = repeat_kv(key, module.num_key_value_groups)
+    logits = (query @ key.transpose(-1, -2)).float() * scaling  # [B, Hq, Q, K]
+    mask = expand_heads(allowed, query.shape[1]) if allowed is not None else _causal(query, key)
+    probs = logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    weights = valid[:, None, :, None].to(probs.dtype)
+    mean = (probs * weights).sum(2) / weights.sum(2).clamp(min=1)  # [B, Hq, K]
+    return mean.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
 
 
 def register() -> None:

@@ -18,6 +18,7 @@ from .press import CachePress
 
 CLASSES = ("indifferent", "balanced", "attentive")
 ALLOCATIONS = ("sample", "batch")
+QUERIES = ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class PLPHPConfig(CachePress):
             (rounded up), so a batch's rectangular cache holds no filler slots for samples that keep fewer; the
             total kept is the per-sample allocation's to within one token per sample (less where a sample has
             fewer vision tokens than the mean).
+        queries: whose attention classifies the layers and ranks the slots. `"last"` (the paper's): the last
+            prompt token, the query of a prompt that ends with the question. `"all"`: the mean over every prompt
+            query, for a cache pressed before the question is known (prefill the image, press, then the
+            question: the context case), where the last token is the image's own (docs/choices.md).
     """
 
     r: float = 0.4
@@ -45,6 +50,7 @@ class PLPHPConfig(CachePress):
     beta: float = 0.2
     start_layer: int = 2
     allocation: str = "sample"
+    queries: str = "last"
 
     def __post_init__(self):
         if not 0.0 <= self.r <= 1.0:
@@ -57,6 +63,8 @@ class PLPHPConfig(CachePress):
             raise ValueError(f"PLPHP start_layer={self.start_layer} must be >= 0.")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"PLPHP allocation={self.allocation!r} is not one of {ALLOCATIONS}.")
+        if self.queries not in QUERIES:
+            raise ValueError(f"PLPHP queries={self.queries!r} is not one of {QUERIES}.")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -31,6 +31,9 @@ class CachePress:
     0-based decoder layer whose cache is pressed)."""
 
     start_layer: int
+    # Whose attention `scores` are: "last", the last prompt token's (the prompt case), or "all", the mean over every
+    # prompt query (a cache pressed before the question is known). A dataclass field where a press offers both.
+    queries: str = "last"
 
     # ---------------------------------------------------------------- the override points
 
@@ -48,7 +51,8 @@ class CachePress:
     def select(self, scores: torch.Tensor, slots, last: torch.Tensor) -> tuple[torch.Tensor, list[int], dict]:
         """Which slots each KV head keeps.
 
-        scores [B, Hkv, K]: the last prompt token's attention per KV head; slots: the layer's `TokenSlots` (one head);
+        scores [B, Hkv, K]: the attention per KV head of the last prompt token (or of all prompt queries, see
+        `queries`); slots: the layer's `TokenSlots` (one head);
         last [B]: the original position of each sample's last prompt token. Returns keep [B, Hkv, K] bool, the
         vision slots each head of a sample keeps (a host list: the layer's one host sync) and the layer's stats.
         """

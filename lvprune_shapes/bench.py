@@ -31,15 +31,16 @@ class ShapesBenchConfig(BenchConfig):
                                 "(default: ~/.cache/lvprune)")
 
 
-def resolve(config: ShapesBenchConfig) -> BenchConfig:
-    """The complete `BenchConfig`: the reference base, the shapes test split and a pruner for what is not given."""
+def resolve(config: ShapesBenchConfig, train_pruner: bool = True) -> BenchConfig:
+    """The complete `BenchConfig`: the reference base, the shapes test split and (unless `train_pruner` is False,
+    for methods without one) a pruner for what is not given."""
     cache = Path(config.cache_dir or DEFAULT_CACHE_DIR).expanduser()
     base = config.base or str(reference_base(cache / "reference-base"))
     test_json, image_folder = config.test_json, config.image_folder
     if test_json is None:
         test_json, image_folder = (str(p) for p in shapes_test_split(cache, base, config))
     pruner = config.pruner
-    if pruner is None:
+    if pruner is None and train_pruner:
         size = image_size(base)
         recipe = QUICK if config.quick else FULL
         pruner = str(bench_pruner(base, image_size=size, cache_dir=cache / "bench-pruners", seed=config.seed,

@@ -252,3 +252,31 @@ def test_decode_over_real_tokens_only_builds_no_mask_and_matches_the_masked_path
     assert torch.equal(fast.sequences, masked.sequences)
     for step, (a, b) in enumerate(zip(fast.logits, masked.logits)):
         assert_close(a, b, 1e-5, f"decode step {step}")
+
+
+@pytest.mark.parametrize("queries", ["last", "all"])
+def test_a_cache_pressed_before_the_question_continues_as_the_stock_model(stock, base, pruned, queries):
+    """The context case (kvpress's protocol): prefill the prompt up to its image with a press, then generate the
+    question and the answer from that cache. Keeping every slot it is the stock model's continuation; pressing,
+    the question's tokens attend to the pressed cache."""
+    batch = make_batch(base.config, [1], [6], seed=1)
+    ids = batch["input_ids"]
+    context = int((ids[0] == base.config.image_token_id).nonzero().max()) + 1
+    full = torch.cat([ids[:, :context], torch.randint(8, 96, (1, 4), generator=torch.Generator().manual_seed(2))], 1)
+    greedy = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, suppress_tokens=[IMAGE_TOKEN_ID])
+    reference = stock.generate(input_ids=full, attention_mask=torch.ones_like(full),
+                               pixel_values=batch["pixel_values"], **greedy)
+    kwarg = lvprune.contract.cache_kwarg(base)
+    for r, same in ((1.0, True), (0.25, False)):
+        model = pruned(press=PLPHPConfig(r=r, delta_r=0.0, start_layer=0, queries=queries))
+        with torch.no_grad():
+            out = model(input_ids=ids[:, :context], attention_mask=torch.ones(1, context, dtype=torch.long),
+                        pixel_values=batch["pixel_values"], use_cache=True)
+        cache = lvprune.contract.output_cache(out)
+        fraction = model.pruning_stats.kv_cache_fraction
+        generated = model.generate(input_ids=full, attention_mask=torch.ones_like(full), **{kwarg: cache}, **greedy)
+        assert generated.shape == reference.shape and torch.equal(generated[:, :full.shape[1]], full)
+        assert (fraction == 1.0) == same
+        if same:
+            assert torch.equal(generated, reference)
+        lvprune.unprune(base)

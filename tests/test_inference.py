@@ -83,8 +83,9 @@ def test_kept_tokens_keep_their_unpruned_rotary_positions(base, pruner, mixed_ba
 @pytest.mark.parametrize("press", [
     PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1),
     PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, allocation="batch"),
+    PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, queries="all"),
     KeepEarliest(fraction=0.5, start_layer=1),
-], ids=["plphp", "plphp-batch", "keep-earliest"])
+], ids=["plphp", "plphp-batch", "plphp-all-queries", "keep-earliest"])
 def test_press_equals_per_head_masked_reference(base, pruner, mixed_batch, pruned, press):
     model = pruned(None, press=press)
     out = model.generate(**mixed_batch, max_new_tokens=4, do_sample=False, pad_token_id=0,
@@ -239,3 +240,38 @@ def test_a_press_keeps_what_its_override_points_choose(base, mixed_batch, pruned
             for head in range(slots.order.shape[1]):
                 kept = slots.order[b, head][slots.vision[b, head] & slots.valid[b, head]]
                 assert sorted(kept.tolist()) == earliest, (layer, b, head)
+
+
+def test_all_queries_rank_each_heads_slots_by_the_attention_they_receive(stock, base, mixed_batch, pruned):
+    """PLPHP(queries="all") keeps, per KV head, the vision slots with the most attention averaged over the real
+    prompt queries: the reference is the stock eager model's own attention probabilities."""
+    press = PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, queries="all")
+    model = pruned(None, press=press)
+    with torch.no_grad():
+        out = model(**mixed_batch, use_cache=True)
+    state = lvprune.contract.output_cache(out).state
+    unprune(base)
+    eager = tiny_llava(seed=0)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = eager(**mixed_batch, output_attentions=True).attentions  # per layer [B, Hq, Q, K]
+    real = mixed_batch["attention_mask"].bool()
+    vision = (mixed_batch["input_ids"] == IMAGE_TOKEN_ID) & real
+    groups = eager.config.text_config.num_attention_heads // eager.config.text_config.num_key_value_heads
+    checked = 0
+    for layer in range(press.start_layer, len(attentions)):
+        probs = attentions[layer].float()
+        observed = (probs * real[:, None, :, None]).sum(2) / real.sum(-1)[:, None, None]  # [B, Hq, K]
+        observed = observed.unflatten(1, (-1, groups)).mean(2)  # [B, Hkv, K]
+        slots = state.slots[layer]
+        for b in range(vision.shape[0]):
+            for h in range(observed.shape[1]):
+                kept = {int(o) for o, v, ok in zip(slots.order[b, h], slots.vision[b, h], slots.valid[b, h]) if v and ok}
+                if not vision[b].any():
+                    continue
+                candidates = vision[b].nonzero()[:, 0].tolist()
+                best = sorted(candidates, key=lambda j: -observed[b, h, j].item())[: len(kept)]
+                last = int(real[b].nonzero().max())
+                assert kept == set(best) or (last in kept and kept - {last} <= set(best)), (layer, b, h)
+                checked += 1
+    assert checked > 0 and any(len(set(state.slots[l].order[0, 0].tolist())) < real.shape[1] for l in range(2, 4))
