@@ -37,12 +37,11 @@ class ContextConfig(ShapesBenchConfig):
 
 @dataclass(frozen=True)
 class RandomSlots(PLPHPConfig):
-    """PLPHP's layer classes and counts, with a random choice of which vision slots each head keeps."""
-
-    seed: int = 0
+    """PLPHP's layer classes and counts, with a random choice of which vision slots each head keeps (drawn from
+    torch's generator, which `answer` seeds per question)."""
 
     def vision_scores(self, scores, vision):
-        return torch.rand(scores.shape, generator=torch.Generator().manual_seed(self.seed + scores.shape[-1]))
+        return torch.rand(scores.shape, device=scores.device)
 
 
 def answer(model, processor, question, press) -> tuple[str, float]:
@@ -52,6 +51,7 @@ def answer(model, processor, question, press) -> tuple[str, float]:
     ids = inputs["input_ids"]
     context = int((ids[0] == model.config.image_token_id).nonzero().max()) + 1
     tokenizer = processor.tokenizer
+    torch.manual_seed(0)
     with torch.no_grad(), (lvprune.pruning(model, press=press) if press is not None else contextlib.nullcontext()):
         out = model(input_ids=ids[:, :context], attention_mask=torch.ones(1, context, dtype=torch.long),
                     pixel_values=inputs["pixel_values"], use_cache=True)

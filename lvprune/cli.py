@@ -2,7 +2,7 @@
 
     lvprune flops MODEL_DIR --text-tokens 30 --images 1 --keep-ratios 0.5 0.3 0.1 \
         [--after-layers 1 8 16] [--plphp R DR] [--plphp-start-layer 2] [--dtype-bytes 2] [--image-size WxH]
-    lvprune bench [--quick] --out DIR [--base DIR] [--pruner DIR]
+    lvprune bench --out DIR --base DIR --pruner DIR --test_json FILE [--quick] [--KEY VALUE ...]
 
 Each subcommand is registered by one ``_add_<name>_command(subparsers)`` function that builds its
 parser and sets ``func``, the function that runs it and returns the exit code.

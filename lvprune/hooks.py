@@ -39,12 +39,12 @@ class LayerHooks:
     """Hooks and attention implementation of lvprune on `model`; `pruner` gives the stage layers (may be None)."""
 
     def __init__(self, model: nn.Module, pruner=None):
-        self.backbone = backbone_for(model.config)  # refuses a family lvprune does not reproduce
+        backbone = backbone_for(model.config)  # refuses a family lvprune does not reproduce
         reason = unsupported_attention(model)
         if reason is not None:
             raise ValueError(f"lvprune cannot prune {type(model).__name__}: {reason}, and lvprune's attention "
                              "reproduces causal full attention only.")
-        self.vision_ids = self.backbone.vision_token_ids(model.config)
+        self.vision_ids = backbone.vision_token_ids(model.config)
         self.model, self.pruner = model, pruner
         self.base_attention = text_attention(model)
         self.handles = []

@@ -69,6 +69,21 @@ class PLPHPConfig(CachePress):
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_values(cls, values) -> "PLPHPConfig":
+        """`[r, delta_r, alpha, beta, start_layer]` (the first two at least; the rest default), the form command
+        lines and YAML files give it in."""
+        values = [float(v) for v in values]
+        if not 2 <= len(values) <= 5:
+            raise ValueError(f"PLPHP settings {values} must be [r, delta_r, alpha, beta, start_layer], at least r and "
+                             "delta_r.")
+        settings = dict(zip(("r", "delta_r", "alpha", "beta", "start_layer"), values))
+        if "start_layer" in settings:
+            if settings["start_layer"] != int(settings["start_layer"]):
+                raise ValueError(f"PLPHP start_layer must be a layer index, got {settings['start_layer']}")
+            settings["start_layer"] = int(settings["start_layer"])
+        return cls(**settings)
+
     def class_rates(self) -> tuple[Fraction, Fraction, Fraction]:
         """Exact rates of the indifferent, balanced and attentive classes: `r − Δr`, `r`, `r + Δr` in [0, 1].
 

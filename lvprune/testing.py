@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -51,18 +53,24 @@ def make_batch(config: LlavaConfig, images_per_sample, text_lengths, *, padding_
         text = torch.randint(4, vocab, (n_text,), generator=generator)
         # a random text token must never be the image placeholder (bases built from a processor put it at 4)
         text[text == config.image_token_id] = 5 if config.image_token_id == 4 else 4
-        cuts = sorted(torch.randint(0, n_text, (n_images,), generator=generator).tolist())
-        pieces, start = [], 0
-        for cut in cuts:
-            pieces += [text[start:cut], torch.full((per_image,), config.image_token_id)]
-            start = cut
-        rows.append(torch.cat(pieces + [text[start:]]))
+        rows.append(with_image_blocks(text, n_images, itertools.repeat(per_image), config.image_token_id, generator))
     batch = pad_rows(rows, padding_side)
     total = sum(images_per_sample)
     if total:
         size = config.vision_config.image_size
         batch["pixel_values"] = torch.randn(total, 3, size, size, generator=generator)
     return batch
+
+
+def with_image_blocks(text, n_images: int, lengths, image_id: int, generator) -> torch.Tensor:
+    """`text` [T] with `n_images` blocks of `image_id` (their lengths drawn from the iterator `lengths`) inserted
+    at random cuts, in order."""
+    cuts = sorted(torch.randint(0, len(text), (n_images,), generator=generator).tolist())
+    pieces, start = [], 0
+    for cut in cuts:
+        pieces += [text[start:cut], torch.full((next(lengths),), image_id)]
+        start = cut
+    return torch.cat(pieces + [text[start:]])
 
 
 def pad_rows(rows, padding_side="left") -> dict:
@@ -118,12 +126,7 @@ def family_batch(model, images_per_sample, text_lengths, *, padding_side="left",
     for n_images, n_text in zip(images_per_sample, text_lengths):
         text = torch.randint(TINY_FIRST_TEXT_ID, model.config.get_text_config().vocab_size, (n_text,),
                              generator=generator)
-        cuts = sorted(torch.randint(0, n_text, (n_images,), generator=generator).tolist())
-        pieces, start = [], 0
-        for cut in cuts:
-            pieces += [text[start:cut], torch.full((next(per_image),), image_id)]
-            start = cut
-        rows.append(torch.cat(pieces + [text[start:]]))
+        rows.append(with_image_blocks(text, n_images, per_image, image_id, generator))
     batch = {**pad_rows(rows, padding_side), **vision}
     if backbone.token_types is not None:
         batch.update(backbone.token_types(batch["input_ids"], model.config))

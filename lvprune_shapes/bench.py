@@ -36,12 +36,12 @@ def resolve(config: ShapesBenchConfig, train_pruner: bool = True) -> BenchConfig
     for methods without one) a pruner for what is not given."""
     cache = Path(config.cache_dir or DEFAULT_CACHE_DIR).expanduser()
     base = config.base or str(reference_base(cache / "reference-base"))
+    size = image_size(base)
     test_json, image_folder = config.test_json, config.image_folder
     if test_json is None:
-        test_json, image_folder = (str(p) for p in shapes_test_split(cache, base, config))
+        test_json, image_folder = (str(p) for p in shapes_test_split(cache, size, config))
     pruner = config.pruner
     if pruner is None and train_pruner:
-        size = image_size(base)
         recipe = QUICK if config.quick else FULL
         pruner = str(bench_pruner(base, image_size=size, cache_dir=cache / "bench-pruners", seed=config.seed,
                                   **recipe))
@@ -57,12 +57,11 @@ def image_size(base) -> int:
     return AutoProcessor.from_pretrained(base).image_processor.crop_size["height"]
 
 
-def shapes_test_split(cache: Path, base, config: BenchConfig) -> tuple[Path, Path]:
-    """The shapes test split at the base's image size, generated into the cache once."""
-    size = image_size(base)
+def shapes_test_split(cache: Path, size: int, config: BenchConfig) -> tuple[Path, Path]:
+    """The shapes test split at image size `size` (the base's), generated into the cache once."""
     shapes = ShapesConfig(image_size=size, seed=config.seed)
     low, high = shapes.object_size
-    records = min(config.test_records, 24) if config.quick else config.test_records
+    records = config.resolved().test_records  # `quick` asks for fewer
     folder = cache / f"shapes-test-{size}px-objects{low:g}-{high:g}-{records}-seed{config.seed}"
     if not (folder / "test.json").is_file():
         make_shapes_dataset(folder, {"test": records}, shapes)

@@ -13,7 +13,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import lvprune
 from lvprune.backbones import backbone_for
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
-from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
+from lvprune.testing import make_batch, tiny_llava
 
 # Tiny models: one thread avoids scheduling overhead that dominates at these sizes on 2 cores.
 torch.set_num_threads(1)

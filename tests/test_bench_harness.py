@@ -98,6 +98,9 @@ def test_plphp_setting_sets_every_field():
         plphp_config([0.3, 0.3, 0.6, 0.25, 1.5])
     with pytest.raises(ValueError, match="beta"):
         plphp_config([0.3, 0.3, 0.2, 0.6, 0])
+    assert PLPHPConfig.from_values(["0.3", "0.2"]) == PLPHPConfig(r=0.3, delta_r=0.2)  # the rest default
+    with pytest.raises(ValueError, match="at least r and delta_r"):
+        PLPHPConfig.from_values([0.3])
 
 
 def test_bench_config_refuses_empty_counts_and_missing_inputs(tmp_path):

@@ -18,3 +18,18 @@ def test_serving_snippet_runs_as_written(capsys):
     assert answers == "['red', 'yes']"  # the shipped base reads the drawn square
     assert 0 < float(fraction.split()[2].rstrip("%")) < 100
     assert namespace["model"].lvprune is None  # unpruned again at the end
+
+
+def test_supported_models_table_lists_every_registered_family():
+    """The README's table has one row per family in the registry, naming a model of its `tested_with`."""
+    from lvprune.backbones import supported
+
+    section = README.read_text().split("## Supported models", 1)[1].split("\n## ", 1)[0]
+    rows = {cells[1]: cells for cells in (line.split(" | ") for line in section.splitlines()
+                                          if line.startswith("| ") and "`" in line)}
+    rows.pop("`model_type`")  # the header
+    for model_type, backbone in supported().items():
+        row = rows.get(f"`{model_type}`")
+        assert row is not None, f"no README row for {model_type}"
+        assert row[0] == f"| {backbone.family}" and row[2] in backbone.tested_with, row
+    assert len(rows) == len(supported())

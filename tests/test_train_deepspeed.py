@@ -1,6 +1,6 @@
 """LVPruning's training step under DeepSpeed's own engine, ZeRO-2 and ZeRO-3, on 2 CPU processes (gloo).
 
-Accelerate's DeepSpeed plugin cannot run on CPU, so `train/deepspeed_check.py` drives `deepspeed.initialize`
+Accelerate's DeepSpeed plugin cannot run on CPU, so `lvprune.train.deepspeed_check` drives `deepspeed.initialize`
 directly (its first run JIT-compiles a small communication op, ~35 s). The reference is the same training
 written out in plain PyTorch in this process: both processes' micro-batches, their mean gradient, clipping at
 1.0 and AdamW, step after step.

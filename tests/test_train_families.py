@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import AutoProcessor
 
 import lvprune
 from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig
@@ -91,7 +92,7 @@ def test_a_collated_batch_is_what_the_stock_model_takes_and_prunes(model_type, i
     training forward's, the LVPruning removal seen through the family's real inputs."""
     model, processor = tiny_base(model_type)
     backbone = backbone_for(model.config)
-    collator = LlavaCollator(tokenizer_pad(processor), padding_side="left", token_inputs=backbone.token_inputs)
+    collator = LlavaCollator(processor.tokenizer.pad_token_id, padding_side="left", token_inputs=backbone.token_inputs)
     batch = collator([encode_record(r, images, processor, backbone) for r in RECORDS])
     vision = vision_mask(batch["input_ids"], backbone.vision_token_ids(model.config)).sum(-1)
     assert (vision > 0).all()
@@ -107,10 +108,6 @@ def test_a_collated_batch_is_what_the_stock_model_takes_and_prunes(model_type, i
         with lvprune.pruning(model, pruner, keep_ratios=[1, 1, 1]):
             pruned = model(**batch).loss
     assert abs(masked.item() - stock.item()) < 1e-5 and abs(pruned.item() - stock.item()) < 1e-5
-
-
-def tokenizer_pad(processor) -> int:
-    return processor.tokenizer.pad_token_id
 
 
 # ------------------------------------------------------------------------------ train/train.py on each family
@@ -149,7 +146,7 @@ def test_two_steps_and_a_resume_give_the_uninterrupted_pruner_which_then_prunes(
     assert model.lvprune.pruner.config.base_model_type == model_type
     json_path, image_folder = materialise_shapes(assets, 8)
     record = normalize_record(json.loads(Path(json_path).read_text())[0], 0)
-    processor = lvprune_processor(base_dir)
+    processor = AutoProcessor.from_pretrained(base_dir)
     prompt = to_messages(record["conversations"][:1], [Image.open(image_folder / record["images"][0]).convert("RGB")])
     inputs = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True,
                                            return_tensors="pt")
@@ -157,8 +154,3 @@ def test_two_steps_and_a_resume_give_the_uninterrupted_pruner_which_then_prunes(
     vision = model.pruning_stats.layers[0].vision_tokens[0]
     assert model.pruning_stats.layers[-1].vision_tokens[0] == round(0.1 * vision)
 
-
-def lvprune_processor(folder):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(folder)

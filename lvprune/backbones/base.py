@@ -35,7 +35,6 @@ class Backbone:
         image_inputs: processor outputs that hold one entry (or a run of rows) per image or video, in order;
             a batch concatenates them along dim 0 (padding trailing dims with zeros where sizes differ).
         token_inputs: processor outputs with one entry per token, padded like `input_ids` (with 0).
-        video: whether the family takes videos (`pixel_values_videos`).
         tiny_config: `tiny_config(**overrides)` -> a tiny random config of the family, for tests and demos.
         random_images: `random_images(config, n, generator)` -> the vision inputs of `n` random images
             (`pixel_values` and the family's size inputs), for tests.
@@ -58,11 +57,15 @@ class Backbone:
     vision_token_fields: tuple[str, ...] = ("image_token_id",)
     image_inputs: tuple[str, ...] = ("pixel_values",)
     token_inputs: tuple[str, ...] = ()
-    video: bool = False
     token_types: Callable | None = field(default=None, compare=False)
     chat_template: str | None = None
     vision_cost: Callable | None = field(default=None, compare=False)
     typical_image_size: tuple[int, int] | None = None
+
+    @property
+    def video(self) -> bool:
+        """Whether the family takes videos: its batches carry `pixel_values_videos`."""
+        return "pixel_values_videos" in self.image_inputs
 
     def vision_token_ids(self, config) -> tuple[int, ...]:
         """The placeholder ids of vision tokens in `input_ids` (image first, then video)."""

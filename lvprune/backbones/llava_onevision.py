@@ -30,7 +30,7 @@ BACKBONE = register(Backbone(
     tested_with=("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
     tiny_config=tiny_config, random_images=random_images,
     vision_token_fields=("image_token_id", "video_token_id"),
-    image_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"), video=True,
+    image_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"),
     # the Qwen-1.5 conversation OneVision was trained with
     chat_template=chatml_template("<image>\n", "<video>\n", system="You are a helpful assistant."),
     vision_cost=vision_cost, typical_image_size=(768, 768),  # a 2 x 2 grid of 384px tiles and the base: 3699 tokens

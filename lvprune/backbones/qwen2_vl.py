@@ -123,7 +123,7 @@ def _window_square(grid_h: int, grid_w: int, merge: int, window: int) -> int:
 _COMMON = dict(random_images=random_images, token_types=token_types,
                vision_token_fields=("image_token_id", "video_token_id"),
                image_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"),
-               token_inputs=("mm_token_type_ids",), video=True,
+               token_inputs=("mm_token_type_ids",),
                vision_cost=vision_cost, typical_image_size=(448, 448),  # 32 x 32 patches: 256 tokens
                chat_template=chatml_template("<|vision_start|><|image_pad|><|vision_end|>",
                                              "<|vision_start|><|video_pad|><|vision_end|>",

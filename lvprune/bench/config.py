@@ -62,9 +62,4 @@ def plphp_config(values):
     """`[r, delta_r, alpha, beta, start_layer]` as a `PLPHPConfig` (its defaults for None)."""
     from ..plphp import PLPHPConfig
 
-    if values is None:
-        return PLPHPConfig()
-    r, delta_r, alpha, beta, start = values
-    if start != int(start):
-        raise ValueError(f"plphp's start_layer must be a layer index, got {start}")
-    return PLPHPConfig(r=r, delta_r=delta_r, alpha=alpha, beta=beta, start_layer=int(start))
+    return PLPHPConfig() if values is None else PLPHPConfig.from_values(values)

@@ -11,12 +11,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from .. import backbones
 from ..data.collator import LlavaCollator
-from ..data.llava_format import load_image, stack_padded, to_messages
+from ..data.llava_format import load_image, model_inputs, to_messages
 
 BLANK_COLOUR = (235, 235, 235)  # the shapes generator's background: a blank image is an empty scene
 
@@ -67,14 +66,7 @@ def encode_question(question: Question, processor, blank: bool = False, backbone
     messages = to_messages([question.human_turn], [question_image(question, blank)])
     out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                         return_tensors=None)
-    example = {"input_ids": torch.as_tensor(out["input_ids"][0], dtype=torch.long),
-               "attention_mask": torch.as_tensor(out["attention_mask"][0], dtype=torch.long)}
-    for key in backbone.image_inputs:
-        if out.get(key) is not None:
-            example[key] = stack_padded(out[key])
-    for key in backbone.token_inputs:
-        example[key] = torch.as_tensor(out[key][0], dtype=torch.long)
-    return example
+    return model_inputs(out, processor, backbone, with_images=True)
 
 
 def prompt_batches(questions: list[Question], processor, batch_size: int, blank: bool = False, backbone=None):

@@ -100,15 +100,19 @@ def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMi
     assistant = torch.as_tensor(out["assistant_masks"][0]) != 0
     if not assistant.any():
         raise ValueError(f"record {record['id']}: the chat template marks no assistant token. It must wrap assistant "
-                         "turns in {% generation %} ... {% endgeneration %}; train/train.py's --chat_template family "
+                         "turns in {% generation %} ... {% endgeneration %}; lvprune.train's --chat_template family "
                          "uses lvprune's copy of the family's template that does.")
-    example = {
-        "input_ids": input_ids,
-        "attention_mask": torch.as_tensor(out["attention_mask"][0], dtype=torch.long),
-        "labels": input_ids.masked_fill(~assistant, IGNORE_INDEX),
-    }
+    return {**model_inputs(out, processor, backbone, bool(images)), "labels": input_ids.masked_fill(~assistant, IGNORE_INDEX)}
+
+
+def model_inputs(out: dict, processor: ProcessorMixin, backbone: Backbone, with_images: bool) -> dict:
+    """One example's model inputs from a processor's list output (`return_tensors=None`, batch of one):
+    `input_ids`, `attention_mask` [seq] and the family's per-image (empty without images) and per-token inputs."""
+    example = {"input_ids": torch.as_tensor(out["input_ids"][0], dtype=torch.long),
+               "attention_mask": torch.as_tensor(out["attention_mask"][0], dtype=torch.long)}
     for key in backbone.image_inputs:
-        example[key] = stack_padded(out[key]) if images and out.get(key) is not None else empty_input(processor, key)
+        present = with_images and out.get(key) is not None
+        example[key] = stack_padded(out[key]) if present else empty_input(processor, key)
     for key in backbone.token_inputs:
         example[key] = torch.as_tensor(out[key][0], dtype=torch.long)
     return example

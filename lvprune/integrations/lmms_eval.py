@@ -35,20 +35,12 @@ def manifest():
 
 
 def parse_plphp(value) -> PLPHPConfig | None:
-    """`r:delta_r[:alpha:beta[:start_layer]]` (or None) as a `PLPHPConfig`."""
-    if value in (None, "", "none", "None"):
-        return None
-    parts = [float(v) for v in str(value).split(":")]
-    names = ("r", "delta_r", "alpha", "beta", "start_layer")
-    if not 2 <= len(parts) <= 5:
-        raise ValueError(f"plphp={value!r} must be r:delta_r[:alpha:beta[:start_layer]]")
-    settings = dict(zip(names, parts))
-    if "start_layer" in settings:
-        settings["start_layer"] = int(settings["start_layer"])
-    return PLPHPConfig(**settings)
+    """`r:delta_r[:alpha:beta[:start_layer]]` (or none) as a `PLPHPConfig`."""
+    return None if value in (None, "", "none", "None") else PLPHPConfig.from_values(str(value).split(":"))
 
 
 def parse_ratios(value) -> list[float] | None:
+    """`0.5:0.3:0.1` (or none) as keep ratios."""
     return None if value in (None, "", "none", "None") else [float(v) for v in str(value).split(":")]
 
 
@@ -75,12 +67,9 @@ class LVPrune(lmms):
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
         return [v for v in (visuals or []) if v is not None]
 
-    def _messages(self, context: str, images: list, answer: str | None = None) -> list[dict]:
+    def _messages(self, context: str, images: list) -> list[dict]:
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": context}]
-        messages = [{"role": "user", "content": content}]
-        if answer is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        return messages
+        return [{"role": "user", "content": content}]
 
     def _inputs(self, prompts: list[str], images: list[list]) -> dict:
         flat = [image for sample in images for image in sample]
