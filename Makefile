@@ -4,7 +4,8 @@
 # Both create ./.venv with the CPU build of torch (constraints.txt) on first use. On a GPU machine:
 #   make demo CONSTRAINTS=
 # Other settings: VENV (the environment's folder), EXTRAS (lvprune's extras to install), PIN (extra
-# requirements, e.g. PIN="transformers==5.19.0"), PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'"). The families
+# requirements, e.g. PIN="transformers==5.19.0"), PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'"), KVPRESS (the
+# kvpress release installed for the peers' presses; empty: none). The families
 # whose processors need torchvision are tested in an environment of their own:
 #   make test VENV=.venv-video CONSTRAINTS=constraints-video.txt EXTRAS=deepspeed,train,bench,test,video,lmms-eval \
 #       PYTEST_ARGS="-m torchvision"
@@ -15,6 +16,9 @@ CONSTRAINTS ?= constraints.txt
 EXTRAS ?= deepspeed,train,bench,test
 PIN ?=
 PYTEST_ARGS ?=
+# kvpress declares transformers<5.3, so pip cannot install it as an extra; its scorers run on lvprune's
+# transformers. Installed without its dependencies (its runtime ones first); KVPRESS= skips it.
+KVPRESS ?= kvpress==0.5.5
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lvprune-installed
@@ -28,6 +32,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo "setting up $(VENV): torch, transformers, accelerate, deepspeed ... (a minute or two, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(CONSTRAINT_FLAG) -e ".[$(EXTRAS)]" $(PIN)
+	$(if $(KVPRESS),$(BIN)/python -m pip install --quiet --disable-pip-version-check $(CONSTRAINT_FLAG) requests "cachetools<6" "fire<0.7" && $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(KVPRESS),)
 	@$(BIN)/python -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}')"
 	@touch $@
 

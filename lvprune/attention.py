@@ -15,8 +15,11 @@ NAME = "lvprune"
 EPS = 1e-6
 
 
-def lvprune_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query [B, Hq, Q, D], key/value [B, Hkv, K, D] (post-RoPE, full cache) -> ([B, Q, Hq, D], None)."""
+def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """query [B, Hq, Q, D], key/value [B, Hkv, K, D] (post-RoPE, full cache) -> ([B, Q, Hq, D], None).
+
+    The parameters in transformers' order (`sdpa_attention_forward`'s): wrappers of the registry, as importing
+    kvpress installs around every attention function, pass `dropout` by position."""
     state = kwargs.get("lvprune_state")
     if state is None:
         raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
@@ -32,7 +35,9 @@ def lvprune_attention(module, query, key, value, attention_mask, scaling=None, d
         state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
     press = state.press
     if press is not None and state.prefill and state.cache is not None and layer >= press.start_layer:
-        if press.queries == "all":
+        if not press.ranks_by_attention:
+            scores = press.layer_scores(module, key, value, state.layer_input)
+        elif press.queries == "all":
             scores = observed_scores(module, query, key, allowed, scaling, state.slots[layer].valid[:, 0])
         else:
             scores = last_query_scores(module, query, key, allowed, scaling)

@@ -20,7 +20,8 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 __all__ = [
-    "CACHE_KWARGS", "DynamicCache", "activation_checkpointing", "POSITION_EMBEDDINGS_KWARG", "cache_kwarg", "cache_layers", "decoder_layers",
+    "CACHE_KWARGS", "DynamicCache", "activation_checkpointing", "POSITION_EMBEDDINGS_KWARG", "attention_module",
+    "cache_kwarg", "cache_layers", "decoder_layers", "rotary_embedding",
     "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "sdpa_attention_forward",
     "set_text_attention", "text_attention", "text_config",
 ]
@@ -86,6 +87,18 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if language_model is None or not hasattr(language_model, "layers"):
         raise TypeError(f"{type(model).__name__} has no `model.language_model.layers`: lvprune cannot find its decoder layers.")
     return language_model.layers
+
+
+def attention_module(layer: nn.Module) -> nn.Module:
+    """A decoder layer's self-attention module (`layer.self_attn`, which is called with the layer's normed
+    hidden states and its rotary tables as `position_embeddings`)."""
+    return layer.self_attn
+
+
+def rotary_embedding(model: nn.Module) -> nn.Module:
+    """The language model's rotary embedding (`model.model.language_model.rotary_emb`): `(x, position_ids) ->
+    (cos, sin)`."""
+    return model.model.language_model.rotary_emb
 
 
 def text_config(model: nn.Module):

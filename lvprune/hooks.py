@@ -2,7 +2,8 @@
 
 `LayerHooks` selects lvprune's registered attention function for the language model and puts forward hooks
 on its decoder layers: before each layer the hook hands it the rotary tables of the rows still present; after
-a stage layer it runs the decision module. Every hook reads the call's `PruningState` from the forward's
+a stage layer it runs the decision module; before each attention module, for a press that ranks by the layer's
+input (`CachePress.ranks_by_attention` False), it keeps that input for the press. Every hook reads the call's `PruningState` from the forward's
 keyword arguments (`lvprune_state`); without one, they do nothing. `detach()` restores the stock model.
 """
 
@@ -14,8 +15,9 @@ from torch import nn
 
 from . import attention
 from .backbones import backbone_for
-from .contract import (POSITION_EMBEDDINGS_KWARG, decoder_layers, set_text_attention, text_attention,
-                       unsupported_attention)
+from .contract import (POSITION_EMBEDDINGS_KWARG, attention_module, decoder_layers, rotary_embedding,
+                       set_text_attention, text_attention, unsupported_attention)
+from .press import LayerInput
 
 STATE_KWARG = "lvprune_state"
 
@@ -25,6 +27,14 @@ def _enter_layer(layer_idx, module, args, kwargs):
     if state is not None:
         rotary = state.enter_layer(layer_idx, kwargs.get(POSITION_EMBEDDINGS_KWARG))
         kwargs[POSITION_EMBEDDINGS_KWARG] = rotary
+    return args, kwargs
+
+
+def _enter_attention(rotary, module, args, kwargs):
+    state = kwargs.get(STATE_KWARG)
+    if state is not None and state.prefill and state.press is not None and not state.press.ranks_by_attention:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        state.layer_input = LayerInput(hidden, kwargs, rotary)
     return args, kwargs
 
 
@@ -54,8 +64,11 @@ class LayerHooks:
         if self.base_attention == attention.NAME:
             raise RuntimeError("lvprune is already attached to this model; detach it first.")
         set_text_attention(self.model, attention.NAME)
+        rotary = rotary_embedding(self.model)
         for i, layer in enumerate(decoder_layers(self.model)):
             self.handles.append(layer.register_forward_pre_hook(partial(_enter_layer, i), with_kwargs=True))
+            self.handles.append(attention_module(layer).register_forward_pre_hook(
+                partial(_enter_attention, rotary), with_kwargs=True))
             stage = self.pruner.stage_for_layer(i) if self.pruner is not None else None
             if stage is not None:
                 self.handles.append(layer.register_forward_hook(partial(_leave_stage, stage), with_kwargs=True))

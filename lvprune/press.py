@@ -14,16 +14,33 @@ ranks otherwise, `vision_scores`:
         def vision_scores(self, scores, vision):           # which ones: the highest scores win
             return -torch.arange(scores.shape[-1], dtype=scores.dtype).expand_as(scores)
 
+A press that ranks by something other than attention (the keys, the values, the layer's input) sets
+`ranks_by_attention = False` and overrides `layer_scores`; `lvprune.integrations.kvpress` is one.
+
 Text slots always stay, and so does each sample's last prompt token (it is the query that predicts, and every
 generated token attends to it): the base class guarantees both, reads the counts to the host once per layer
-(the widths of the new cache follow from them) and returns the layer's figures for `pruning_stats`.
+(the widths of the new cache follow from them) and returns the layer's figures for `pruning_stats`. (kvpress's
+presses as shipped, `scope="all"`, override `select` to let text slots compete too.)
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from torch import nn
 
 from .decisions import top_counts
+
+
+class LayerInput(NamedTuple):
+    """What a layer's attention module was called with, for presses that rank by it: hidden_states [B, N, D] (the
+    normed input, one row per query), the call's keyword arguments (`position_embeddings`: the rows' rotary
+    tables) and the language model's rotary embedding (for positions beyond the prompt)."""
+
+    hidden_states: torch.Tensor
+    kwargs: dict
+    rotary: nn.Module
 
 
 class CachePress:
@@ -34,6 +51,8 @@ class CachePress:
     # Whose attention `scores` are: "last", the last prompt token's (the prompt case), or "all", the mean over every
     # prompt query (a cache pressed before the question is known). A dataclass field where a press offers both.
     queries: str = "last"
+    # False: the press ranks by `layer_scores` (keys, values, the layer's input), not by attention scores.
+    ranks_by_attention = True
 
     # ---------------------------------------------------------------- the override points
 
@@ -45,6 +64,12 @@ class CachePress:
     def vision_scores(self, scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
         """Per-head ranking of the slots (highest kept): [B, Hkv, K]. Default: the last prompt token's attention."""
         return scores
+
+    def layer_scores(self, module: nn.Module, keys: torch.Tensor, values: torch.Tensor,
+                     layer_input: LayerInput) -> torch.Tensor:
+        """The press's own scores, for a press with `ranks_by_attention` False: keys/values [B, Hkv, K, D] (the
+        layer's cache, post-RoPE) -> [B, Hkv, K], passed to `vision_counts` and `vision_scores` as `scores`."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- applying a press
 

@@ -81,6 +81,7 @@ class PruningState:
         self.pruner, self.sample, self.remove, self.labels = pruner, sample, remove, labels
         self.keep_ratios = list(keep_ratios if keep_ratios is not None else pruner.config.keep_ratios) if pruner else []
         self.press, self.cache, self.base_attention = press, cache, base_attention
+        self.layer_input = None  # the current layer's attention input, for a press that ranks by it (hooks)
         self._slots: list[TokenSlots | None] = [None] * num_layers
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # decode slots not yet appended to each layer's TokenSlots
         self.rectangular = self.unmasked = False  # decode: every cached slot real / one new token, no mask
