@@ -1,6 +1,7 @@
 """The benchmark harness on a tiny reference base (through the shapes benchmark, which makes its pruner and
 test split): its files, fields, methods, counts and metrics."""
 
+import importlib.util
 import json
 import math
 
@@ -33,13 +34,18 @@ def results(base, tmp_path_factory):
     """`python -m lvprune_shapes.bench --quick` on the tiny base (its pruner trained on a few records)."""
     root = tmp_path_factory.mktemp("bench-run")
     assert main(["--quick", "--out", str(root / "out"), "--base", str(base), "--cache_dir", str(root / "cache"),
-                 "--test_records", "10", "--batch_size", "4"]) == 0
+                 "--test_records", "10", "--batch_size", "4", *KVPRESS_ARGS]) == 0
     return root / "out"
+
+
+# kvpress's rows, where kvpress is installed (`make test` installs it)
+KVPRESS_ROWS = ("kvpress-knorm", "kvpress-snapkv") if importlib.util.find_spec("kvpress") else ()
+KVPRESS_ARGS = ["--kvpress", *(row.removeprefix("kvpress-") for row in KVPRESS_ROWS)] if KVPRESS_ROWS else []
 
 
 def test_results_json_has_exactly_the_fields_and_methods(results):
     rows = json.loads((results / "results.json").read_text())
-    assert [row["method"] for row in rows] == list(METHOD_NAMES)
+    assert [row["method"] for row in rows] == list(METHOD_NAMES) + list(KVPRESS_ROWS)
     for row in rows:
         assert tuple(row) == RESULT_FIELDS
         assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in RESULT_FIELDS[1:])
@@ -56,6 +62,9 @@ def test_pruned_kv_and_flops_follow_the_schedules(results):
     # Random scores cost nothing, so random pruning's FLOPs are LVPruning's minus its decision modules.
     assert rows["random"]["prefill_tflops"] < rows["lvpruning-0.5"]["prefill_tflops"]
     assert rows["fastv"]["prefill_tflops"] < rows["unpruned"]["prefill_tflops"]
+    if KVPRESS_ROWS:  # the same counts in every layer, chosen by different scores
+        assert rows["kvpress-knorm"]["kv_cache_bytes"] == rows["kvpress-snapkv"]["kv_cache_bytes"] \
+            < rows["unpruned"]["kv_cache_bytes"]
 
 
 def test_figures_and_table_are_written(results):
@@ -63,7 +72,7 @@ def test_figures_and_table_are_written(results):
         with Image.open(results / name) as image:
             assert image.format == "PNG" and image.size[0] > 200 and image.size[1] > 200
     table = (results / "results.md").read_text()
-    assert all(f"| {method} |" in table for method in METHOD_NAMES)
+    assert all(f"| {method} |" in table for method in METHOD_NAMES + KVPRESS_ROWS)
 
 
 def test_prefill_flops_match_the_eager_count(base, tmp_path):

@@ -31,6 +31,9 @@ class BenchConfig:
     fastv_layer: int = doc(2, "FastV's layer K, 1-based")
     plphp: list[float] | None = doc(None, "PLPHP's [r, delta_r, alpha, beta, start_layer] for the plphp rows "
                                     "(null: PLPHPConfig's defaults)")
+    kvpress: list[str] = doc([], "kvpress scorers to add as rows kvpress-NAME, restricted to vision slots at "
+                             "PLPHP's base rate r (snapkv, tova, expected_attention, knorm, streaming_llm; needs "
+                             "kvpress, README: Install)")
     seed: int = doc(0, "seed of the random baseline and of generation")
 
     def __post_init__(self):

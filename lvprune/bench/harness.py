@@ -97,7 +97,7 @@ def run(config: BenchConfig) -> list[dict]:
     questions = load_questions(*test_split(config), limit=config.test_records)
     pruner = LVPrunerModel.from_pretrained(config.pruner).eval()
     methods = build_methods(model, pruner, plphp=plphp_config(config.plphp), fastv_layer=config.fastv_layer,
-                            seed=config.seed)
+                            seed=config.seed, kvpress=tuple(config.kvpress))
     rows = [measure_method(m, model, processor, questions, config) for m in tqdm(methods, desc="methods")]
     timing_batch = next(prompt_batches(questions[: config.timing_batch_size], processor, config.timing_batch_size,
                                        backbone=backbone_for(model.config)))

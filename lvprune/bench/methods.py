@@ -8,6 +8,7 @@
 | `plphp`                | PLPHP alone (KV cache only)                                                  |
 | `lvpruning-ρ`          | the trained pruner at ratios `[ρ, ρ−0.2, ρ−0.4]`, ρ ∈ {0.6, 0.5, 0.45}         |
 | `lvpruning-0.5+plphp`  | both                                                                         |
+| `kvpress-NAME`         | kvpress's scorer NAME (`--kvpress`), vision slots only, at PLPHP's base rate r |
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from dataclasses import dataclass
 from ..baselines import FastVPruner, RandomPruner
 from ..inference import Pruning
 from ..plphp import PLPHPConfig
+from ..press import CachePress
 
 METHOD_NAMES = ("unpruned", "random", "fastv", "plphp", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45",
                 "lvpruning-0.5+plphp")
 RHOS = (0.6, 0.5, 0.45)
 REFERENCE_RHO = 0.5  # random and FastV are matched to LVPruning at this ρ
+# `--kvpress` names -> kvpress's scorer classes and their settings here (SnapKV's window: the shapes questions are
+# a dozen tokens, shorter than its default 64).
+KVPRESS_SCORERS = {"snapkv": ("SnapKVPress", dict(window_size=16)), "tova": ("TOVAPress", {}),
+                   "expected_attention": ("ExpectedAttentionPress", {}), "knorm": ("KnormPress", {}),
+                   "streaming_llm": ("StreamingLLMPress", {})}
 
 
 def schedule(rho: float) -> list[float]:
@@ -38,21 +45,23 @@ class Method:
     pruner: object | None = None
     keep_ratios: tuple[float, ...] | None = None
     plphp: PLPHPConfig | None = None
+    press: CachePress | None = None
 
     @property
     def stock(self) -> bool:
-        return self.pruner is None and self.plphp is None
+        return self.pruner is None and self.plphp is None and self.press is None
 
     def applied(self, model):
         """Context manager pruning `model` this way (the stock model, untouched, for `unpruned`)."""
         if self.stock:
             return contextlib.nullcontext(model)
-        return Pruning(model, self.pruner, keep_ratios=self.keep_ratios, plphp=self.plphp)
+        return Pruning(model, self.pruner, keep_ratios=self.keep_ratios, plphp=self.plphp, press=self.press)
 
 
-def build_methods(model, pruner, *, plphp: PLPHPConfig | None = None, fastv_layer: int = 2,
-                  seed: int = 0) -> list[Method]:
-    """The benchmark's methods, in `METHOD_NAMES` order, for `model` and a trained LVPruning `pruner`."""
+def build_methods(model, pruner, *, plphp: PLPHPConfig | None = None, fastv_layer: int = 2, seed: int = 0,
+                  kvpress: tuple[str, ...] = ()) -> list[Method]:
+    """The benchmark's methods, in `METHOD_NAMES` order, for `model` and a trained LVPruning `pruner`, then the
+    `kvpress` scorers' rows."""
     plphp = plphp or PLPHPConfig()
     reference = schedule(REFERENCE_RHO)
     methods = [
@@ -63,4 +72,21 @@ def build_methods(model, pruner, *, plphp: PLPHPConfig | None = None, fastv_laye
     ]
     methods += [Method(f"lvpruning-{rho:g}", pruner, tuple(schedule(rho))) for rho in RHOS]
     methods.append(Method(f"lvpruning-{REFERENCE_RHO:g}+plphp", pruner, tuple(reference), plphp))
-    return methods
+    return methods + [kvpress_method(name, plphp) for name in kvpress]
+
+
+def kvpress_method(name: str, plphp: PLPHPConfig) -> Method:
+    """kvpress's scorer `name` restricted to vision slots, removing `1 − r` of them in every layer from PLPHP's
+    start layer (PLPHP's base rate: its balanced layers keep as many)."""
+    if name not in KVPRESS_SCORERS:
+        raise ValueError(f"unknown kvpress scorer {name!r}; choose from {', '.join(KVPRESS_SCORERS)}.")
+    try:
+        import kvpress
+    except ImportError as error:
+        raise ImportError("the kvpress rows need kvpress, which declares transformers<5.3: install it without its "
+                          "dependencies, as the README's Install section shows.") from error
+    from ..integrations.kvpress import KVPressScorer
+
+    cls, settings = KVPRESS_SCORERS[name]
+    scorer = getattr(kvpress, cls)(compression_ratio=1 - plphp.r, **settings)
+    return Method(f"kvpress-{name}", press=KVPressScorer(scorer, start_layer=plphp.start_layer))
