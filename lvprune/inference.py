@@ -62,7 +62,8 @@ class Pruning:
             raise ValueError(f"{type(self.press).__name__} start_layer={self.press.start_layer} is at or beyond the "
                              f"model's depth ({self.num_layers} layers, 0-based): it would prune nothing.")
         self.cache_kwarg = cache_kwarg(model)
-        self.hooks = LayerHooks(model, pruner)
+        layer_inputs = self.press is not None and not self.press.ranks_by_attention
+        self.hooks = LayerHooks(model, pruner, layer_inputs=layer_inputs)
         self.handles = []
 
     def attach(self) -> "Pruning":
