@@ -1,0 +1,250 @@
+"""Cache presses side by side where they differ: answers decoded *after* the pressed prefill, on the reference base.
+
+    python benchmarks/cache_sweep.py [--test_records 120] [--budgets 0.5 0.25 0.1 0.05 0.03] [--out docs/figures]
+
+A one-word answer to a prompt that ends with its question is computed in the prefill, before any press acts, so
+it cannot tell cache methods apart (random choice ties PLPHP there). Here every answer is decoded from the
+pressed cache:
+- second turn: the prompt (image, first question) is prefilled and pressed, then the first answer, the second
+  question and the second answer are decoded from that cache (a chat served from its cache);
+- context: the prompt up to its image's last token is prefilled and pressed, then the question and its answer
+  (kvpress's question-agnostic protocol, a prefix cache).
+At each vision budget f (the fraction of vision slots kept), the methods:
+- PLPHP, the paper's ranking by the last prompt token (rate r = f, Δr = 0.6 f, the reference base's α 0.886,
+  β 0.678 from layer 0), with all prompt queries (`queries="all"`; and with Δr 0, one rate f in every layer as
+  the kvpress rows keep), and a random choice at PLPHP's counts;
+- kvpress's scorers through `lvprune.integrations.kvpress` (kvpress's own `score`, every layer): restricted to
+  vision slots (compression ratio 1 − f), and as shipped (text competes; ratio set so the cache holds as many
+  slots as the vision-only methods');
+- LVPruning ρ 0.5 (the shapes benchmark's trained pruner, ratios 0.5, 0.3, 0.1), alone and with PLPHP.
+Prints a table (accuracy, KV held after the press as % of unpruned) and writes cache_sweep.md, .json and .png
+(accuracy against KV, a panel per protocol) into `--out`. Needs kvpress (README, "Peers").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import lvprune
+from lvprune import PLPHPConfig, backbones
+from lvprune.bench.harness import load_base
+from lvprune.contract import cache_kwarg, output_cache
+from lvprune.data.llava_format import load_image, model_inputs, to_messages
+from lvprune.settings import doc, parse
+from lvprune_shapes.bench import DEFAULT_CACHE_DIR, ShapesBenchConfig, image_size, resolve
+from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
+
+ALPHA, BETA = 0.886, 0.678  # PLPHP's thresholds calibrated on the reference base (benchmarks/plphp_sweep.py)
+CASES = ("second turn", "context")
+LVPRUNING = [0.5, 0.3, 0.1]  # ρ 0.5: the ratios the shapes benchmark's lvpruning-0.5 row uses
+
+
+@dataclass
+class SweepConfig(ShapesBenchConfig):
+    """The shapes benchmark's settings (base, cache) plus the sweep's."""
+
+    test_records: int = doc(120, "two-question test records")
+    budgets: list[float] = doc([0.5, 0.25, 0.1, 0.05, 0.03], "fractions of the vision slots kept")
+    figures: str = doc("docs/figures", "folder for cache_sweep.md, .json and .png")
+
+
+@dataclass(frozen=True)
+class RandomSlots(PLPHPConfig):
+    """PLPHP's layer classes and counts, with a random choice of which vision slots each head keeps (torch's
+    generator, seeded per question)."""
+
+    def vision_scores(self, scores, vision):
+        return torch.rand(scores.shape, device=scores.device)
+
+
+def methods_at(budget: float, pruner) -> dict:
+    """name -> setting builder at vision budget `budget`: a builder takes the prompt's text and vision counts (as
+    shipped, kvpress's ratio depends on them) and returns `lvprune.pruning`'s keyword arguments."""
+    from kvpress import ExpectedAttentionPress, KnormPress, SnapKVPress, StreamingLLMPress, TOVAPress
+
+    from lvprune.integrations.kvpress import KVPressScorer
+
+    plphp = PLPHPConfig(r=budget, delta_r=round(0.6 * budget, 6), alpha=ALPHA, beta=BETA, start_layer=0)
+    scorers = dict(SnapKV=lambda q: SnapKVPress(q, window_size=16), TOVA=TOVAPress,
+                   ExpectedAttention=lambda q: ExpectedAttentionPress(q), Knorm=KnormPress,
+                   StreamingLLM=lambda q: StreamingLLMPress(q))
+
+    def shipped(name):
+        # As many slots as the vision-only methods hold: text + f × vision, of text + vision.
+        return lambda text, vision: KVPressScorer(scorers[name](1 - (text + budget * vision) / (text + vision)),
+                                                  scope="all")
+
+    presses = {
+        "PLPHP (paper: last query)": lambda text, vision: plphp,
+        "PLPHP, all queries": lambda text, vision: dataclasses.replace(plphp, queries="all"),
+        "random slots": lambda text, vision: RandomSlots(**plphp.to_dict()),
+        # One rate in every layer, as the vision-only kvpress rows keep: the ranking alone, at their budget.
+        "PLPHP, all queries, Δr 0": lambda text, vision: dataclasses.replace(plphp, queries="all", delta_r=0.0),
+    }
+    for name in ("SnapKV", "TOVA", "ExpectedAttention", "Knorm"):
+        presses[f"kvpress {name}, vision"] = (lambda n: lambda text, vision: KVPressScorer(scorers[n](1 - budget)))(name)
+    for name in ("SnapKV", "ExpectedAttention", "StreamingLLM"):
+        presses[f"kvpress {name}, as shipped"] = shipped(name)
+    methods = {name: (lambda b: lambda text, vision: dict(press=b(text, vision)))(build)
+               for name, build in presses.items()}
+    for name in ("PLPHP (paper: last query)", "PLPHP, all queries"):
+        methods[f"LVPruning 0.5 + {name}"] = (lambda b: lambda text, vision: dict(
+            pruner=pruner, keep_ratios=LVPRUNING, press=b(text, vision)))(presses[name])
+    return methods
+
+
+def two_turn_split(config: SweepConfig) -> tuple[list[dict], Path]:
+    """Records with two questions about each image, at the base's image size, generated into the cache once."""
+    size = image_size(config.base)
+    folder = Path(config.cache_dir or DEFAULT_CACHE_DIR).expanduser() / (
+        f"shapes-test-2turns-{size}px-{config.test_records}-seed{config.seed}")
+    if not (folder / "test.json").is_file():
+        make_shapes_dataset(folder, {"test": config.test_records}, ShapesConfig(image_size=size, seed=config.seed,
+                                                                                 turns=2))
+    return json.loads((folder / "test.json").read_text()), folder
+
+
+def encode(turns: list[dict], image, processor, backbone) -> dict:
+    messages = to_messages(turns, [image])
+    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors=None)
+    return model_inputs(out, processor, backbone, with_images=True)
+
+
+def case_inputs(record: dict, folder: Path, case: str, processor, backbone, image_token_id: int):
+    """(prefix length, full input_ids [1, N], pixel_values, expected answer) of a record in protocol `case`."""
+    image = load_image(str(folder / record["image"]))
+    first, second = record["qa"][:2]
+    q1 = {"from": "human", "value": "<image>\n" + first["question"]}
+    if case == "context":
+        inputs = encode([q1], image, processor, backbone)
+        ids = inputs["input_ids"][None]
+        prefix = int((ids[0] == image_token_id).nonzero().max()) + 1
+        return prefix, ids, inputs["pixel_values"], first["answer"]
+    turn1 = encode([q1], image, processor, backbone)
+    inputs = encode([q1, {"from": "gpt", "value": first["answer"]}, {"from": "human", "value": second["question"]}],
+                    image, processor, backbone)
+    ids, prefix = inputs["input_ids"][None], turn1["input_ids"].shape[0]
+    assert torch.equal(ids[0, :prefix], turn1["input_ids"]), "the first turn's prompt must prefix the conversation"
+    return prefix, ids, inputs["pixel_values"], second["answer"]
+
+
+def answer(model, tokenizer, prefix, ids, pixel_values, setting) -> tuple[str, float]:
+    """The answer decoded from the cache pruned in the prefill of `ids[:, :prefix]` (`setting`: `lvprune.pruning`'s
+    keyword arguments, None for the stock model), and that cache's fraction of the unpruned one."""
+    torch.manual_seed(0)
+    pruning = lvprune.pruning(model, **setting) if setting is not None else contextlib.nullcontext()
+    with torch.no_grad(), pruning:
+        out = model(input_ids=ids[:, :prefix], attention_mask=torch.ones(1, prefix, dtype=torch.long),
+                    pixel_values=pixel_values, use_cache=True)
+        fraction = model.pruning_stats.kv_cache_fraction if setting is not None else 1.0
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                   **{cache_kwarg(model): output_cache(out)}, max_new_tokens=8, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip(), fraction
+
+
+def measure(model, processor, items, build) -> tuple[float, float]:
+    """Accuracy (%) and mean KV fraction (%) of one method over the prepared `items`."""
+    right, fractions = 0, []
+    for prefix, ids, pixels, expected, text, vision in items:
+        setting = build(text, vision) if build is not None else None
+        said, fraction = answer(model, processor.tokenizer, prefix, ids, pixels, setting)
+        right += said == expected
+        fractions.append(fraction)
+    return 100 * right / len(items), 100 * sum(fractions) / len(fractions)
+
+
+def plot(results: dict, unpruned: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CASES), figsize=(6 * len(CASES), 5.5), sharey=True)
+    names = list(results[CASES[0]])
+    colours = dict(zip(names, plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2]))  # one colour a method
+    for ax, case in zip(axes, CASES):
+        for name, points in results[case].items():
+            kv, acc = zip(*sorted((p["kv"], p["accuracy"]) for p in points))
+            ours = name.startswith(("PLPHP", "LVPruning"))
+            style = "-o" if ours else "--." if name == "random slots" else ":x"
+            ax.plot(kv, acc, style, label=name, color=colours[name], linewidth=2 if ours else 1, markersize=4)
+        ax.axhline(unpruned[case], color="black", linewidth=0.8, label="unpruned (100% KV)")
+        ax.set(title=case, xlabel="KV cache held after the press (% of unpruned)", xlim=(0, 100))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    args = parse(SweepConfig, argv, prog="python benchmarks/cache_sweep.py")
+    resolved = resolve(SweepConfig(**{**args.__dict__, "out": args.out or "."}))  # trains the pruner once
+    config = SweepConfig(**{**args.__dict__, "base": resolved.base, "pruner": resolved.pruner})
+    model, processor = load_base(config.base)
+    pruner = lvprune.LVPrunerModel.from_pretrained(config.pruner).eval()
+    backbone = backbones.backbone_for(model.config)
+    records, folder = two_turn_split(config)
+    image_token = model.config.image_token_id
+    print(f"{len(records)} two-question records of {folder}; vision budgets {config.budgets}", flush=True)
+    prepared = {}
+    for case in CASES:
+        items = []
+        for record in records:
+            prefix, ids, pixels, expected = case_inputs(record, folder, case, processor, backbone, image_token)
+            vision = int((ids[0, :prefix] == image_token).sum())
+            items.append((prefix, ids, pixels, expected, prefix - vision, vision))
+        prepared[case] = items
+    unpruned = {case: measure(model, processor, prepared[case], None)[0] for case in CASES}
+    print(f"unpruned: {', '.join(f'{c} {a:.1f}' for c, a in unpruned.items())}", flush=True)
+    results = {case: {} for case in CASES}
+    alone = lambda text, vision: dict(pruner=pruner, keep_ratios=LVPRUNING)  # noqa: E731
+    for case in CASES:
+        accuracy, kv = measure(model, processor, prepared[case], alone)
+        results[case]["LVPruning 0.5"] = [dict(budget=None, accuracy=accuracy, kv=kv)]
+        print(f"{case} | LVPruning 0.5: {accuracy:.1f} at {kv:.0f}% KV", flush=True)
+    for budget in config.budgets:
+        for name, build in methods_at(budget, pruner).items():
+            for case in CASES:
+                start = time.perf_counter()
+                accuracy, kv = measure(model, processor, prepared[case], build)
+                results[case].setdefault(name, []).append(dict(budget=budget, accuracy=accuracy, kv=kv))
+                print(f"vision {budget:g} | {case} | {name}: {accuracy:.1f} at {kv:.0f}% KV "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+    out = Path(config.figures)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cache_sweep.json").write_text(json.dumps(dict(unpruned=unpruned, results=results), indent=1))
+    table = markdown(results, unpruned, config.budgets)
+    (out / "cache_sweep.md").write_text(table)
+    plot(results, unpruned, out / "cache_sweep.png")
+    print(table)
+
+
+def markdown(results: dict, unpruned: dict, budgets: list[float]) -> str:
+    """Per protocol: a row per method, a column per vision budget, `accuracy (KV %)`."""
+    lines = []
+    for case in CASES:
+        lines += [f"**{case}** (unpruned {unpruned[case]:.1f} at 100% KV)", "",
+                  "| method | " + " | ".join(f"vision {b:g}" for b in budgets) + " |",
+                  "| --- |" + " ---: |" * len(budgets)]
+        for name, points in results[case].items():
+            cells = {p["budget"]: f"{p['accuracy']:.1f} ({p['kv']:.0f}%)" for p in points}
+            if None in cells:  # a method without a budget (LVPruning alone): one figure, in every column
+                cells = dict.fromkeys(budgets, cells[None])
+            lines.append(f"| {name} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
