@@ -1,6 +1,6 @@
 """Cache presses side by side where they differ: answers decoded *after* the pressed prefill, on the reference base.
 
-    python benchmarks/cache_sweep.py [--test_records 120] [--budgets 0.5 0.25 0.1 0.05 0.03] [--out docs/figures]
+    python benchmarks/cache_sweep.py [--test_records 150] [--budgets 0.5 0.25 0.1 0.05 0.03] [--figures docs/figures]
 
 A one-word answer to a prompt that ends with its question is computed in the prefill, before any press acts, so
 it cannot tell cache methods apart (random choice ties PLPHP there). Here every answer is decoded from the
@@ -18,7 +18,7 @@ At each vision budget f (the fraction of vision slots kept), the methods:
   slots as the vision-only methods');
 - LVPruning ρ 0.5 (the shapes benchmark's trained pruner, ratios 0.5, 0.3, 0.1), alone and with PLPHP.
 Prints a table (accuracy, KV held after the press as % of unpruned) and writes cache_sweep.md, .json and .png
-(accuracy against KV, a panel per protocol) into `--out`. Needs kvpress (README, "Peers").
+(accuracy against KV, a panel per protocol) into `--figures`. Needs kvpress (README, "Install").
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ LVPRUNING = [0.5, 0.3, 0.1]  # ρ 0.5: the ratios the shapes benchmark's lvpruni
 class SweepConfig(ShapesBenchConfig):
     """The shapes benchmark's settings (base, cache) plus the sweep's."""
 
-    test_records: int = doc(120, "two-question test records")
+    test_records: int = doc(150, "two-question test records")
     budgets: list[float] = doc([0.5, 0.25, 0.1, 0.05, 0.03], "fractions of the vision slots kept")
     figures: str = doc("docs/figures", "folder for cache_sweep.md, .json and .png")
 
@@ -65,38 +65,31 @@ class RandomSlots(PLPHPConfig):
 
 
 def methods_at(budget: float, pruner) -> dict:
-    """name -> setting builder at vision budget `budget`: a builder takes the prompt's text and vision counts (as
-    shipped, kvpress's ratio depends on them) and returns `lvprune.pruning`'s keyword arguments."""
-    from kvpress import ExpectedAttentionPress, KnormPress, SnapKVPress, StreamingLLMPress, TOVAPress
+    """name -> setting builder at vision budget `budget`: `build(text, vision)` (the prompt's text and vision slot
+    counts, which kvpress's ratio as shipped depends on) returns `lvprune.pruning`'s keyword arguments."""
+    from lvprune.integrations.kvpress import SCORERS, KVPressScorer, scorer
 
-    from lvprune.integrations.kvpress import KVPressScorer
-
+    label = {key: cls.removesuffix("Press") for key, (cls, _) in SCORERS.items()}
     plphp = PLPHPConfig(r=budget, delta_r=round(0.6 * budget, 6), alpha=ALPHA, beta=BETA, start_layer=0)
-    scorers = dict(SnapKV=lambda q: SnapKVPress(q, window_size=16), TOVA=TOVAPress,
-                   ExpectedAttention=lambda q: ExpectedAttentionPress(q), Knorm=KnormPress,
-                   StreamingLLM=lambda q: StreamingLLMPress(q))
-
-    def shipped(name):
-        # As many slots as the vision-only methods hold: text + f × vision, of text + vision.
-        return lambda text, vision: KVPressScorer(scorers[name](1 - (text + budget * vision) / (text + vision)),
-                                                  scope="all")
-
     presses = {
-        "PLPHP (paper: last query)": lambda text, vision: plphp,
-        "PLPHP, all queries": lambda text, vision: dataclasses.replace(plphp, queries="all"),
-        "random slots": lambda text, vision: RandomSlots(**plphp.to_dict()),
+        "PLPHP (paper: last query)": plphp,
+        "PLPHP, all queries": dataclasses.replace(plphp, queries="all"),
+        "random slots": RandomSlots(**plphp.to_dict()),
         # One rate in every layer, as the vision-only kvpress rows keep: the ranking alone, at their budget.
-        "PLPHP, all queries, Δr 0": lambda text, vision: dataclasses.replace(plphp, queries="all", delta_r=0.0),
+        "PLPHP, all queries, Δr 0": dataclasses.replace(plphp, queries="all", delta_r=0.0),
     }
-    for name in ("SnapKV", "TOVA", "ExpectedAttention", "Knorm"):
-        presses[f"kvpress {name}, vision"] = (lambda n: lambda text, vision: KVPressScorer(scorers[n](1 - budget)))(name)
-    for name in ("SnapKV", "ExpectedAttention", "StreamingLLM"):
-        presses[f"kvpress {name}, as shipped"] = shipped(name)
-    methods = {name: (lambda b: lambda text, vision: dict(press=b(text, vision)))(build)
-               for name, build in presses.items()}
+    for key in ("snapkv", "tova", "expected_attention", "knorm"):
+        presses[f"kvpress {label[key]}, vision"] = KVPressScorer(scorer(key, 1 - budget))
+    methods = {name: lambda text, vision, press=press: dict(press=press) for name, press in presses.items()}
+    for key in ("snapkv", "expected_attention", "streaming_llm"):
+        def shipped(text, vision, key=key):
+            # As many slots as the vision-only rows hold: text + f × vision, of text + vision.
+            ratio = 1 - (text + budget * vision) / (text + vision)
+            return dict(press=KVPressScorer(scorer(key, ratio), scope="all"))
+        methods[f"kvpress {label[key]}, as shipped"] = shipped
     for name in ("PLPHP (paper: last query)", "PLPHP, all queries"):
-        methods[f"LVPruning 0.5 + {name}"] = (lambda b: lambda text, vision: dict(
-            pruner=pruner, keep_ratios=LVPRUNING, press=b(text, vision)))(presses[name])
+        methods[f"LVPruning 0.5 + {name}"] = lambda text, vision, press=presses[name]: dict(
+            pruner=pruner, keep_ratios=LVPRUNING, press=press)
     return methods
 
 

@@ -3,8 +3,9 @@
 `LayerHooks` selects lvprune's registered attention function for the language model and puts forward hooks
 on its decoder layers: before each layer the hook hands it the rotary tables of the rows still present; after
 a stage layer it runs the decision module; before each attention module, with `layer_inputs` (for a press that
-ranks by the layer's input, `CachePress.ranks_by_attention` False), it keeps that input for the press. Every hook reads the call's `PruningState` from the forward's
-keyword arguments (`lvprune_state`); without one, they do nothing. `detach()` restores the stock model.
+ranks by the layer's input, `CachePress.ranks_by_attention` False), it keeps that input for the press. Every hook
+reads the call's `PruningState` from the forward's keyword arguments (`lvprune_state`); without one, they do
+nothing. `detach()` restores the stock model.
 """
 
 from __future__ import annotations

@@ -144,3 +144,21 @@ def per_head_keep_sets(state, prompt_length: int, start_layer: int) -> dict:
             keep[..., 0] |= ((slots.order == 0) & slots.valid).any(-1)
             keep_sets[layer] = keep
     return keep_sets
+
+
+def assert_equals_per_head_reference(out, reference_model, batch, start_layer: int, **generate) -> None:
+    """`out`, a pressed model's `generate(**batch, **generate, output_logits=True, return_dict_in_generate=True)`,
+    equals `reference_model` (the same weights, unpruned) decoding with each head's dropped prompt slots masked out
+    (`register_per_head_reference`): the same tokens, and logits to 1e-4 at every step."""
+    keep_sets = per_head_keep_sets(out.past_key_values.state, batch["input_ids"].shape[1], start_layer)
+    assert any(not keep.all() for keep in keep_sets.values()), "the press must have dropped something"
+    register_per_head_reference(keep_sets)
+    implementation = reference_model.config.get_text_config()._attn_implementation
+    reference_model.set_attn_implementation({"text_config": "per_head_reference"})
+    try:
+        reference = reference_model.generate(**batch, **generate, output_logits=True, return_dict_in_generate=True)
+    finally:
+        reference_model.set_attn_implementation({"text_config": implementation})
+    assert torch.equal(out.sequences, reference.sequences)
+    for step, (ours, theirs) in enumerate(zip(out.logits, reference.logits)):
+        assert_close(ours, theirs, 1e-4, f"decode step {step} logits")

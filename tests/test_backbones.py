@@ -17,8 +17,7 @@ from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig, unprune
 from lvprune.backbones import backbone_for, supported
 from lvprune.testing import family_batch, tiny_model
 
-from conftest import (PLACEHOLDERS, assert_close, generated_with_masked_reference, per_head_keep_sets,
-                      register_per_head_reference)
+from conftest import PLACEHOLDERS, assert_close, assert_equals_per_head_reference, generated_with_masked_reference
 
 FAMILIES = sorted(supported())
 ATTENTION = ("sdpa", "eager")
@@ -97,19 +96,8 @@ def test_plphp_equals_the_per_head_masked_reference(family):
     stock, base, _, batch = family
     lvprune.Pruning(base, plphp=PLPHP).attach()
     out = base.generate(**batch, **GREEDY, output_logits=True, return_dict_in_generate=True)
-    keep_sets = per_head_keep_sets(out.past_key_values.state, batch["input_ids"].shape[1], PLPHP.start_layer)
-    assert any(not keep.all() for keep in keep_sets.values()), "PLPHP must have dropped something"
     unprune(base)
-    register_per_head_reference(keep_sets)
-    implementation = stock.config.get_text_config()._attn_implementation
-    stock.set_attn_implementation({"text_config": "per_head_reference"})
-    try:
-        reference = stock.generate(**batch, **GREEDY, output_logits=True, return_dict_in_generate=True)
-    finally:
-        stock.set_attn_implementation({"text_config": implementation})
-    assert torch.equal(out.sequences, reference.sequences)
-    for step, (ours, theirs) in enumerate(zip(out.logits, reference.logits)):
-        assert_close(ours, theirs, 1e-4, f"decode step {step} logits")
+    assert_equals_per_head_reference(out, stock, batch, PLPHP.start_layer, **GREEDY)
 
 
 def test_both_keep_lvprunings_prefill_and_plphps_exact_counts(family):

@@ -22,6 +22,9 @@ from lvprune_shapes.reference import ReferenceConfig, load_reference, reference_
 TINY = ReferenceConfig(image_size=24, patch_size=4, vision_hidden_size=16, vision_layers=1, vision_heads=2,
                        hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, train_records=8, test_records=4,
                        turns=1, steps=2, batch_size=4, vision_steps=2, vision_batch_size=4, warmup_steps=1)
+# kvpress's scorers benchmarked as rows, where kvpress is installed (`make test` installs it)
+KVPRESS = ("knorm", "snapkv") if importlib.util.find_spec("kvpress") else ()
+KVPRESS_ROWS = tuple(f"kvpress-{name}" for name in KVPRESS)
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +37,8 @@ def results(base, tmp_path_factory):
     """`python -m lvprune_shapes.bench --quick` on the tiny base (its pruner trained on a few records)."""
     root = tmp_path_factory.mktemp("bench-run")
     assert main(["--quick", "--out", str(root / "out"), "--base", str(base), "--cache_dir", str(root / "cache"),
-                 "--test_records", "10", "--batch_size", "4", *KVPRESS_ARGS]) == 0
+                 "--test_records", "10", "--batch_size", "4", *(["--kvpress", *KVPRESS] if KVPRESS else [])]) == 0
     return root / "out"
-
-
-# kvpress's rows, where kvpress is installed (`make test` installs it)
-KVPRESS_ROWS = ("kvpress-knorm", "kvpress-snapkv") if importlib.util.find_spec("kvpress") else ()
-KVPRESS_ARGS = ["--kvpress", *(row.removeprefix("kvpress-") for row in KVPRESS_ROWS)] if KVPRESS_ROWS else []
 
 
 def test_results_json_has_exactly_the_fields_and_methods(results):

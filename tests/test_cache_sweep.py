@@ -27,9 +27,14 @@ def records(tmp_path_factory):
     return cache_sweep.two_turn_split(config)
 
 
+@pytest.fixture(scope="module")
+def reference():
+    return load_base(SHIPPED_DIR)
+
+
 @pytest.mark.parametrize("case", cache_sweep.CASES)
-def test_protocols_answer_as_the_stock_model_on_the_whole_prompt(records, case):
-    model, processor = load_base(SHIPPED_DIR)
+def test_protocols_answer_as_the_stock_model_on_the_whole_prompt(reference, records, case):
+    model, processor = reference
     tokenizer, backbone = processor.tokenizer, backbones.backbone_for(model.config)
     keep_all = [PLPHPConfig(r=1.0, delta_r=0.0, start_layer=0),
                 KVPressScorer(SnapKVPress(compression_ratio=0.0, window_size=4), scope="all")]

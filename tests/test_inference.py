@@ -7,7 +7,7 @@ import lvprune
 from lvprune import LVPrunerModel, PLPHPConfig, load_pruned_model, pruning, unprune
 from lvprune.testing import IMAGE_TOKEN_ID, make_batch, tiny_llava
 
-from conftest import assert_close, generated_with_masked_reference, per_head_keep_sets, register_per_head_reference
+from conftest import assert_close, assert_equals_per_head_reference, generated_with_masked_reference
 from earliest_press import KeepEarliest
 from earliest_stage import KeepEarliestRows
 
@@ -86,25 +86,14 @@ def test_kept_tokens_keep_their_unpruned_rotary_positions(base, pruner, mixed_ba
     PLPHPConfig(r=0.4, delta_r=0.3, alpha=0.5, beta=0.2, start_layer=1, queries="all"),
     KeepEarliest(fraction=0.5, start_layer=1),
 ], ids=["plphp", "plphp-batch", "plphp-all-queries", "keep-earliest"])
-def test_press_equals_per_head_masked_reference(base, pruner, mixed_batch, pruned, press):
+def test_press_equals_per_head_masked_reference(stock, base, pruner, mixed_batch, pruned, press):
     model = pruned(None, press=press)
-    out = model.generate(**mixed_batch, max_new_tokens=4, do_sample=False, pad_token_id=0,
-                         output_logits=True, return_dict_in_generate=True)
-    state = out.past_key_values.state
-    n = mixed_batch["input_ids"].shape[1]
-    keep_sets = per_head_keep_sets(state, n, press.start_layer)
-    assert any(not k.all() for k in keep_sets.values()), "PLPHP must have dropped something"
+    decode = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    out = model.generate(**mixed_batch, **decode, output_logits=True, return_dict_in_generate=True)
     stats = model.pruning_stats
     assert stats.layers[2].kept_per_head != [[stats.layers[2].vision_tokens[b]] * 2 for b in range(3)]
     unprune(base)
-    reference_model = tiny_llava(seed=0)
-    register_per_head_reference(keep_sets)
-    reference_model.set_attn_implementation({"text_config": "per_head_reference"})
-    reference = reference_model.generate(**mixed_batch, max_new_tokens=4, do_sample=False, pad_token_id=0,
-                                         output_logits=True, return_dict_in_generate=True)
-    assert torch.equal(out.sequences, reference.sequences)
-    for step, (ours, theirs) in enumerate(zip(out.logits, reference.logits)):
-        assert_close(ours, theirs, 1e-4, f"decode step {step} logits")
+    assert_equals_per_head_reference(out, stock, mixed_batch, press.start_layer, **decode)
 
 
 def test_kv_cache_bytes_are_the_held_tensors_and_shrink_below_35_percent():

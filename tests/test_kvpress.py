@@ -10,10 +10,10 @@ from kvpress import ExpectedAttentionPress, KnormPress, ObservedAttentionPress, 
 
 from lvprune import unprune
 from lvprune.contract import attention_module, decoder_layers, rotary_embedding
-from lvprune.integrations.kvpress import KVPressScorer
-from lvprune.testing import make_batch, tiny_llava
+from lvprune.integrations.kvpress import KVPressScorer, _WithRotary, scorer
+from lvprune.testing import make_batch
 
-from conftest import assert_close, per_head_keep_sets, register_per_head_reference
+from conftest import assert_equals_per_head_reference
 
 SCORERS = {
     "knorm": lambda ratio: KnormPress(compression_ratio=ratio),
@@ -46,14 +46,6 @@ def stock_layer_inputs(model, batch):
     return {i: (*captured[i], layer.keys, layer.values) for i, layer in enumerate(cache.layers)}
 
 
-class _Module:
-    def __init__(self, module, rotary):
-        self.module, self.rotary_emb = module, rotary
-
-    def __getattr__(self, name):
-        return getattr(self.module, name)
-
-
 # StreamingLLM restricted to vision slots scores all but its pruned block alike: which tie wins is topk's.
 @pytest.mark.parametrize("name,scope", [(name, scope) for scope in ("vision", "all") for name in SCORERS
                                         if (name, scope) != ("streaming", "vision")])
@@ -67,7 +59,7 @@ def test_each_head_keeps_the_slots_kvpress_scores_highest(stock, base, single, p
     n = vision.numel()
     for layer in range(1, len(inputs)):
         hidden, kwargs, keys, values = inputs[layer]
-        module = _Module(attention_module(decoder_layers(stock)[layer]), rotary_embedding(stock))
+        module = _WithRotary(attention_module(decoder_layers(stock)[layer]), rotary_embedding(stock))
         scores = scorer.score(module, hidden, keys, values, None, kwargs)[0]  # [Hkv, N]
         slots = state.slots[layer]
         for head in range(scores.shape[0]):
@@ -89,21 +81,12 @@ def test_each_head_keeps_the_slots_kvpress_scores_highest(stock, base, single, p
     KVPressScorer(SnapKVPress(compression_ratio=0.6, window_size=4, kernel_size=3), scope="all", start_layer=1),
     KVPressScorer(ExpectedAttentionPress(compression_ratio=0.7, n_future_positions=32, n_sink=2), start_layer=1),
 ], ids=["knorm-vision", "snapkv-all", "expected-vision"])
-def test_decoding_from_the_pressed_cache_equals_the_per_head_masked_reference(base, single, pruned, press):
+def test_decoding_from_the_pressed_cache_equals_the_per_head_masked_reference(stock, base, single, pruned, press):
     model = pruned(None, press=press)
-    out = model.generate(**single, max_new_tokens=4, do_sample=False, pad_token_id=0, output_logits=True,
-                         return_dict_in_generate=True)
-    keep_sets = per_head_keep_sets(out.past_key_values.state, single["input_ids"].shape[1], press.start_layer)
-    assert any(not k.all() for k in keep_sets.values()), "the press must have dropped something"
+    decode = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    out = model.generate(**single, **decode, output_logits=True, return_dict_in_generate=True)
     unprune(base)
-    reference_model = tiny_llava(seed=0)
-    register_per_head_reference(keep_sets)
-    reference_model.set_attn_implementation({"text_config": "per_head_reference"})
-    reference = reference_model.generate(**single, max_new_tokens=4, do_sample=False, pad_token_id=0,
-                                         output_logits=True, return_dict_in_generate=True)
-    assert torch.equal(out.sequences, reference.sequences)
-    for step, (ours, theirs) in enumerate(zip(out.logits, reference.logits)):
-        assert_close(ours, theirs, 1e-4, f"decode step {step} logits")
+    assert_equals_per_head_reference(out, stock, single, press.start_layer, **decode)
 
 
 def test_scorers_that_need_attention_weights_and_bad_scopes_are_refused():
@@ -113,3 +96,10 @@ def test_scorers_that_need_attention_weights_and_bad_scopes_are_refused():
         KVPressScorer(KnormPress(compression_ratio=0.5), scope="text")
     with pytest.raises(TypeError, match="ScorerPress"):
         KVPressScorer(object())
+    with pytest.raises(ValueError, match="unknown kvpress scorer 'h2o'; choose from snapkv"):
+        scorer("h2o", 0.5)
+
+
+def test_named_scorers_are_kvpress_classes_with_their_settings():
+    snapkv = scorer("snapkv", 0.25)
+    assert isinstance(snapkv, SnapKVPress) and (snapkv.compression_ratio, snapkv.window_size) == (0.25, 16)

@@ -25,11 +25,6 @@ METHOD_NAMES = ("unpruned", "random", "fastv", "plphp", "lvpruning-0.6", "lvprun
                 "lvpruning-0.5+plphp")
 RHOS = (0.6, 0.5, 0.45)
 REFERENCE_RHO = 0.5  # random and FastV are matched to LVPruning at this ρ
-# `--kvpress` names -> kvpress's scorer classes and their settings here (SnapKV's window: the shapes questions are
-# a dozen tokens, shorter than its default 64).
-KVPRESS_SCORERS = {"snapkv": ("SnapKVPress", dict(window_size=16)), "tova": ("TOVAPress", {}),
-                   "expected_attention": ("ExpectedAttentionPress", {}), "knorm": ("KnormPress", {}),
-                   "streaming_llm": ("StreamingLLMPress", {})}
 
 
 def schedule(rho: float) -> list[float]:
@@ -78,15 +73,7 @@ def build_methods(model, pruner, *, plphp: PLPHPConfig | None = None, fastv_laye
 def kvpress_method(name: str, plphp: PLPHPConfig) -> Method:
     """kvpress's scorer `name` restricted to vision slots, removing `1 − r` of them in every layer from PLPHP's
     start layer (PLPHP's base rate: its balanced layers keep as many)."""
-    if name not in KVPRESS_SCORERS:
-        raise ValueError(f"unknown kvpress scorer {name!r}; choose from {', '.join(KVPRESS_SCORERS)}.")
-    try:
-        import kvpress
-    except ImportError as error:
-        raise ImportError("the kvpress rows need kvpress, which declares transformers<5.3: install it without its "
-                          "dependencies, as the README's Install section shows.") from error
-    from ..integrations.kvpress import KVPressScorer
+    from ..integrations.kvpress import KVPressScorer, scorer
 
-    cls, settings = KVPRESS_SCORERS[name]
-    scorer = getattr(kvpress, cls)(compression_ratio=1 - plphp.r, **settings)
-    return Method(f"kvpress-{name}", press=KVPressScorer(scorer, start_layer=plphp.start_layer))
+    press = KVPressScorer(scorer(name, compression_ratio=1 - plphp.r), start_layer=plphp.start_layer)
+    return Method(f"kvpress-{name}", press=press)

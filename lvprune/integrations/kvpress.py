@@ -15,7 +15,7 @@ window's from the layer's input), then keeps, per KV head:
 Both keep each sample's last prompt token, as every lvprune press does (kvpress's window scorers keep it too).
 
 kvpress 0.5.5 declares `transformers<5.3`, so pip will not install it beside lvprune; its scorers run on the
-transformers lvprune supports. Install it without its dependencies (README, "Peers"):
+transformers lvprune supports. Install it without its dependencies (README, "Install"):
     pip install requests "cachetools<6" "fire<0.7" && pip install --no-deps kvpress==0.5.5
 Scorers that need attention weights (`ObservedAttentionPress`, eager only) are refused. Importing kvpress wraps
 every registered attention function, lvprune's included, for its head-wise masking (AdaKV); the wrapper acts
@@ -31,8 +31,28 @@ import torch
 from ..decisions import top_counts
 from ..press import CachePress, LayerInput
 
+try:
+    import kvpress
+    from kvpress.utils import compute_n_kept
+except ImportError as error:
+    raise ImportError("lvprune.integrations.kvpress needs kvpress, which declares transformers<5.3: install it "
+                      "without its dependencies, as the README's Install section shows.") from error
+
 SCOPES = ("vision", "all")
 NEEDS_ATTENTIONS = ("ObservedAttentionPress",)
+# Short names (`lvprune bench --kvpress`) -> kvpress's scorer classes and the settings lvprune uses (SnapKV's window:
+# 16 queries, as prompts' text is often shorter than its default 64).
+SCORERS = {"snapkv": ("SnapKVPress", dict(window_size=16)), "tova": ("TOVAPress", {}),
+           "expected_attention": ("ExpectedAttentionPress", {}), "knorm": ("KnormPress", {}),
+           "streaming_llm": ("StreamingLLMPress", {})}
+
+
+def scorer(name: str, compression_ratio: float):
+    """kvpress's scorer named `name` (a key of `SCORERS`) removing `compression_ratio` of what it scores."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown kvpress scorer {name!r}; choose from {', '.join(SCORERS)}.")
+    cls, settings = SCORERS[name]
+    return getattr(kvpress, cls)(compression_ratio=compression_ratio, **settings)
 
 
 class _WithRotary:
@@ -72,18 +92,14 @@ class KVPressScorer(CachePress):
             raise ValueError(f"{type(self.scorer).__name__} scores by eager attention weights, which lvprune's "
                              "attention does not materialise; use a scorer that works from the layer's input.")
 
-    @property
-    def name(self) -> str:
-        return type(self.scorer).__name__.removesuffix("Press")
-
     def layer_scores(self, module, keys, values, layer_input: LayerInput) -> torch.Tensor:
         scores = self.scorer.score(_WithRotary(module, layer_input.rotary), layer_input.hidden_states, keys, values,
                                    None, layer_input.kwargs)
         return scores.float()
 
     def vision_counts(self, scores, vision):
-        present = vision.sum(-1)[:, 0]
-        counts = [_n_kept(int(n), self.scorer.compression_ratio) if n else 0 for n in present.tolist()]
+        present = vision.sum(-1)[:, 0].tolist()
+        counts = [compute_n_kept(n, self.scorer.compression_ratio) if n else 0 for n in present]
         return torch.tensor(counts, device=scores.device), {}
 
     def select(self, scores, slots, last):
@@ -95,18 +111,15 @@ class KVPressScorer(CachePress):
         """kvpress as shipped: each head keeps its `compute_n_kept(n_slots)` best slots of any kind (and the last
         prompt token). Returned as vision counts `kept − text` (the new cache is that much wider than the text)."""
         valid, vision = slots.valid, slots.vision & slots.valid  # [B, 1, K]
-        text = (valid & ~slots.vision).sum(-1)[:, 0].tolist()
         protected = (slots.order == last[:, None, None]) & valid
-        kept = [_n_kept(int(n), self.scorer.compression_ratio) for n in valid.sum(-1)[:, 0].tolist()]
+        figures = torch.stack([valid.sum(-1)[:, 0], (valid & ~slots.vision).sum(-1)[:, 0],
+                               (protected & vision).any(-1)[:, 0].long()])
+        present, text, last_is_vision = figures.tolist()  # one host read
+        kept = [compute_n_kept(n, self.scorer.compression_ratio) for n in present]
         # A width of exactly the text rows would read as "no vision kept" (the last token alone, if it is an
         # image's): keep one slot more there.
-        kept = [k + 1 if k == t and bool(p) else k for k, t, p in zip(kept, text, (protected & vision).any(-1)[:, 0])]
+        kept = [k + (k == t and v) for k, t, v in zip(kept, text, last_is_vision)]
         ranked = scores.masked_fill(protected, float("inf")).masked_fill(~valid, float("-inf"))
         keep = top_counts(ranked, torch.tensor(kept, device=scores.device), max(kept, default=0)) & valid
         stats = dict(vision_tokens=vision.sum(-1)[:, 0], kept_per_head=(keep & vision).sum(-1))
         return keep, [k - t for k, t in zip(kept, text)], stats
-
-
-def _n_kept(n: int, compression_ratio: float) -> int:
-    """kvpress's `compute_n_kept`: `max(1, int(n × (1 − ratio)))`, 0 at ratio 1."""
-    return 0 if compression_ratio >= 1.0 else max(1, int(n * (1 - compression_ratio)))
