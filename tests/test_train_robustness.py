@@ -93,7 +93,10 @@ def test_the_launchers_death_takes_the_trainer_with_it_after_a_checkpoint(assets
     while not complete_checkpoints(out) and time.time() < deadline:
         time.sleep(0.2)
     assert complete_checkpoints(out), "the orphaned trainer saved nothing"
-    from lvprune.train.run_control import OutputLock
+    from lvprune.train.run_control import ORPHAN_LOG, OutputLock
+
+    # Its output went on, into the output folder: the launcher (accelerate >= 1.16) had piped its stderr.
+    assert "SIGTERM: saving a checkpoint" in (out / ORPHAN_LOG).read_text()
 
     deadline = time.time() + 60
     while True:  # the trainer exits and releases output_dir

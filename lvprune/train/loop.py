@@ -147,7 +147,7 @@ def train_steps(accelerator, config, model, optimizer, scheduler, stream, traina
     A step whose loss or gradient norm is not finite makes no update; more than `max_nonfinite_steps` of them
     stop the run (DivergenceError). SIGTERM / SIGINT save a checkpoint after the current step and stop.
     """
-    stop = StopSignals()
+    stop = StopSignals(output_dir)
     progress = tqdm(steps, initial=steps.start, total=steps.stop, desc="train",
                     disable=not accelerator.is_local_main_process)
     accum, skipped, last, done = config.gradient_accumulation_steps, 0, {}, steps.start

@@ -2,7 +2,7 @@
 SLURM or Kubernetes, Ctrl-C, the launcher's death) turned into a checkpoint at the next step boundary.
 
     lock = OutputLock(output_dir)            # raises if another trainer holds output_dir
-    stop = StopSignals()                     # SIGTERM / SIGINT set a flag instead of killing the process
+    stop = StopSignals(output_dir)           # SIGTERM / SIGINT set a flag instead of killing the process
     ...
     if stop.agreed(signals):                 # summed over processes: every process stops after the same step
         save_checkpoint(...); sys.exit(stop.exit_code)
@@ -19,6 +19,7 @@ from pathlib import Path
 
 
 LOCK_FILE = ".lvprune-train.lock"
+ORPHAN_LOG = "after-launcher-died.log"  # the trainer's output once its launcher is gone
 PR_SET_PDEATHSIG = 1
 
 
@@ -51,10 +52,17 @@ class OutputLock:
 
 
 class StopSignals:
-    """SIGTERM and SIGINT request a stop instead of ending the process; the launcher's death sends SIGTERM."""
+    """SIGTERM and SIGINT request a stop instead of ending the process; the launcher's death sends SIGTERM.
 
-    def __init__(self):
+    output_dir: where the process's output goes once its launcher is dead (`ORPHAN_LOG`): a launcher that pipes
+        the trainer's stderr through itself (accelerate >= 1.16) takes the pipe's reader with it, and the next
+        write to stderr (this class's own message, a progress bar) would end the process before its checkpoint.
+    """
+
+    def __init__(self, output_dir=None):
         self.received: int | None = None
+        self.output_dir = output_dir
+        self.parent = os.getppid()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
         _terminate_with_parent()
@@ -63,8 +71,13 @@ class StopSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.received = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping",
-              file=sys.stderr, flush=True)
+        if os.getppid() != self.parent:
+            _write_output_to(Path(self.output_dir or ".") / ORPHAN_LOG)
+        message = f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping"
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except OSError:  # stderr is a pipe nobody reads any more: keep going, quietly
+            _write_output_to(os.devnull)
 
     @property
     def pending(self) -> int:
@@ -81,6 +94,19 @@ class StopSignals:
     def exit_code(self) -> int:
         """128 + the signal, as a shell reports a process ended by it: a scheduler sees the job did not finish."""
         return 128 + int(self.received or signal.SIGTERM)
+
+
+def _write_output_to(path) -> None:
+    """Point this process's stdout and stderr (the file descriptors, so every writer follows) at `path`."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass  # what was buffered for the dead reader is lost; what comes next is kept
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for fd in (1, 2):
+        os.dup2(target, fd)
+    os.close(target)
 
 
 def _terminate_with_parent() -> None:
