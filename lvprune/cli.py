@@ -1,11 +1,12 @@
 """The ``lvprune`` command line.
 
-    lvprune flops MODEL_DIR --text-tokens 30 --images 1 --keep-ratios 0.5 0.3 0.1 \
-        [--after-layers 1 8 16] [--plphp R DR] [--plphp-start-layer 2] [--dtype-bytes 2] [--image-size WxH]
+    lvprune flops --model_dir DIR [--text_tokens 30] [--images 1] [--keep_ratios 0.5 0.3 0.1] \
+        [--after_layers 1 8 16] [--plphp_r R --plphp_delta_r DR] [--plphp_start_layer 2] [--dtype_bytes 2] \
+        [--image_size WxH]
     lvprune bench --out DIR --base DIR --pruner DIR --test_json FILE [--quick] [--KEY VALUE ...]
 
-Each subcommand is registered by one ``_add_<name>_command(subparsers)`` function that builds its
-parser and sets ``func``, the function that runs it and returns the exit code.
+A command is a settings dataclass (its options: `lvprune.settings`, `--config FILE` included) and the function
+that runs it, one row of `COMMANDS`.
 """
 
 from __future__ import annotations
@@ -15,85 +16,99 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+from .plphp import PLPHPOptions
+from .settings import build_parser as settings_parser, doc, parse
 
 PAPER_AFTER_LAYERS = (1, 8, 16)
 
 
+@dataclass
+class FlopsConfig(PLPHPOptions):
+    """Analytic prefill TFLOPs and KV-cache bytes of one sample (see lvprune.flops), for the model types llava,
+    llava_next, llava_onevision, qwen2_vl, qwen2_5_vl, mistral3 and internvl, printed as JSON. The output also
+    says which image size, and so how many vision tokens per image, were assumed. Any plphp_ setting adds
+    PLPHP's KV cache (its r, delta_r and start_layer)."""
+
+    model_dir: str | None = doc(None, "folder holding the model's config.json (required)")
+    text_tokens: int = doc(30, "non-vision prompt tokens")
+    images: int = doc(1, "images in the prompt")
+    keep_ratios: list[float] = doc([], "cumulative fraction of vision tokens kept after each LVPruning stage")
+    after_layers: list[int] | None = doc(None, "1-based decoder layers the stages follow (unset: 1 8 16 when "
+                                         "three keep_ratios are given)")
+    dtype_bytes: int | None = doc(None, "bytes per KV element (unset: from the config's dtype)")
+    image_size: str | None = doc(None, "width x height of each image in pixels, e.g. 1280x720, or one number for "
+                                 "a square (unset: the family's typical size, its Backbone.typical_image_size; "
+                                 "LLaVA-1.5 always sees its 336x336 tile)")
+
+    def __post_init__(self):
+        if not all(0.0 < r <= 1.0 for r in self.keep_ratios):
+            raise ValueError(f"keep_ratios={self.keep_ratios} must each be in (0, 1].")
+        if self.image_size is not None:
+            image_size(self.image_size)
+        self.plphp_config()  # checks the PLPHP fields
+
+
+class Command(NamedTuple):
+    config: type
+    run: Callable
+    help: str
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per command."""
-    parser = argparse.ArgumentParser(prog="lvprune", description="Vision-token pruning for LLaVA models.")
+    """The top-level parser: it lists the commands (each command parses its own options)."""
+    parser = argparse.ArgumentParser(prog="lvprune", description="Vision-token pruning for vision-language models.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_flops_command(subparsers)
-    _add_bench_command(subparsers)
+    for name, command in commands().items():
+        subparsers.add_parser(name, help=command.help, add_help=False)
     return parser
+
+
+def commands() -> dict[str, Command]:
+    from .bench.cli import run_bench  # the harness itself imports lazily
+    from .bench.config import BenchConfig
+
+    return {"flops": Command(FlopsConfig, _run_flops, "analytic prefill TFLOPs and KV-cache bytes, pruned and "
+                             "unpruned, as JSON"),
+            "bench": Command(BenchConfig, run_bench, "benchmark the pruning methods side by side")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen command; returns its exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    table = commands()
+    if not argv or argv[0] not in table:
+        build_parser().parse_args(argv[:1])  # --help, or the error that lists the commands
+    command = table[argv[0]]
+    parser = settings_parser(command.config, prog=f"lvprune {argv[0]}")
+    config = parse(command.config, argv[1:], parser=parser)
     try:
-        return args.func(args)
-    except ValueError as err:  # bad input found past parsing: report it the way argparse does
-        args.command_parser.error(str(err))
-
-
-# ----------------------------------------------------------------------------- bench
-
-
-def _add_bench_command(subparsers) -> None:
-    from lvprune.bench.cli import add_bench_parser  # argparse only: the harness imports lazily
-
-    add_bench_parser(subparsers)
+        return command.run(config)
+    except ValueError as err:  # bad input found past parsing: reported the way argparse does
+        parser.error(str(err))
 
 
 # ----------------------------------------------------------------------------- flops
 
 
-def _add_flops_command(subparsers) -> None:
-    flops = subparsers.add_parser(
-        "flops",
-        help="analytic prefill TFLOPs and KV-cache bytes, pruned and unpruned, as JSON",
-        description="Analytic prefill TFLOPs and KV-cache bytes of one sample (see lvprune.flops), for "
-                    "the model types llava, llava_next, llava_onevision, qwen2_vl, qwen2_5_vl, mistral3 "
-                    "and internvl. The output also says which image size, and so how many vision "
-                    "tokens per image, were assumed.",
-    )
-    flops.add_argument("model_dir", metavar="MODEL_DIR", help="folder holding the model's config.json")
-    flops.add_argument("--text-tokens", type=int, default=30, help="non-vision prompt tokens (default 30)")
-    flops.add_argument("--images", type=int, default=1, help="images in the prompt (default 1)")
-    flops.add_argument("--keep-ratios", type=_keep_ratio, nargs="+", default=[], metavar="RHO",
-                       help="cumulative fraction of vision tokens kept after each LVPruning stage")
-    flops.add_argument("--after-layers", type=int, nargs="+", default=None, metavar="L",
-                       help="1-based decoder layers the stages follow (default 1 8 16 when "
-                            "--keep-ratios is given)")
-    flops.add_argument("--plphp", type=float, nargs=2, default=None, metavar=("R", "DR"),
-                       help="PLPHP retention rate r and delta_r (KV cache only)")
-    flops.add_argument("--plphp-start-layer", type=int, default=2, metavar="L",
-                       help="first 0-based decoder layer PLPHP prunes, as PLPHPConfig.start_layer (default 2)")
-    flops.add_argument("--dtype-bytes", type=int, default=None,
-                       help="bytes per KV element (default: from the config's torch_dtype)")
-    flops.add_argument("--image-size", type=_image_size, default=None, metavar="WxH",
-                       help="width x height of each image in pixels, e.g. 1280x720, or one number for a "
-                            "square (default: the family's typical size, see lvprune.flops."
-                            "its Backbone.typical_image_size; LLaVA-1.5 always sees its 336x336 tile)")
-    flops.set_defaults(func=_run_flops, command_parser=flops)
+def _run_flops(config: FlopsConfig) -> int:
+    from lvprune.flops import estimate_cost  # keeps `lvprune --help` free of the model code's import time
 
-
-def _run_flops(args: argparse.Namespace) -> int:
-    from lvprune.flops import estimate_cost  # keeps `lvprune --help` free of transformers' import time
-
+    if config.model_dir is None:
+        raise ValueError("--model_dir is required: the folder holding the model's config.json.")
+    plphp = config.plphp_config()
     estimate = estimate_cost(
-        _load_config(args.model_dir),
-        images=args.images,
-        text_tokens=args.text_tokens,
-        after_layers=_after_layers(args),
-        keep_ratios=tuple(args.keep_ratios),
-        plphp=tuple(args.plphp) if args.plphp else None,
-        plphp_start_layer=args.plphp_start_layer,
-        dtype_bytes=args.dtype_bytes,
-        image_size=args.image_size,
+        _load_config(config.model_dir),
+        images=config.images,
+        text_tokens=config.text_tokens,
+        after_layers=_after_layers(config),
+        keep_ratios=tuple(config.keep_ratios),
+        plphp=(plphp.r, plphp.delta_r) if plphp else None,
+        plphp_start_layer=plphp.start_layer if plphp else 2,
+        dtype_bytes=config.dtype_bytes,
+        image_size=image_size(config.image_size) if config.image_size else None,
     )
     out = dataclasses.asdict(estimate)
     height, width = estimate.image_size
@@ -103,45 +118,34 @@ def _run_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_size(text: str) -> tuple[int, int]:
-    """argparse type: ``WxH`` (or one number, a square) in pixels -> ``(height, width)``."""
+def image_size(text: str) -> tuple[int, int]:
+    """``WxH`` (or one number, a square) in pixels -> ``(height, width)``."""
     parts = text.lower().split("x")
     try:
         width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT in pixels, e.g. 672x672") from None
+        raise ValueError(f"image_size={text!r} is not WIDTHxHEIGHT in pixels, e.g. 672x672") from None
     if len(parts) > 2 or width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT in pixels, e.g. 672x672")
+        raise ValueError(f"image_size={text!r} is not WIDTHxHEIGHT in pixels, e.g. 672x672")
     return height, width
 
 
-def _keep_ratio(text: str) -> float:
-    """argparse type: a float in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
-    return value
-
-
-def _after_layers(args: argparse.Namespace) -> tuple[int, ...]:
+def _after_layers(config: FlopsConfig) -> tuple[int, ...]:
     """The stages' layers: as given, else the paper's 1 8 16 for three keep ratios, else none."""
-    if args.after_layers is not None:
-        return tuple(args.after_layers)
-    if not args.keep_ratios:
+    if config.after_layers is not None:
+        return tuple(config.after_layers)
+    if not config.keep_ratios:
         return ()
-    if len(args.keep_ratios) != len(PAPER_AFTER_LAYERS):
-        raise ValueError(f"{len(args.keep_ratios)} keep ratios given without --after-layers; the "
-                         f"default --after-layers 1 8 16 needs 3")
+    if len(config.keep_ratios) != len(PAPER_AFTER_LAYERS):
+        raise ValueError(f"{len(config.keep_ratios)} keep ratios given without --after_layers; the "
+                         f"default --after_layers 1 8 16 needs 3")
     return PAPER_AFTER_LAYERS
 
 
 def _load_config(model_dir: str):
     """``AutoConfig`` from a local folder, never the network."""
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ValueError(f"MODEL_DIR {model_dir!r} has no config.json")
+        raise ValueError(f"--model_dir {model_dir!r} has no config.json")
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(model_dir, local_files_only=True)

@@ -117,7 +117,6 @@ class Pruning:
                 raise ValueError("a pruned model cannot continue from a cache it did not make; pass no cache.")
             if labels is not None and kwargs.get("logits_to_keep") not in (None, 0):
                 raise ValueError("labels need the logits of every kept row: drop logits_to_keep.")
-            check_left_padded(kwargs.get("attention_mask"))
             use_cache = cache is not None or kwargs.get("use_cache", text_config(self.model).use_cache)
             state = self._new_state(input_ids, kwargs, use_cache is not False, labels)
         # Handed back under the name this transformers release reads (lvprune.contract).
@@ -151,21 +150,6 @@ class Pruning:
             fields = {name: value for name, value in output.items() if name != "loss"}
             output = type(output)(loss=loss, **fields)
         return output
-
-
-def check_left_padded(attention_mask: torch.Tensor | None) -> None:
-    """Refuse a batch `[B, T]` mask with padding after a prompt's first token (right- or middle-padded).
-
-    Removing rows re-lays each prompt's kept rows against the right edge, as generation needs; the logits of a
-    right-padded batch would come back at other positions than the input's, with no error.
-    """
-    if attention_mask is None:
-        return
-    started = attention_mask.cumsum(-1) > 0
-    if (started & (attention_mask == 0)).any():
-        raise ValueError("a pruned model takes left-padded batches (its outputs keep each prompt's end aligned); "
-                         "this batch has padding after a prompt's tokens. Pad on the left: "
-                         "processor.tokenizer.padding_side = 'left', or LlavaCollator(padding_side='left').")
 
 
 def _device(module: nn.Module) -> torch.device | None:

@@ -9,16 +9,20 @@ After the prefill of each layer `l >= start_layer`, the last prompt token's atte
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
+from typing import Literal
 
 import torch
 
 from .press import CachePress
+from .settings import doc
 
 CLASSES = ("indifferent", "balanced", "attentive")
-ALLOCATIONS = ("sample", "batch")
-QUERIES = ("last", "all")
+Allocation = Literal["sample", "batch"]
+Queries = Literal["last", "all"]
+ALLOCATIONS = Allocation.__args__
+QUERIES = Queries.__args__
 
 
 @dataclass(frozen=True)
@@ -68,21 +72,6 @@ class PLPHPConfig(CachePress):
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_values(cls, values) -> "PLPHPConfig":
-        """`[r, delta_r, alpha, beta, start_layer]` (the first two at least; the rest default), the form command
-        lines and YAML files give it in."""
-        values = [float(v) for v in values]
-        if not 2 <= len(values) <= 5:
-            raise ValueError(f"PLPHP settings {values} must be [r, delta_r, alpha, beta, start_layer], at least r and "
-                             "delta_r.")
-        settings = dict(zip(("r", "delta_r", "alpha", "beta", "start_layer"), values))
-        if "start_layer" in settings:
-            if settings["start_layer"] != int(settings["start_layer"]):
-                raise ValueError(f"PLPHP start_layer must be a layer index, got {settings['start_layer']}")
-            settings["start_layer"] = int(settings["start_layer"])
-        return cls(**settings)
 
     def class_rates(self) -> tuple[Fraction, Fraction, Fraction]:
         """Exact rates of the indifferent, balanced and attentive classes: `r − Δr`, `r`, `r + Δr` in [0, 1].
@@ -136,3 +125,32 @@ def vision_attention(scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor
 def ceil_count(rate: float, n: int) -> int:
     """`ceil(rate × n)` with the rate exact as written, as PLPHP's press counts (for analytic estimates)."""
     return math.ceil(Fraction(repr(rate)) * n)
+
+
+@dataclass
+class PLPHPOptions:
+    """PLPHP's settings as named command-line and YAML fields (`--plphp_r 0.5 --plphp_delta_r 0.3`), for the
+    configs of the entry points that run PLPHP; a field left unset takes `PLPHPConfig`'s default."""
+
+    plphp_r: float | None = doc(None, "PLPHP's base retention rate r of vision tokens (unset: 0.4)")
+    plphp_delta_r: float | None = doc(None, "PLPHP's rate shift for vision-attentive (+) and -indifferent (-) "
+                                      "layers (unset: 0.3)")
+    plphp_alpha: float | None = doc(None, "PLPHP's vision attention at or above which a layer is attentive "
+                                    "(unset: 0.5)")
+    plphp_beta: float | None = doc(None, "PLPHP's vision attention at or below which a layer is indifferent "
+                                   "(unset: 0.2)")
+    plphp_start_layer: int | None = doc(None, "first 0-based decoder layer whose cache PLPHP prunes (unset: 2)")
+    plphp_allocation: Allocation | None = doc(None, "PLPHP's per-sample counts (sample, the paper's) or one count "
+                                              "per batch (unset: sample)")
+    plphp_queries: Queries | None = doc(None, "whose attention ranks PLPHP's slots: the last prompt token (last, "
+                                        "the paper's) or every prompt query (all) (unset: last)")
+
+    def plphp_options(self) -> dict:
+        """The PLPHP fields that are set, by their field names."""
+        return {item.name: getattr(self, item.name) for item in fields(PLPHPOptions)
+                if getattr(self, item.name) is not None}
+
+    def plphp_config(self) -> PLPHPConfig | None:
+        """The `PLPHPConfig` these fields describe (None when none is set)."""
+        given = self.plphp_options()
+        return PLPHPConfig(**{name.removeprefix("plphp_"): value for name, value in given.items()}) if given else None

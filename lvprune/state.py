@@ -28,11 +28,13 @@ class HostCounts(NamedTuple):
     text_rows: list[int]  # real rows that are not vision tokens (never pruned)
     text_keys: list[int]  # the decision modules' keys
     last_is_vision: list[int]  # 1 if the last prompt token is a vision token (always kept, beyond a count of 0)
+    inner_padding: list[int]  # padding after the prompt's first token (right or middle padding)
 
     @classmethod
     def read(cls, valid, vision, text_key, last) -> "HostCounts":
         last_vision = vision.gather(1, last.clamp(min=0)[:, None])[:, 0]
-        counts = torch.stack([vision.sum(-1), (valid & ~vision).sum(-1), text_key.sum(-1), last_vision.long()])
+        inner = ((valid.cumsum(-1) > 0) & ~valid).sum(-1)
+        counts = torch.stack([vision.sum(-1), (valid & ~vision).sum(-1), text_key.sum(-1), last_vision.long(), inner])
         return cls(*counts.tolist())
 
     def kept(self, counts: list[int]) -> list[int]:
@@ -76,6 +78,12 @@ class PruningState:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         self.last = torch.where(valid, positions, -1).amax(-1)  # [B]
         self.host = HostCounts.read(valid, vision, text_key, self.last)  # the call's one host sync before layers
+        if remove and any(self.host.inner_padding):
+            # Removal re-lays each prompt's kept rows against the right edge, as generation needs: the outputs
+            # of a right-padded batch would come back at other positions than the input's, with no error.
+            raise ValueError("a pruned model takes left-padded batches (its outputs keep each prompt's end "
+                             "aligned); this batch has padding after a prompt's tokens. Pad on the left: "
+                             "processor.tokenizer.padding_side = 'left', or LlavaCollator(padding_side='left').")
         self.rows.known_valid(all(w == input_ids.shape[1] for w in self.host.widths(self.host.vision)))
         self.present = self.host.vision  # vision tokens each sample has left (host), for top-k inference
         self.pruner, self.sample, self.remove, self.labels = pruner, sample, remove, labels

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from lvprune.settings import doc, one_of
+from lvprune.plphp import PLPHPOptions
+from lvprune.settings import doc
 from lvprune.train import TrainConfig
 from lvprune.train import main as train_main
 
@@ -21,11 +23,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 TINY_RANDOM = "tiny-random"
 REFERENCE = "reference"
 SYNTHETIC_SHAPES = "synthetic-shapes"
-EVALUATIONS = ("none", "quick", "full")
+Evaluation = Literal["none", "quick", "full"]
 
 
 @dataclass
-class JobConfig(TrainConfig):
+class JobConfig(TrainConfig, PLPHPOptions):
     """Every setting of `train/train.py`. The defaults are a tiny random LLaVA on synthetic shapes (seconds on CPU)."""
 
     base_model: str | None = doc(TINY_RANDOM, "base model of a supported family: a folder or a Hub id; "
@@ -38,19 +40,15 @@ class JobConfig(TrainConfig):
     output_dir: str = doc("outputs/tiny-cpu", "checkpoints, logs and the final export go here")
     synthetic_samples: int = doc(64, "records generated for `synthetic-shapes`")
     assets_dir: str = doc("outputs/assets", "where `tiny-random`, `reference` and `synthetic-shapes` are made")
-    evaluate: str = doc("none", "after the export, benchmark the base and the new pruner against the other "
+    evaluate: Evaluation = doc("none", "after the export, benchmark the base and the new pruner against the other "
                         "methods on the shapes test split: none, quick (a smoke test) or full; writes "
                         "output_dir/bench")
-    bench_plphp: list[float] | None = doc(None, "PLPHP's [r, delta_r, alpha, beta, start_layer] for the benchmark's "
-                                          "PLPHP rows (null: PLPHPConfig's defaults)")
 
     def check(self) -> None:
         super().check()
-        one_of("evaluate", self.evaluate, EVALUATIONS)
         if self.synthetic_samples < 0:
             raise ValueError(f"synthetic_samples={self.synthetic_samples} must be >= 0.")
-        if self.bench_plphp is not None and len(self.bench_plphp) != 5:
-            raise ValueError(f"bench_plphp={self.bench_plphp} must be [r, delta_r, alpha, beta, start_layer].")
+        self.plphp_config()  # checks the PLPHP fields (the benchmark's plphp rows)
         tiny_family(self.base_model)
 
 
@@ -96,7 +94,7 @@ def after_export(config: JobConfig, accelerator, base_name: str, final: Path) ->
         accelerator.print("benchmarking the base and the exported pruner against the other methods"
                           + (" (about 2 minutes on 2 CPU cores)" if config.evaluate == "full" else ""))
         run(ShapesBenchConfig(out=str(out), base=base_name, pruner=str(final), quick=config.evaluate == "quick",
-                              cache_dir=config.assets_dir, plphp=config.bench_plphp))
+                              cache_dir=config.assets_dir, **config.plphp_options()))
         accelerator.print((out / "results.md").read_text())
     accelerator.wait_for_everyone()
 

@@ -94,20 +94,19 @@ def test_metrics_by_hand():
     assert math.isnan(yes_no_f1(["red"], ["red"]))
 
 
-def test_plphp_setting_sets_every_field():
-    from lvprune.bench.config import plphp_config
+def test_the_plphp_rows_take_the_named_plphp_fields():
+    from lvprune.bench import BenchConfig
     from lvprune.plphp import PLPHPConfig
+    from lvprune.settings import parse
 
-    assert plphp_config(None) == PLPHPConfig()
-    assert plphp_config([0.3, 0.3, 0.6, 0.25, 0.0]) == PLPHPConfig(r=0.3, delta_r=0.3, alpha=0.6, beta=0.25,
-                                                                   start_layer=0)
-    with pytest.raises(ValueError, match="start_layer"):
-        plphp_config([0.3, 0.3, 0.6, 0.25, 1.5])
+    assert BenchConfig().plphp_rows() == PLPHPConfig()
+    config = parse(BenchConfig, ["--plphp_r", "0.3", "--plphp_delta_r", "0.3", "--plphp_alpha", "0.6",
+                                 "--plphp_beta", "0.25", "--plphp_start_layer", "0", "--plphp_queries", "all"])
+    assert config.plphp_rows() == PLPHPConfig(r=0.3, delta_r=0.3, alpha=0.6, beta=0.25, start_layer=0,
+                                              queries="all")
+    assert BenchConfig(plphp_r=0.3).plphp_rows() == PLPHPConfig(r=0.3)  # the rest default
     with pytest.raises(ValueError, match="beta"):
-        plphp_config([0.3, 0.3, 0.2, 0.6, 0])
-    assert PLPHPConfig.from_values(["0.3", "0.2"]) == PLPHPConfig(r=0.3, delta_r=0.2)  # the rest default
-    with pytest.raises(ValueError, match="at least r and delta_r"):
-        PLPHPConfig.from_values([0.3])
+        BenchConfig(plphp_alpha=0.2, plphp_beta=0.6)
 
 
 def test_bench_config_refuses_empty_counts_and_missing_inputs(tmp_path):

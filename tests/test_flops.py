@@ -243,13 +243,13 @@ def test_non_llava_config_is_refused():
 
 
 def run_cli(capsys, *args):
-    code = cli.main(["flops", str(LLAVA_7B), *args])
+    code = cli.main(["flops", "--model_dir", str(LLAVA_7B), *args])
     return code, json.loads(capsys.readouterr().out)
 
 
 def test_cli_prints_the_library_estimate(capsys, config_7b):
-    code, out = run_cli(capsys, "--text-tokens", "30", "--images", "1", "--keep-ratios", "0.5", "0.3",
-                        "0.1", "--plphp", "0.4", "0.3", "--dtype-bytes", "4")
+    code, out = run_cli(capsys, "--text_tokens", "30", "--images", "1", "--keep_ratios", "0.5", "0.3",
+                        "0.1", "--plphp_r", "0.4", "--plphp_delta_r", "0.3", "--dtype_bytes", "4")
     assert code == 0
     assert list(out)[: len(KEYS)] == KEYS
     expected = estimate_cost(config_7b, after_layers=PAPER_STAGES, keep_ratios=(0.5, 0.3, 0.1),
@@ -263,15 +263,17 @@ def test_cli_defaults_to_unpruned(capsys, config_7b):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--keep-ratios", "1.5"], r"argument --keep-ratios: 1.5 is outside \(0, 1\]"),
-    (["--keep-ratios", "0.5"], "without --after-layers"),
-    (["--keep-ratios", "0.5", "0.6", "0.1"], "must be non-increasing"),
-    (["--keep-ratios", "0.5", "0.3", "--after-layers", "1", "8", "16"], "one entry per stage"),
-    (["--keep-ratios", "0.5", "--after-layers", "40"], "layer 40 .*outside the model"),
+    (["--keep_ratios", "1.5"], r"keep_ratios=\[1.5\] must each be in \(0, 1\]"),
+    (["--keep_ratios", "0.5"], "without --after_layers"),
+    (["--keep_ratios", "0.5", "0.6", "0.1"], "must be non-increasing"),
+    (["--keep_ratios", "0.5", "0.3", "--after_layers", "1", "8", "16"], "one entry per stage"),
+    (["--keep_ratios", "0.5", "--after_layers", "40"], "layer 40 .*outside the model"),
+    (["--plphp_r", "0.4", "--plphp_start_layer", "40"], "plphp_start_layer=40 is outside"),
+    (["--image_size", "12xab"], "image_size='12xab' is not WIDTHxHEIGHT"),
 ])
 def test_cli_reports_bad_input(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["flops", str(LLAVA_7B), *args])
+        cli.main(["flops", "--model_dir", str(LLAVA_7B), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "lvprune flops: error:" in err
@@ -280,7 +282,7 @@ def test_cli_reports_bad_input(capsys, args, message):
 
 def test_cli_refuses_a_folder_without_config(capsys, tmp_path):
     with pytest.raises(SystemExit):
-        cli.main(["flops", str(tmp_path)])
+        cli.main(["flops", "--model_dir", str(tmp_path)])
     assert "has no config.json" in capsys.readouterr().err
 
 
@@ -591,8 +593,8 @@ def test_bad_image_size_is_refused(config_7b):
     ("qwen2-vl-7b-instruct", "1280x720", 1280, 720, 46 * 26),  # smart_resize to 1288 x 728
 ])
 def test_cli_reports_the_image_size_and_vision_tokens(capsys, name, image_size, width, height, tokens):
-    args = ["--image-size", image_size] if image_size else []
-    assert cli.main(["flops", str(MODELS / name), "--text-tokens", "20", *args]) == 0
+    args = ["--image_size", image_size] if image_size else []
+    assert cli.main(["flops", "--model_dir", str(MODELS / name), "--text_tokens", "20", *args]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["image_size"] == {"width": width, "height": height}
     assert out["vision_tokens_per_image"] == out["vision_tokens"] == tokens
@@ -603,10 +605,10 @@ def test_cli_reports_the_image_size_and_vision_tokens(capsys, name, image_size, 
 
 def test_cli_refuses_bad_image_size_and_unknown_model_types(capsys, tmp_path):
     with pytest.raises(SystemExit):
-        cli.main(["flops", str(LLAVA_7B), "--image-size", "672by672"])
-    assert "argument --image-size: '672by672' is not WIDTHxHEIGHT" in capsys.readouterr().err
+        cli.main(["flops", "--model_dir", str(LLAVA_7B), "--image_size", "672by672"])
+    assert "image_size='672by672' is not WIDTHxHEIGHT" in capsys.readouterr().err
     Gemma3Config().save_pretrained(tmp_path)
     with pytest.raises(SystemExit):
-        cli.main(["flops", str(tmp_path)])
+        cli.main(["flops", "--model_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert "model_type 'gemma3'" in err and all(model_type in err for model_type in supported_model_types())

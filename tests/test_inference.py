@@ -32,6 +32,27 @@ def test_sampling_with_nothing_pruned_matches_stock(stock, base, pruner, mixed_b
     assert torch.equal(pruned(pruner, keep_ratios=[1, 1, 1]).generate(**mixed_batch, **sample), reference)
 
 
+@pytest.mark.parametrize("method", ["lvpruning", "plphp", "both"])
+def test_a_right_padded_batch_is_refused_and_a_left_padded_one_gives_the_stock_logits(
+        stock, base, pruner, pruned, method):
+    """Nothing pruned: a left-padded batch gives the stock logits at every real position; a right-padded one
+    is refused (its rows would come back re-laid, at other positions than the input's)."""
+    kwargs = {"plphp": PLPHPConfig(r=1.0, delta_r=0.0)} if method != "lvpruning" else {}
+    if method != "plphp":
+        kwargs.update(pruner=pruner, keep_ratios=[1, 1, 1])
+    model = pruned(**kwargs)
+    left = make_batch(base.config, [1, 2, 0], [5, 7, 6], padding_side="left")
+    right = make_batch(base.config, [1, 2, 0], [5, 7, 6], padding_side="right")
+    with torch.no_grad():
+        real = left["attention_mask"].bool()
+        assert_close(model(**left).logits[real], stock(**left).logits[real], 1e-5, "left-padded logits")
+        with pytest.raises(ValueError, match="takes left-padded batches.*padding_side = 'left'"):
+            model(**right)
+        with pytest.raises(ValueError, match="takes left-padded batches"):
+            model.generate(**right, **GREEDY)
+    assert right["attention_mask"][:, -1].eq(0).any(), "the batch must be right-padded to test the refusal"
+
+
 def stage_pruner(name, pruner, base):
     """The trained LVPruning pruner, or the trivial stage pruner of tests/earliest_stage.py at the same stages."""
     if name == "lvpruning":

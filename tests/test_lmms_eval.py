@@ -29,7 +29,7 @@ from lvprune_shapes.reference.cache import shipped_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "tests" / "lmms_eval_task"
-SETTING = dict(keep_ratios="0.5:0.3:0.1", plphp="0.5:0.3")
+SETTING = dict(keep_ratios="0.5:0.3:0.1", plphp_r="0.5", plphp_delta_r="0.3")
 TASK_YAML = """task: shapes_lvprune
 dataset_path: json
 dataset_kwargs:
@@ -86,7 +86,8 @@ def test_lmms_eval_scores_what_lvprune_scores(world):
     from lvprune.integrations.lmms_eval import parse_plphp, parse_ratios
 
     model = load_pruned_model(world["base"], world["pruner"], keep_ratios=parse_ratios(SETTING["keep_ratios"]),
-                              plphp=parse_plphp(SETTING["plphp"]), dtype=torch.float32)
+                              plphp=parse_plphp({k: v for k, v in SETTING.items() if k.startswith("plphp_")}),
+                              dtype=torch.float32)
     _, processor = load_reference(world["base"])
     questions = load_questions(world["test"], world["images"])
     answers = answer_questions(model, processor, questions, batch_size=4)

@@ -3,9 +3,9 @@
     lvprune bench --out DIR --base BASE --pruner PRUNER --test_json test.json    # or python -m lvprune.bench
 """
 
-from .cli import add_bench_parser, main, run_bench
+from .cli import main, run_bench
 from .config import BenchConfig
 from .methods import METHOD_NAMES
 from .report import RESULT_FIELDS
 
-__all__ = ["METHOD_NAMES", "RESULT_FIELDS", "BenchConfig", "add_bench_parser", "main", "run_bench"]
+__all__ = ["METHOD_NAMES", "RESULT_FIELDS", "BenchConfig", "main", "run_bench"]

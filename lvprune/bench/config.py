@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..plphp import PLPHPConfig, PLPHPOptions
 from ..settings import doc
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(PLPHPOptions):
     """Every setting of `lvprune bench`: the methods side by side on one base, one pruner and one test split."""
 
     out: str | None = doc(None, "folder for results.json, results.md and the figures (required)")
@@ -29,8 +30,6 @@ class BenchConfig:
     kv_samples: int = doc(32, "prompts the KV-cache bytes are averaged over")
     examples: int = doc(4, "questions shown in kept_patches.png")
     fastv_layer: int = doc(2, "FastV's layer K, 1-based")
-    plphp: list[float] | None = doc(None, "PLPHP's [r, delta_r, alpha, beta, start_layer] for the plphp rows "
-                                    "(null: PLPHPConfig's defaults)")
     kvpress: list[str] = doc([], "kvpress scorers to add as rows kvpress-NAME, restricted to vision slots at "
                              "PLPHP's base rate r (snapkv, tova, expected_attention, knorm, streaming_llm; needs "
                              "kvpress, README: Install)")
@@ -41,8 +40,11 @@ class BenchConfig:
                      "decode_tokens", "kv_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-        if self.plphp is not None and len(self.plphp) != 5:
-            raise ValueError(f"plphp={self.plphp} must be [r, delta_r, alpha, beta, start_layer].")
+        self.plphp_config()  # checks the PLPHP fields
+
+    def plphp_rows(self) -> PLPHPConfig:
+        """The press of the plphp rows: the PLPHP fields given, `PLPHPConfig`'s defaults for the rest."""
+        return self.plphp_config() or PLPHPConfig()
 
     def check_complete(self) -> None:
         """Raise `ValueError` naming the required settings not given."""
@@ -59,10 +61,3 @@ class BenchConfig:
                      timing_repeats=1, timing_batch_size=min(self.timing_batch_size, 2),
                      decode_tokens=min(self.decode_tokens, 4), kv_samples=min(self.kv_samples, 4))
         return type(self)(**{**self.__dict__, **small, "quick": False})
-
-
-def plphp_config(values):
-    """`[r, delta_r, alpha, beta, start_layer]` as a `PLPHPConfig` (its defaults for None)."""
-    from ..plphp import PLPHPConfig
-
-    return PLPHPConfig() if values is None else PLPHPConfig.from_values(values)

@@ -26,7 +26,7 @@ from ..backbones import backbone_for
 from ..modeling import LVPrunerModel
 from . import profile
 from .answers import answer_questions
-from .config import BenchConfig, plphp_config
+from .config import BenchConfig
 from .methods import build_methods
 from .plots import plot_accuracy_vs_flops, plot_kept_patches
 from .questions import load_questions, prompt_batches, question_image, single_prompt
@@ -96,7 +96,7 @@ def run(config: BenchConfig) -> list[dict]:
     model, processor = load_base(base_dir)
     questions = load_questions(*test_split(config), limit=config.test_records)
     pruner = LVPrunerModel.from_pretrained(config.pruner).eval()
-    methods = build_methods(model, pruner, plphp=plphp_config(config.plphp), fastv_layer=config.fastv_layer,
+    methods = build_methods(model, pruner, plphp=config.plphp_rows(), fastv_layer=config.fastv_layer,
                             seed=config.seed, kvpress=tuple(config.kvpress))
     rows = [measure_method(m, model, processor, questions, config) for m in tqdm(methods, desc="methods")]
     timing_batch = next(prompt_batches(questions[: config.timing_batch_size], processor, config.timing_batch_size,

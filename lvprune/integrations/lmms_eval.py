@@ -1,11 +1,12 @@
 """An lmms-eval model that is any supported base with any lvprune setting.
 
-    lmms-eval --model lvprune --model_args pretrained=llava-hf/llava-1.5-7b-hf,pruner=me/pruner,plphp=0.4:0.3 \\
+    lmms-eval --model lvprune --model_args pretrained=llava-hf/llava-1.5-7b-hf,pruner=me/pruner,plphp_r=0.4 \\
         --tasks mme --batch_size 8
 
 `pretrained` is the base (a folder or a Hub id); `pruner` an LVPruning pruner (optional), `keep_ratios` its
-inference ratios (`0.5:0.3:0.1`); `plphp` PLPHP's `r:delta_r[:alpha:beta[:start_layer]]` (optional, the rest from
-`PLPHPConfig`); `dtype` (`float32`, `bfloat16`, ...) and `device` (`cpu`, `cuda`, ...). lmms-eval finds the model
+inference ratios (`0.5:0.3:0.1`); PLPHP's settings by the names every lvprune command line uses (`plphp_r`,
+`plphp_delta_r`, `plphp_alpha`, `plphp_beta`, `plphp_start_layer`, `plphp_allocation`, `plphp_queries`: any one
+turns PLPHP on, the rest from `PLPHPConfig`); `dtype` (`float32`, `bfloat16`, ...) and `device` (`cpu`, `cuda`, ...). lmms-eval finds the model
 through the `lmms_eval.models` entry point lvprune's package declares.
 
 Generation requests are answered in batches of `batch_size` (left padding, greedy unless the task asks
@@ -22,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..data.llava_format import IGNORE_INDEX
 from ..inference import load_pruned_model
-from ..plphp import PLPHPConfig
+from ..plphp import PLPHPOptions
+from ..settings import from_dict
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -34,9 +36,9 @@ def manifest():
     return ModelManifest(model_id="lvprune", simple_class_path=f"{__name__}.LVPrune")
 
 
-def parse_plphp(value) -> PLPHPConfig | None:
-    """`r:delta_r[:alpha:beta[:start_layer]]` (or none) as a `PLPHPConfig`."""
-    return None if value in (None, "", "none", "None") else PLPHPConfig.from_values(str(value).split(":"))
+def parse_plphp(model_args: dict):
+    """The `plphp_*` model_args as a `PLPHPConfig` (None when none is given); an unknown key names the closest."""
+    return from_dict(PLPHPOptions, model_args, source="lvprune model_args").plphp_config()
 
 
 def parse_ratios(value) -> list[float] | None:
@@ -47,13 +49,11 @@ def parse_ratios(value) -> list[float] | None:
 class LVPrune(lmms):
     """`pretrained` pruned with `pruner` (LVPruning) and/or `plphp`, answering lmms-eval's requests."""
 
-    def __init__(self, pretrained: str, pruner: str | None = None, keep_ratios=None, plphp=None,
-                 batch_size: int | str = 1, device: str = "cpu", dtype: str = "float32", **kwargs) -> None:
+    def __init__(self, pretrained: str, pruner: str | None = None, keep_ratios=None, batch_size: int | str = 1,
+                 device: str = "cpu", dtype: str = "float32", **plphp) -> None:
         super().__init__()
         from transformers import AutoProcessor
 
-        if kwargs:
-            raise ValueError(f"unknown model_args for lvprune: {sorted(kwargs)}")
         self.model = load_pruned_model(pretrained, pruner, keep_ratios=parse_ratios(keep_ratios),
                                        plphp=parse_plphp(plphp), dtype=getattr(torch, dtype)).to(device)
         self.processor = AutoProcessor.from_pretrained(pretrained)

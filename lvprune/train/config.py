@@ -9,11 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from ..settings import check_finite, doc, one_of, parse
-
-PRECISIONS = ("fp32", "bf16")
-PADDING_SIDES = ("left", "right")
+from ..settings import check_choices, check_finite, doc, parse
 
 
 @dataclass
@@ -26,7 +24,7 @@ class TrainConfig:
     after_layers: list[int] | None = doc(None, "1-based decoder layers after which the stages run; null: the "
                                          "paper's (1, 8, 16) of 32 layers scaled to the base's depth")
     gumbel_tau: float = doc(1.0, "Gumbel-softmax temperature of the training decisions")
-    ratio_loss: str = doc("mse", "ratio loss: mse (paper eq. 11) or huber")
+    ratio_loss: Literal["mse", "huber"] = doc("mse", "ratio loss: mse (paper eq. 11) or huber")
     lambda_causal: float = doc(1.0, "weight of the language-modelling loss (eq. 12)")
     lambda_ratio: float = doc(2.0, "weight of the ratio loss (eq. 12)")
     lora_r: int = doc(0, "LoRA rank on the language model (0: off; the base stays fully frozen)")
@@ -37,11 +35,11 @@ class TrainConfig:
     # ---------------------------------------------------------------- data
     data_path: str | None = doc(None, "LLaVA-format training records (.json list or .jsonl)")
     image_folder: str | None = doc(None, "folder the records' image paths are relative to")
-    chat_template: str | None = doc(None, "null: the processor's own chat template (it must mark the answers with "
+    chat_template: Literal["family", "llava-1.5"] | None = doc(None, "null: the processor's own chat template (it must mark the answers with "
                                     "{% generation %}); `family`: lvprune's copy of the base family's template, "
                                     "which does; `llava-1.5`: LLaVA-1.5's (Vicuna v1) whatever the family")
     max_length: int | None = doc(None, "leave out records longer than this many tokens (null: keep all)")
-    padding_side: str = doc("right", "side the collator pads batches on: left or right")
+    padding_side: Literal["right", "left"] = doc("right", "side the collator pads batches on: left or right")
     num_workers: int = doc(0, "DataLoader worker processes per training process")
     # ---------------------------------------------------------------- optimisation
     per_device_batch_size: int = doc(2, "samples per micro-batch on each process")
@@ -55,7 +53,7 @@ class TrainConfig:
                                    "skipped (no update) before the run stops with an error (0: stop at the first)")
     num_train_epochs: float = doc(1.0, "passes over the data (used when max_steps is 0)")
     max_steps: int = doc(2, "optimizer steps to train (0: from num_train_epochs)")
-    precision: str = doc("fp32", "fp32, or bf16 (base weights in bf16 and bf16 autocast; the pruner's "
+    precision: Literal["fp32", "bf16"] = doc("fp32", "fp32, or bf16 (base weights in bf16 and bf16 autocast; the pruner's "
                          "master weights stay fp32)")
     seed: int = doc(0, "seed of the pruner's initialisation, the data order and the Gumbel noise")
     cpu_threads: int = doc(1, "torch threads per process when training on the CPU (0: the process's share of the "
@@ -70,7 +68,7 @@ class TrainConfig:
     stop_after_steps: int = doc(0, "save a checkpoint and stop after this many steps, keeping the schedule of "
                                 "the full run (for time-limited jobs; 0: run to the end)")
     logging_steps: int = doc(1, "log metrics every this many optimizer steps")
-    report_to: str = doc("tensorboard", "where metrics go besides metrics.jsonl: tensorboard (output_dir/logs) or "
+    report_to: Literal["tensorboard", "none"] = doc("tensorboard", "where metrics go besides metrics.jsonl: tensorboard (output_dir/logs) or "
                          "none")
     record_samples: bool = doc(False, "append the sample indices of every micro-batch, per process, to "
                                "output_dir/samples.jsonl")
@@ -88,10 +86,7 @@ class TrainConfig:
         for name in ("base_model", "data_path"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required: pass --{name} (or set it in the --config file).")
-        one_of("precision", self.precision, PRECISIONS)
-        one_of("padding_side", self.padding_side, PADDING_SIDES)
-        one_of("ratio_loss", self.ratio_loss, ("mse", "huber"))
-        one_of("report_to", self.report_to, ("tensorboard", "none"))
+        check_choices(self)
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "learning_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
@@ -110,8 +105,6 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
             raise ValueError(f"num_train_epochs={self.num_train_epochs} must be positive when max_steps is 0.")
-        if self.chat_template not in (None, "family", "llava-1.5"):
-            raise ValueError(f"chat_template={self.chat_template!r} must be null, 'family' or 'llava-1.5'.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
