@@ -22,7 +22,7 @@ KVPRESS ?= kvpress==0.5.5
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lvprune-installed
-CONSTRAINT_FLAG := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+CONSTRAINT_FLAG := $(foreach file,$(CONSTRAINTS),-c $(file))
 
 .PHONY: demo test install clean-venv
 

@@ -1,7 +1,7 @@
 """The speed benchmark on a GPU, at LLaVA-1.5-7B's real shape (random weights, no download), in bf16.
 
     python benchmarks/gpu.py                                   # batches 1, 8, 32; sdpa, and flash_attention_2 if installed
-    python benchmarks/gpu.py --batches 8 --attn sdpa --new-tokens 64
+    python benchmarks/gpu.py --batches 8 --attn sdpa --new_tokens 64
 
 Builds the model from `configs/models/llava-1.5-7b/config.json` directly on the device and runs
 `benchmarks/speed.py`'s table for each attention implementation: prefill ms, decode ms/token, KV MiB and peak
@@ -12,14 +12,17 @@ at a CPU-sized width and depth (the test suite runs it that way, on the CPU).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from speed import measure_all, methods_for
+
+from lvprune.settings import build_parser, doc, parse
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "models" / "llava-1.5-7b"
 
@@ -46,23 +49,29 @@ def implementations(requested):
     return ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
 
 
+@dataclass
+class GPUConfig:
+    """The model and what is timed."""
+
+    model_config: str = doc(str(CONFIG), "folder of the config.json the random model is built from")
+    batches: list[int] = doc([1, 8, 32], "batch sizes")
+    new_tokens: int = doc(32, "decode steps timed")
+    repeats: int = doc(3, "rounds; methods take turns in each")
+    text_tokens: int = doc(30, "text tokens beside the vision tokens")
+    attn: list[str] | None = doc(None, "attention implementations (unset: sdpa, and flash_attention_2 if installed)")
+    device: str = doc("cuda", "torch device")
+    dtype: Literal["bfloat16", "float16", "float32"] = doc("bfloat16", "weights and activations")
+    reduced: bool = doc(False, "a CPU-sized model of the same proportions")
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--text-tokens", type=int, default=30)
-    parser.add_argument("--attn", nargs="+", default=None, help="attention implementations (default: sdpa, flash)")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--reduced", action="store_true", help="a CPU-sized model of the same proportions")
-    args = parser.parse_args(argv)
+    parser = build_parser(GPUConfig, prog="python benchmarks/gpu.py", description=__doc__.splitlines()[0])
+    args = parse(GPUConfig, argv, parser=parser)
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()}")
     found = {}
     for attn in implementations(args.attn):
-        model = build(args.config, torch.device(args.device), getattr(torch, args.dtype), attn, args.reduced)
+        model = build(Path(args.model_config), torch.device(args.device), getattr(torch, args.dtype), attn, args.reduced)
         args.layers = model.config.text_config.num_hidden_layers
         print(f"\n## attention: {attn}")
         with torch.no_grad():

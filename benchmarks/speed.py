@@ -2,7 +2,7 @@
 LLaVA-1.5's proportions, each ratio printed beside the limit its FLOPs or bytes allow.
 
     python benchmarks/speed.py                                  # CPU, fp32: 16 layers, width 512, 576 + 30 tokens
-    python benchmarks/speed.py --layers 16 --hidden 1024 --batches 1 8 --new-tokens 32 --repeats 3
+    python benchmarks/speed.py --layers 16 --hidden 1024 --batches 1 8 --new_tokens 32 --repeats 3
 
 The model is random (built from config, no download) and so is the pruner: its ranking is meaningless, but
 its token counts, and so the costs, are the real ones. Stages sit at the paper's relative depths (1, 8, 16 of
@@ -21,12 +21,12 @@ a change in machine load hits them alike. `benchmarks/gpu.py` runs the same on a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import psutil
 import torch
@@ -36,6 +36,7 @@ from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig, pruning
 from lvprune.bench.methods import schedule
 from lvprune.bench.profile import SDPA_FORMULAS
 from lvprune.contract import cache_kwarg, cache_layers, decoder_layers, output_cache
+from lvprune.settings import build_parser, doc, parse
 from lvprune.testing import make_batch, tiny_llava
 
 PLPHP = PLPHPConfig(r=0.4, delta_r=0.3)
@@ -245,19 +246,25 @@ def mixed_batch_table(model, methods, args, images=(0, 1, 3)) -> None:
               flush=True)
 
 
+@dataclass
+class SpeedConfig:
+    """The model's shape and what is timed."""
+
+    layers: int = doc(16, "decoder layers")
+    hidden: int = doc(512, "hidden width")
+    text_tokens: int = doc(30, "text tokens beside the 576 vision tokens")
+    new_tokens: int = doc(32, "decode steps timed")
+    repeats: int = doc(3, "rounds; methods take turns in each")
+    batches: list[int] = doc([1, 8], "batch sizes")
+    threads: int = doc(0, "torch threads (0: torch's default)")
+    only: list[str] | None = doc(None, "measure only these rows (stock is always kept)")
+    device: str = doc("cpu", "torch device")
+    dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "weights and activations")
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--text-tokens", type=int, default=30)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; methods take turns in each")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--only", nargs="+", default=None, help="measure only these rows (stock is always kept)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = parser.parse_args(argv)
+    parser = build_parser(SpeedConfig, prog="python benchmarks/speed.py", description=__doc__.splitlines()[0])
+    args = parse(SpeedConfig, argv, parser=parser)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)

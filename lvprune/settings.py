@@ -140,8 +140,6 @@ def coerce(name: str, value, hint):
     if hint is Path:
         return Path(value)
     if typing.get_origin(hint) is list:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)  # a YAML list in one word: `--keep_ratios "[0.6, 0.4]"`
         items = value if isinstance(value, (list, tuple)) else [value]
         return [coerce(name, item, args[0]) for item in items]
     if hint is bool and isinstance(value, bool):

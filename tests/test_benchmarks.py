@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_gpu_benchmark_runs_on_cpu_at_a_reduced_shape(capsys):
     found = gpu.main(["--device", "cpu", "--dtype", "float32", "--reduced", "--attn", "sdpa", "--batches", "2",
-                      "--new-tokens", "2", "--repeats", "1"])
+                      "--new_tokens", "2", "--repeats", "1"])
     costs, results = found["sdpa"]["costs"][2], found["sdpa"]["results"][2]
     names = ["stock", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45", "plphp", "plphp-batch",
              "lvpruning-0.5+plphp", "truncated"]
