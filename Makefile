@@ -3,8 +3,9 @@
 #   make test    the test suite
 # Both create ./.venv with the CPU build of torch (constraints.txt) on first use. On a GPU machine:
 #   make demo CONSTRAINTS=
-# Other settings: VENV (the environment's folder), EXTRAS (lvprune's extras to install), PIN (extra
-# requirements, e.g. PIN="transformers==5.19.0"), PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'"), KVPRESS (the
+# Other settings: VENV (the environment's folder), CONSTRAINTS (pip constraints files, several allowed: the
+# declared oldest set is CONSTRAINTS="constraints.txt constraints-oldest.txt"), EXTRAS (lvprune's extras to
+# install), PIN (extra requirements, e.g. PIN="transformers==5.20.0"), PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not slow'"), KVPRESS (the
 # kvpress release installed for the peers' presses; empty: none). The families
 # whose processors need torchvision are tested in an environment of their own:
 #   make test VENV=.venv-video CONSTRAINTS=constraints-video.txt EXTRAS=deepspeed,train,bench,test,video,lmms-eval \

@@ -42,3 +42,28 @@ def test_the_library_runs_without_the_demo_world_and_its_core_without_the_extras
     assert DEMO not in everything
     core = loaded_after("import lvprune")
     assert not core & {"matplotlib", "torchmetrics", "tensorboard", DEMO}
+
+
+def test_the_declared_lower_bounds_are_the_oldest_set_ci_installs():
+    """pyproject.toml's `>=` bounds (core and the extras CI installs) equal constraints-oldest.txt's pins."""
+    import re
+    import tomllib
+
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    requirements = project["dependencies"] + [r for name in ("train", "bench", "deepspeed", "test") for r in extras[name]]
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {}
+    for requirement in requirements:
+        name, bound = re.match(r"([\w.-]+)\s*>=\s*([\w.]+)", requirement).groups()
+        if canonical(name) != "torch":  # torch comes from a torch constraints file (CPU build or video set)
+            declared[canonical(name)] = bound
+    lines = [line.split("#")[0].strip() for line in (ROOT / "constraints-oldest.txt").read_text().splitlines()]
+    pinned = {canonical(name): version for name, version in (line.split("==") for line in lines if line)}
+    assert pinned == {name: pinned.get(name) for name in declared}, "a pin without a declared bound"
+    assert {name: Version(pinned[name]) for name in declared} == {name: Version(b) for name, b in declared.items()}
