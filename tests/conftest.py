@@ -1,7 +1,13 @@
 """Shared fixtures: tiny random LLaVA models built from config (no download), made once per session."""
 
 import copy
+import os
 import socket
+import tempfile
+
+# The data checks of the tests' files are kept apart from the user's datasets cache (lvprune.data.check); set
+# before datasets is imported, and inherited by the training scripts the tests launch.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="lvprune-tests-datasets-"))
 
 import pytest
 import torch

@@ -78,3 +78,18 @@ def test_zero_stage_trains_like_plain_pytorch(report, plain_pytorch, stage):
     trained = load_file(f"{out}.zero{stage}.safetensors")
     assert trained.keys() == reference.keys()
     assert max((trained[k] - reference[k]).abs().max().item() for k in trained) < 1e-4
+
+
+def test_an_accelerate_deepspeed_config_without_cuda_is_refused(tmp_path):
+    """accelerate drops DeepSpeed without CUDA and would train as plain DDP: the script refuses, saying what to do."""
+    if torch.cuda.is_available():
+        pytest.skip("a machine with CUDA runs DeepSpeed")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs/accelerate/deepspeed_zero2.yaml"), "--num_processes", "1", "train/train.py",
+           "--output_dir", str(tmp_path / "run"), "--max_steps", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "asks for DeepSpeed, which accelerate runs on CUDA GPUs only" in proc.stderr
+    assert "torchrun --nproc_per_node 2 -m lvprune.train.deepspeed_check" in proc.stderr
+    assert not (tmp_path / "run").exists(), "nothing may be trained or written before the refusal"

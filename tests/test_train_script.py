@@ -140,7 +140,8 @@ def resumed(assets, stopped, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ddp(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    return out, launch(assets, out, "--gradient_accumulation_steps", 1, processes=2)
+    checks = out / "data-checks"  # its own: the other runs' checks of the same data would be reused
+    return out, launch(assets, out, "--gradient_accumulation_steps", 1, "--data_cache_dir", checks, processes=2)
 
 
 # =============================================================================== tests
@@ -238,6 +239,13 @@ def test_resume_matches_an_uninterrupted_run(resumed, reference):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     assert metrics(out)[2] | {"step_time_s": 0} == metrics(reference[0])[2] | {"step_time_s": 0}
     assert samples(out, 0)[-2:] == samples(reference[0], 0)[-2:]  # step 2 saw the same micro-batches
+
+
+def test_ddp_checks_the_data_once(ddp):
+    lines = ddp[1]["stdout"].splitlines()
+    assert sum("data: checking the records" in line for line in lines) == 1
+    assert sum(line.startswith("[process 0] data: checking the records") for line in lines) == 1
+    assert sum(line.startswith("[process 1] data: reusing the check") for line in lines) == 1
 
 
 def test_ddp_matches_single_process(ddp, reference):

@@ -29,16 +29,11 @@ from transformers import ProcessorMixin
 
 from .. import backbones
 from ..backbones import Backbone
-from .records import IMAGE_TAG, LoadStats, NoRecords, Unreadable, normalize_record, read_records, record_problem
+from .check import checked_records
+from .records import (IMAGE_TAG, RECORD_FEATURES, LoadStats, NoRecords, Unreadable, normalize_record, read_records,
+                      record_problem)
 
 IGNORE_INDEX = -100
-RECORD_FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "images": datasets.List(datasets.Value("string")),
-        "conversations": datasets.List({"from": datasets.Value("string"), "value": datasets.Value("string")}),
-    }
-)
 
 
 def human_content(value: str, images: list) -> list[dict]:
@@ -201,6 +196,18 @@ def skip_reason(record: dict, image_folder, processor, options: LoaderOptions, p
     return problem
 
 
+def check_batch(batch: dict, image_folder, processor, options: LoaderOptions) -> dict:
+    """`Dataset.map` hook (batched) of the data check: fills `reason` and `detail` of the records not yet refused
+    ("" keeps a record)."""
+    per_image = image_seq_length(processor) if options.max_length is not None else 0  # None: count each
+    reasons, details = list(batch["reason"]), list(batch["detail"])
+    for i, reason in enumerate(reasons):
+        if not reason:
+            record = {key: batch[key][i] for key in ("id", "images", "conversations")}
+            reasons[i], details[i] = skip_reason(record, image_folder, processor, options, per_image) or ("", "")
+    return {"reason": reasons, "detail": details}
+
+
 def iter_valid_records(json_path, image_folder, processor, stats: LoadStats, options: LoaderOptions):
     """Yield the normalised records to keep, counting the others in `stats`.
 
@@ -231,6 +238,9 @@ def load_llava_dataset(
     max_length: int | None = None,
     verify_images: bool = True,
     backbone: Backbone | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | Path | None = None,
+    log=print,
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, LoadStats]:
     """Load a LLaVA instruction file (`.json` list or `.jsonl`) for training.
 
@@ -244,6 +254,9 @@ def load_llava_dataset(
             truncating through their image tokens or answers.
         verify_images: decode each image fully while checking (catches truncated and corrupt files and
             decompression bombs; each such record is skipped and named in the log).
+        num_proc, cache_dir, log: (map-style) the check's processes (None: the cores this process may use), where
+            its result is kept (None: beside datasets' cache) and where its progress line goes
+            (`lvprune.data.check`: a second load of the same data reuses it).
 
     Returns:
         `(dataset, stats)`. Each example is a dict of `input_ids`, `attention_mask`, `labels` ([seq]) and the
@@ -254,18 +267,18 @@ def load_llava_dataset(
         NoRecords: (map-style) every record was skipped; the message holds the counts per reason.
     """
     options = LoaderOptions(drop_text_only, max_length, verify_images)
-    stats = LoadStats()
+    stats = LoadStats()  # streaming: filled as the records are read
     records = functools.partial(iter_valid_records, json_path, image_folder, processor, stats, options)
     encode = functools.partial(encode_record, image_folder=image_folder, processor=processor, backbone=backbone)
     if streaming:
         source = datasets.IterableDataset.from_generator(records, features=RECORD_FEATURES)
         return source.map(encode, remove_columns=list(RECORD_FEATURES)), stats
-    kept = list(records())
-    if not kept:
+    table, stats, _ = checked_records(json_path, image_folder, processor, options, num_proc=num_proc,
+                                      cache_dir=cache_dir, log=log)
+    if not len(table):
         raise NoRecords(f"{json_path}: no record to train on: {stats.summary()}. Check image_folder (image paths "
                          "are relative to it) and the record format (LLaVA: conversations of human/gpt turns, "
                          "`<image>` in a human turn).")
-    table = datasets.Dataset.from_list(kept, features=RECORD_FEATURES)
     return table.with_transform(functools.partial(_encode_batch, encode=encode)), stats
 
 

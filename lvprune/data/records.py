@@ -20,11 +20,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 from PIL import Image
 
 logger = logging.getLogger(__name__)
 
 IMAGE_TAG = "<image>"
+# A normalised record: what the loader keeps of each one (see `normalize_record`).
+RECORD_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "images": datasets.List(datasets.Value("string")),
+    "conversations": datasets.List({"from": datasets.Value("string"), "value": datasets.Value("string")}),
+})
 ROLES = ("human", "gpt")
 # ShareGPT-style names of the same roles.
 ROLE_ALIASES = {"user": "human", "assistant": "gpt"}

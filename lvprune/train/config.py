@@ -41,6 +41,10 @@ class TrainConfig:
     max_length: int | None = doc(None, "leave out records longer than this many tokens (null: keep all)")
     padding_side: Literal["right", "left"] = doc("right", "side the collator pads batches on: left or right")
     num_workers: int = doc(0, "DataLoader worker processes per training process")
+    data_num_proc: int = doc(0, "processes that check the records before the first run on a data file (0: the "
+                             "cores the main process may use); later runs reuse the check")
+    data_cache_dir: str | None = doc(None, "where the records' check is kept, keyed by the data file, image folder, "
+                                     "processor and options (null: beside datasets' cache, HF_DATASETS_CACHE)")
     # ---------------------------------------------------------------- optimisation
     per_device_batch_size: int = doc(2, "samples per micro-batch on each process")
     gradient_accumulation_steps: int = doc(1, "micro-batches per optimizer step; the global batch is "
@@ -90,7 +94,7 @@ class TrainConfig:
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "learning_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
-        for name in ("lora_r", "max_steps", "save_steps", "save_total_limit", "stop_after_steps", "num_workers",
+        for name in ("lora_r", "max_steps", "save_steps", "save_total_limit", "stop_after_steps", "num_workers", "data_num_proc",
                      "max_grad_norm", "weight_decay", "cpu_threads", "seed", "lambda_causal",
                      "lambda_ratio", "max_nonfinite_steps", "gumbel_tau", "lora_dropout"):
             if getattr(self, name) < 0:

@@ -49,7 +49,18 @@ from .metrics import Resources, TrainMetrics
 # =============================================================================== helpers
 
 
+class DeepSpeedNeedsGPUs(RuntimeError):
+    """An accelerate DeepSpeed config on a machine without CUDA: accelerate would drop it and train as plain DDP."""
+
+
 def make_accelerator(config) -> Accelerator:
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")  # accelerate launch's
+    if deepspeed and not torch.cuda.is_available():
+        raise DeepSpeedNeedsGPUs(
+            "this accelerate config asks for DeepSpeed, which accelerate runs on CUDA GPUs only; here it would "
+            "train as plain DDP without a word. Launch it on GPUs, use configs/accelerate/ddp.yaml on the CPU, "
+            "or check the training step under DeepSpeed on the CPU with torchrun --nproc_per_node 2 -m "
+            "lvprune.train.deepspeed_check --out check.json.")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no GPU
     # The accumulation window is counted in micro-batches across epochs (see `micro_batches`), so an epoch's
@@ -84,10 +95,14 @@ def build_pruner(config, base, base_name: str) -> LVPrunerModel:
 
 
 def load_data(config, accelerator, processor, backbone: Backbone):
-    """The training dataset (records checked once, images decoded on access)."""
+    """The training dataset: its records checked once per version of the data, by the main process first (the
+    others wait and reuse its check, `lvprune.data.check`); images are decoded on access."""
     json_path, image_folder = config.data_path, config.image_folder or "."
-    dataset, stats = load_llava_dataset(json_path, image_folder, processor, max_length=config.max_length,
-                                        backbone=backbone)
+    prefix = f"[process {accelerator.process_index}] " if accelerator.num_processes > 1 else ""
+    with accelerator.main_process_first():
+        dataset, stats = load_llava_dataset(json_path, image_folder, processor, max_length=config.max_length,
+                                            backbone=backbone, num_proc=config.data_num_proc or None,
+                                            cache_dir=config.data_cache_dir, log=lambda line: print(prefix + line))
     accelerator.print(f"data: {json_path}: {stats.summary()}")
     return str(json_path), dataset
 
@@ -279,7 +294,7 @@ def train(config: TrainConfig, prepare=None, after_export=None) -> dict:
     return summary
 
 
-STOPS = (DivergenceError, NoRecords, OutputInUse, saving.ResumeError, saving.UnsafeCheckpoint, UnusableBase)
+STOPS = (DeepSpeedNeedsGPUs, DivergenceError, NoRecords, OutputInUse, saving.ResumeError, saving.UnsafeCheckpoint, UnusableBase)
 """The errors a run stops with by saying what to do (no traceback)."""
 
 
