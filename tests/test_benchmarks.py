@@ -26,3 +26,15 @@ def test_gpu_benchmark_runs_on_cpu_at_a_reduced_shape(capsys):
     assert flops == sorted(flops, reverse=True) and flops[0] > flops[-1]
     table = capsys.readouterr().out
     assert "| lvpruning-0.5+plphp |" in table and "mixed batch" in table
+
+
+def test_data_scale_benchmark_checks_once_and_reuses(capsys, tmp_path):
+    import data_scale
+
+    rows = data_scale.main(["--sizes", "12", "24", "--workers", "0", "1", "--examples", "8", "--batch_size", "4",
+                            "--work_dir", str(tmp_path)])
+    assert [row["records"] for row in rows] == [12, 24]  # each checked cold, then reused warm (asserted inside)
+    assert set(rows[0]["examples_per_s"]) == {0, 1} and all(v > 0 for v in rows[0]["examples_per_s"].values())
+    assert len(list((tmp_path / "checks-24").iterdir())) == 1, "one check kept per data file"
+    out = capsys.readouterr().out
+    assert "| 24 |" in out and "LLaVA-1.5 mix (665,298 records), extrapolated from 24" in out

@@ -40,7 +40,10 @@ class TrainConfig:
                                     "which does; `llava-1.5`: LLaVA-1.5's (Vicuna v1) whatever the family")
     max_length: int | None = doc(None, "leave out records longer than this many tokens (null: keep all)")
     padding_side: Literal["right", "left"] = doc("right", "side the collator pads batches on: left or right")
-    num_workers: int = doc(0, "DataLoader worker processes per training process")
+    num_workers: int | None = doc(None, "DataLoader worker processes per training process, which encode the "
+                                  "examples (images, template) while the model trains (null: up to 4 on a GPU, "
+                                  "within the process's share of the cores; 0 on the CPU, where training uses the "
+                                  "cores itself)")
     data_num_proc: int = doc(0, "processes that check the records before the first run on a data file (0: the "
                              "cores the main process may use); later runs reuse the check")
     data_cache_dir: str | None = doc(None, "where the records' check is kept, keyed by the data file, image folder, "
@@ -94,11 +97,13 @@ class TrainConfig:
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "learning_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
-        for name in ("lora_r", "max_steps", "save_steps", "save_total_limit", "stop_after_steps", "num_workers", "data_num_proc",
+        for name in ("lora_r", "max_steps", "save_steps", "save_total_limit", "stop_after_steps", "data_num_proc",
                      "max_grad_norm", "weight_decay", "cpu_threads", "seed", "lambda_causal",
                      "lambda_ratio", "max_nonfinite_steps", "gumbel_tau", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers} must be >= 0 (null: chosen for the device).")
         if self.seed >= 2**32:
             raise ValueError(f"seed={self.seed} must be below 2**32 (the Gumbel noise seeds are seed * 2**32 + k).")
         if self.gumbel_tau == 0:

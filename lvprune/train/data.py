@@ -7,6 +7,7 @@ processes round-robin (process r gets micro-batches r, r + P, r + 2P, ...), whic
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -63,18 +64,35 @@ class IndexedCollator:
         return batch
 
 
-def build_dataloader(dataset, pad_token_id: int, config, token_inputs=()) -> tuple[DataLoader, EpochSampler]:
+def build_dataloader(dataset, pad_token_id: int, config, token_inputs=(), device_type: str = "cpu"
+                     ) -> tuple[DataLoader, EpochSampler]:
     """A DataLoader of `config.per_device_batch_size` over `dataset` in seeded order, and its sampler;
     `token_inputs`: the family's per-token inputs, padded like `input_ids`.
 
-    The last incomplete micro-batch of an epoch is dropped, so every micro-batch has the same size.
+    The last incomplete micro-batch of an epoch is dropped, so every micro-batch has the same size. Workers
+    (`num_workers`, see `worker_count`) stay alive across epochs.
     """
     sampler = EpochSampler(len(dataset), config.seed)
     collator = IndexedCollator(LlavaCollator(pad_token_id=pad_token_id, padding_side=config.padding_side,
                                              token_inputs=tuple(token_inputs)))
+    workers = worker_count(config.num_workers, device_type)
+    if workers:
+        # The workers fork from a process whose fast tokenizer has run: its thread pool must not be inherited.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     loader = DataLoader(Indexed(dataset), batch_size=config.per_device_batch_size, sampler=sampler,
-                        collate_fn=collator, num_workers=config.num_workers, drop_last=True)
+                        collate_fn=collator, num_workers=workers, persistent_workers=workers > 0, drop_last=True)
     return loader, sampler
+
+
+def worker_count(num_workers: int | None, device_type: str) -> int:
+    """`num_workers` as given, else 4 on an accelerator (at most this process's share of the cores, less the one
+    it trains on) and 0 on the CPU."""
+    if num_workers is not None:
+        return num_workers
+    if device_type == "cpu":
+        return 0
+    share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(0, min(4, share - 1))
 
 
 def micro_batch_index(local_index: int, process_index: int, num_processes: int) -> int:

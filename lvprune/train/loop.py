@@ -244,7 +244,8 @@ def train(config: TrainConfig, prepare=None, after_export=None) -> dict:
 
     # ---------------------------------------------------------------- data
     data_name, dataset = load_data(config, accelerator, processor, backbone)
-    loader, sampler = build_dataloader(dataset, processor.tokenizer.pad_token_id, config, backbone.token_inputs)
+    loader, sampler = build_dataloader(dataset, processor.tokenizer.pad_token_id, config, backbone.token_inputs,
+                                       accelerator.device.type)
 
     # ---------------------------------------------------------------- optimizer and schedule
     adamw = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
