@@ -13,7 +13,7 @@ to PLPHP's per-layer lengths (a mask-free cache of the same bytes: what PLPHP's 
 
 Columns, per batch size: prefill ms (median over rounds, min-max beside it), its speed-up over stock and the
 fraction of the speed-up its FLOPs allow (counted by torch's FlopCounterMode); decode ms per token over
-`--new-tokens` greedy steps, its speed-up, and the two limits of a decode step: bytes read (weights + KV) and
+`--new_tokens` greedy steps, its speed-up, and the two limits of a decode step: bytes read (weights + KV) and
 FLOPs; KV MiB after the prefill; peak RSS above the model's (sampled). A last table runs a mixed batch (a
 text-only, a 1-image and a 3-image prompt) against the same prompts one by one: prefill time and KV bytes. Methods take turns in every round, so
 a change in machine load hits them alike. `benchmarks/gpu.py` runs the same on a GPU.

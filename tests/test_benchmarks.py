@@ -1,5 +1,6 @@
 """The speed benchmarks run (the GPU one at a reduced shape, on the CPU) and report the costs they measure."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,9 +13,15 @@ import gpu  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_gpu_benchmark_runs_on_cpu_at_a_reduced_shape(capsys):
-    found = gpu.main(["--device", "cpu", "--dtype", "float32", "--reduced", "--attn", "sdpa", "--batches", "2",
-                      "--new_tokens", "2", "--repeats", "1"])
+def test_gpu_benchmark_runs_on_cpu_at_a_reduced_shape(capsys, tmp_path):
+    report = gpu.main(["--device", "cpu", "--dtype", "float32", "--reduced", "--attn", "sdpa", "--batches", "2",
+                       "--new_tokens", "2", "--repeats", "1", "--out", str(tmp_path)])
+    assert report["stock_check"]["equal"] is True  # nothing pruned: the stock tokens
+    assert report["training"] == {"skipped": "no CUDA"}  # accelerate runs DeepSpeed on CUDA only
+    written = json.loads((tmp_path / "gpu.json").read_text())
+    assert written["stock_check"] == report["stock_check"] and "| 2 | lvpruning-0.5+plphp |" in (
+        tmp_path / "gpu.md").read_text()
+    found = report["speed"]
     costs, results = found["sdpa"]["costs"][2], found["sdpa"]["results"][2]
     names = ["stock", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45", "plphp", "plphp-batch",
              "lvpruning-0.5+plphp", "truncated"]
