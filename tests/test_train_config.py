@@ -93,6 +93,9 @@ def test_shipped_yaml_opens_with_its_command(path):
 def test_default_run_prunes_the_reference_base_and_benchmarks_it():
     config = parse_config([])
     assert (config.base_model, config.data_path, config.evaluate) == ("reference", "synthetic-shapes", "full")
+    from lvprune import PLPHPConfig  # the benchmark's plphp rows: what benchmarks/plphp_sweep.py picked
+
+    assert config.plphp_config() == PLPHPConfig(r=0.5, delta_r=0.3, alpha=0.886, beta=0.678, start_layer=0)
     assert JobConfig().base_model == "tiny-random"  # the dataclass defaults stay the seconds-long tiny run
     with pytest.raises(ValueError, match="base_model is required"):  # the library's own config names nothing
         TrainConfig()
