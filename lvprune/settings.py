@@ -44,7 +44,7 @@ def build_parser(cls, default_file: Path | None = None, prog: str | None = None,
                  description: str | None = None) -> HfArgumentParser:
     """`--config FILE` and one typed `--<field>` option per field of dataclass `cls`."""
     parser = HfArgumentParser(cls, prog=prog, description=description or cls.__doc__, allow_abbrev=False,
-                              usage="%(prog)s [--config FILE] [--KEY VALUE ...]")
+                              usage="%(prog)s [--config FILE] [--KEY VALUE ...]", formatter_class=_HelpFormatter)
     parser.add_argument("--config", metavar="FILE", help="YAML file of settings" + (
         f" (default: {default_file.name} if present)" if default_file else ""))
     hints = typing.get_type_hints(cls)
@@ -154,6 +154,13 @@ def coerce(name: str, value, hint):
 
 
 # ----------------------------------------------------------------------------- the parser's options
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, except an unset one (its help says what unset means)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _describe(action: argparse.Action, hint) -> None:
