@@ -218,18 +218,21 @@ def one_record(image="red.png", roles=("human", "gpt"), record_id="r"):
         {"from": roles[0], "value": "<image>\nWhat colour is the square?"}, {"from": roles[1], "value": "red"}]}
 
 
-def test_a_truncated_image_is_skipped_and_named(tmp_path, processor, caplog):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
-    whole = (tmp_path / "ok.png").read_bytes()
-    (tmp_path / "half.png").write_bytes(whole[: len(whole) // 2])  # a half-downloaded file: its header is valid
-    with Image.open(tmp_path / "half.png") as header_only:
+@pytest.mark.parametrize("suffix, cut", [("png", 0.5), ("jpg", 0.5), ("jpg", 0.95)])
+def test_a_truncated_image_is_skipped_and_named(tmp_path, processor, caplog, suffix, cut):
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / f"ok.{suffix}")
+    whole = (tmp_path / f"ok.{suffix}").read_bytes()
+    half = f"half.{suffix}"
+    (tmp_path / half).write_bytes(whole[: int(len(whole) * cut)])  # a half-downloaded file: its header is valid
+    with Image.open(tmp_path / half) as header_only:
         assert header_only.size == (96, 96)
-    (tmp_path / "train.json").write_text(json.dumps([one_record("ok.png", record_id="a"),
-                                                     one_record("half.png", record_id="b")]))
+    (tmp_path / "train.json").write_text(json.dumps([one_record(f"ok.{suffix}", record_id="a"),
+                                                     one_record(half, record_id="b")]))
     with caplog.at_level(logging.WARNING, logger="lvprune.data.records"):
         dataset, stats = load_llava_dataset(tmp_path / "train.json", tmp_path, processor)
     assert stats.kept == 1 and dict(stats.skipped) == {"unreadable_image": 1}
-    assert any("record b" in m and "half.png" in m for m in caplog.messages)
+    assert any("record b" in m and half in m for m in caplog.messages)
     assert len(dataset) == 1 and dataset[0]["pixel_values"].shape[0] == 1
 
 

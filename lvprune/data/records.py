@@ -155,10 +155,14 @@ def _tag_problem(record: dict) -> str | None:
 def image_problem(path: str) -> str | None:
     """Why the image at `path` cannot be decoded (truncated, corrupt, a decompression bomb), or None.
 
-    The whole image is decoded, not only its header: a half-downloaded file has a valid header.
+    The whole file is decoded, not only its header: a half-downloaded file has a valid header. A JPEG is decoded
+    at 1/8 scale (`draft`): its whole entropy-coded stream is still read, so a truncated file fails as at full
+    scale, at about half the time (the inverse DCT of every block is what the scale skips).
     """
     try:
         with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
         return f"{path}: {type(error).__name__}: {error}"
