@@ -35,11 +35,6 @@ def doc(default, help: str):
     return field(default=default, metadata=metadata)
 
 
-def help_text(item: dataclasses.Field) -> str:
-    """A field's documentation as written."""
-    return item.metadata.get("help", "").replace("%%", "%")
-
-
 def build_parser(cls, default_file: Path | None = None, prog: str | None = None,
                  description: str | None = None) -> HfArgumentParser:
     """`--config FILE` and one typed `--<field>` option per field of dataclass `cls`."""

@@ -1,5 +1,5 @@
 """The data check, paid once per version of the data: every record of a LLaVA file read, normalised and checked
-(images decoded fully, lengths counted) by a pool of processes (`datasets.Dataset.map` with `num_proc`), and
+(images decoded, lengths counted) by a pool of processes (`datasets.Dataset.map` with `num_proc`), and
 what it decided kept on disk under a key of everything that decides it:
 
 - the data file (its resolved path, size and modification time: an edited file is checked again),
