@@ -11,6 +11,7 @@ state on at every decode step; after each prefill `model.pruning_stats` describe
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import torch
 from torch import nn
@@ -111,6 +112,8 @@ class Pruning:
             state = cache.state
             mask = kwargs.get("attention_mask")
             new = input_ids.shape[1]
+            if new > 1:
+                warn_if_pressed_for_another_question(state.press)
             state.begin_decode(mask[:, -new:] if mask is not None else torch.ones_like(input_ids))
         else:
             if cache is not None and cache.get_seq_length() > 0:
@@ -150,6 +153,18 @@ class Pruning:
             fields = {name: value for name, value in output.items() if name != "loss"}
             output = type(output)(loss=loss, **fields)
         return output
+
+
+def warn_if_pressed_for_another_question(press: CachePress | None) -> None:
+    """Warn when a cache pressed by the last prompt token's attention takes new prompt tokens (a follow-up
+    question, or a question after a prefix cache): the slots the new question needs may be gone."""
+    if press is None or not press.ranks_by_attention or press.queries != "last":
+        return
+    warnings.warn(
+        f"this cache was pressed by {type(press).__name__}(queries='last'), for the question that ended its prompt, "
+        "and now takes new prompt tokens: the slots a new question needs may be gone (a second turn served this "
+        "way scores below random choice of the same slots, docs/benchmarks.md). For a cache that will take more "
+        "prompt tokens (a chat, a prefix cache), press with queries='all'.", UserWarning, stacklevel=3)
 
 
 def _device(module: nn.Module) -> torch.device | None:

@@ -286,3 +286,27 @@ def test_all_queries_rank_each_heads_slots_by_the_attention_they_receive(stock, 
                 checked += 1
                 dropped |= len(kept) < len(candidates)
     assert checked > 0 and dropped, "some head must have dropped vision slots"
+
+
+@pytest.mark.parametrize("queries", ["last", "all"])
+def test_a_follow_up_on_a_cache_pressed_for_the_last_question_warns(base, mixed_batch, pruned, queries):
+    """A second turn served from a cache pressed by the last prompt token's attention warns, naming the option
+    that suits a chat; the same cache pressed by every prompt query does not."""
+    import warnings
+
+    from lvprune.contract import cache_kwarg, output_cache
+
+    model = pruned(plphp=PLPHPConfig(r=0.5, delta_r=0.3, start_layer=1, queries=queries))
+    follow_up = torch.randint(3, 20, (3, 4))
+    with torch.no_grad():
+        out = model(**mixed_batch, use_cache=True)
+        ids = torch.cat([mixed_batch["input_ids"], follow_up], 1)
+        mask = torch.cat([mixed_batch["attention_mask"], torch.ones_like(follow_up)], 1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.generate(input_ids=ids, attention_mask=mask, **{cache_kwarg(model): output_cache(out)},
+                           **GREEDY)
+    said = [str(w.message) for w in caught if "now takes new prompt tokens" in str(w.message)]
+    assert len(said) == (1 if queries == "last" else 0), said
+    if said:
+        assert "PLPHPConfig(queries='last')" in said[0] and "press with queries='all'" in said[0]
