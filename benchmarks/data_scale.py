@@ -86,7 +86,7 @@ def examples_per_second(dataset, processor, workers: int, config: ScaleConfig) -
 
 def measure(size: int, root: Path, images: Path, processor, config: ScaleConfig) -> dict:
     data = root / f"records-{size}.json"
-    make_records(data, make_images(images, size)[:size])
+    make_records(data, make_images(images, size))
     cache = root / f"checks-{size}"
     lines = []
     start = time.perf_counter()

@@ -151,7 +151,15 @@ def write_report(folder: Path, report: dict) -> None:
                 lines.append(f"| {batch} | {name} | {median['prefill'] * 1e3:.1f} | {median['decode'] * 1e3:.2f} | "
                              f"{kv:.1f} | {max(r['peak'] for r in rounds) / 2**20:.0f} |")
         lines.append("")
-    lines += ["## Training under DeepSpeed (one GPU, tiny random base)", "", json.dumps(report["training"]), ""]
+    lines += ["## Training under DeepSpeed (one GPU, tiny random base)", ""]
+    training = report["training"]
+    if "skipped" in training:
+        lines.append(f"skipped: {training['skipped']}")
+    else:
+        lines += ["| launcher | exit | losses | equal to the plain run |", "| --- | ---: | --- | --- |"]
+        lines += [f"| {name} | {run['returncode']} | {', '.join(f'{x:.6f}' for x in run['losses'])} | "
+                  f"{run['matches_plain']} |" for name, run in training.items()]
+    lines.append("")
     (folder / "gpu.md").write_text("\n".join(lines))
 
 

@@ -6,7 +6,7 @@
     lvprune bench --out DIR --base DIR --pruner DIR --test_json FILE [--quick] [--KEY VALUE ...]
 
 A command is a settings dataclass (its options: `lvprune.settings`, `--config FILE` included) and the function
-that runs it, one row of `COMMANDS`.
+that runs it, one entry of `commands()`.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ def test_gpu_benchmark_runs_on_cpu_at_a_reduced_shape(capsys, tmp_path):
     assert report["stock_check"]["equal"] is True  # nothing pruned: the stock tokens
     assert report["training"] == {"skipped": "no CUDA"}  # accelerate runs DeepSpeed on CUDA only
     written = json.loads((tmp_path / "gpu.json").read_text())
-    assert written["stock_check"] == report["stock_check"] and "| 2 | lvpruning-0.5+plphp |" in (
-        tmp_path / "gpu.md").read_text()
+    markdown = (tmp_path / "gpu.md").read_text()
+    assert written["stock_check"] == report["stock_check"] and "| 2 | lvpruning-0.5+plphp |" in markdown
+    assert "skipped: no CUDA" in markdown
     found = report["speed"]
     costs, results = found["sdpa"]["costs"][2], found["sdpa"]["results"][2]
     names = ["stock", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45", "plphp", "plphp-batch",

@@ -6,7 +6,7 @@ what it decided kept on disk under a key of everything that decides it:
 - the image folder (resolved path), the loader's options (`LoaderOptions`),
 - the processor (its tokenizer, chat template and image settings), when lengths are counted (`max_length`).
 
-    records, stats, reused = checked_records("train.json", "images/", processor, LoaderOptions(), num_proc=8)
+    records, stats = checked_records("train.json", "images/", processor, LoaderOptions(), num_proc=8)
 
 A second run, a resume, or another process of the same job (`accelerator.main_process_first()`) reads the cached
 result in seconds; its skipped records are named again exactly as the first run named them.
@@ -65,8 +65,9 @@ def processor_fingerprint(processor) -> str:
 
 
 def checked_records(json_path, image_folder, processor, options, *, num_proc: int | None = None,
-                    cache_dir=None, log=print) -> tuple[datasets.Dataset, LoadStats, bool]:
-    """The records of `json_path` to keep (normalised), their `LoadStats`, and whether a cached check was reused.
+                    cache_dir=None, log=print) -> tuple[datasets.Dataset, LoadStats]:
+    """The records of `json_path` to keep (normalised) and their `LoadStats`; `log` says whether the check ran or
+    was reused.
 
     num_proc: processes checking records (None: the cores this process may use); cache_dir: where checks are
     kept (None: `default_cache_dir()`); log: where the one line saying what this step does goes.
@@ -79,12 +80,10 @@ def checked_records(json_path, image_folder, processor, options, *, num_proc: in
         start = time.perf_counter()
         write_folder(folder, lambda staging: _check(json_path, image_folder, processor, options, num_proc, staging))
         log(f"data: checked in {time.perf_counter() - start:.1f} s")
-        reused = False
     else:
         log(f"data: reusing the check of {json_path} kept in {folder}")
-        reused = True
     kept = datasets.load_from_disk(str(folder / KEPT)) if (folder / KEPT).is_dir() else _empty()
-    return kept, _replayed_stats(folder, kept.num_rows), reused
+    return kept, _replayed_stats(folder, kept.num_rows)
 
 
 def _check(json_path, image_folder, processor, options, num_proc: int, folder: Path) -> None:

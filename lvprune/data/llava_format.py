@@ -273,7 +273,7 @@ def load_llava_dataset(
     if streaming:
         source = datasets.IterableDataset.from_generator(records, features=RECORD_FEATURES)
         return source.map(encode, remove_columns=list(RECORD_FEATURES)), stats
-    table, stats, _ = checked_records(json_path, image_folder, processor, options, num_proc=num_proc,
+    table, stats = checked_records(json_path, image_folder, processor, options, num_proc=num_proc,
                                       cache_dir=cache_dir, log=log)
     if not len(table):
         raise NoRecords(f"{json_path}: no record to train on: {stats.summary()}. Check image_folder (image paths "
