@@ -14,16 +14,22 @@ PRUNED_SHADE = 0.25  # pruned patches keep this fraction of their brightness
 
 
 def plot_accuracy_vs_flops(rows: list[dict], path: str | Path) -> None:
-    """One labelled point per method: prefill TFLOPs (x) against exact-match accuracy (y)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for row in rows:
-        x, y = row["prefill_tflops"] * 1e3, row["accuracy"] * 100
-        ax.scatter(x, y, s=36, zorder=3)
-        ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("prefill GFLOPs (batch 1)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy against prefill compute")
-    ax.grid(True, alpha=0.3)
+    """Two panels, one marker per method: exact-match accuracy (y) against prefill GFLOPs and against the KV
+    cache held after the prefill, each as a fraction of the unpruned row's (x); a legend names the markers, since
+    methods that share a cost (PLPHP's prefill is the unpruned one) would hide each other's labels."""
+    base = next((r for r in rows if r["method"] == "unpruned"), rows[0])
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.2), sharey=True)
+    panels = (("prefill_tflops", "prefill FLOPs (% of unpruned)"), ("kv_cache_bytes", "KV cache (% of unpruned)"))
+    markers = "osD^vP*Xh<>"
+    for ax, (key, label) in zip(axes, panels):
+        for i, row in enumerate(rows):
+            ax.scatter(100 * row[key] / base[key], 100 * row["accuracy"], s=44, zorder=3, marker=markers[i % 11],
+                       label=row["method"])
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Accuracy against prefill compute and KV cache (per prompt)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
