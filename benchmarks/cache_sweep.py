@@ -13,7 +13,7 @@ At each vision budget f (the fraction of vision slots kept), the methods:
 - PLPHP, the paper's ranking by the last prompt token (rate r = f, Δr = 0.6 f, the reference base's α 0.886,
   β 0.678 from layer 0), with all prompt queries (`queries="all"`; and with Δr 0, one rate f in every layer as
   the kvpress rows keep), and a random choice at PLPHP's counts;
-- kvpress's scorers through `lvprune.integrations.kvpress` (kvpress's own `score`, every layer): restricted to
+- kvpress's scorers through `lvprune.methods.kvpress` (kvpress's own `score`, every layer): restricted to
   vision slots (compression ratio 1 − f), and as shipped (text competes; ratio set so the cache holds as many
   slots as the vision-only methods');
 - LVPruning ρ 0.5 (the shapes benchmark's trained pruner, ratios 0.5, 0.3, 0.1), alone and with PLPHP.
@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 import lvprune
-from lvprune import PLPHPConfig, backbones
+from lvprune import PLPHPPress, families
 from lvprune.bench.harness import load_base
-from lvprune.contract import cache_kwarg, output_cache
+from lvprune.core.contract import cache_kwarg, output_cache
 from lvprune.data.llava_format import load_image, model_inputs, to_messages
-from lvprune.settings import doc, parse
+from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.bench import DEFAULT_CACHE_DIR, ShapesBenchConfig, image_size, resolve
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 
@@ -56,7 +56,7 @@ class SweepConfig(ShapesBenchConfig):
 
 
 @dataclass(frozen=True)
-class RandomSlots(PLPHPConfig):
+class RandomSlots(PLPHPPress):
     """PLPHP's layer classes and counts, with a random choice of which vision slots each head keeps (torch's
     generator, seeded per question)."""
 
@@ -67,10 +67,10 @@ class RandomSlots(PLPHPConfig):
 def methods_at(budget: float, pruner) -> dict:
     """name -> setting builder at vision budget `budget`: `build(text, vision)` (the prompt's text and vision slot
     counts, which kvpress's ratio as shipped depends on) returns `lvprune.pruning`'s keyword arguments."""
-    from lvprune.integrations.kvpress import SCORERS, KVPressScorer, scorer
+    from lvprune.methods.kvpress import SCORERS, KVPressScorer, scorer
 
     label = {key: cls.removesuffix("Press") for key, (cls, _) in SCORERS.items()}
-    plphp = PLPHPConfig(r=budget, delta_r=round(0.6 * budget, 6), alpha=ALPHA, beta=BETA, start_layer=0)
+    plphp = PLPHPPress(r=budget, delta_r=round(0.6 * budget, 6), alpha=ALPHA, beta=BETA, start_layer=0)
     presses = {
         "PLPHP (paper: last query)": plphp,
         "PLPHP, all queries": dataclasses.replace(plphp, queries="all"),
@@ -186,7 +186,7 @@ def main(argv=None) -> None:
     config = SweepConfig(**{**args.__dict__, "base": resolved.base, "pruner": resolved.pruner})
     model, processor = load_base(config.base)
     pruner = lvprune.LVPrunerModel.from_pretrained(config.pruner).eval()
-    backbone = backbones.backbone_for(model.config)
+    backbone = families.backbone_for(model.config)
     records, folder = two_turn_split(config)
     image_token = model.config.image_token_id
     print(f"{len(records)} two-question records of {folder}; vision budgets {config.budgets}", flush=True)

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from lvprune.data import LlavaCollator, load_llava_dataset
-from lvprune.settings import build_parser, doc, parse
+from lvprune.utils.command_line import build_parser, doc, parse
 from lvprune_shapes.processor import build_processor
 
 LLAVA_MIX = 665_298  # records of llava_v1_5_mix665k.json

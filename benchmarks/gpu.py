@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from speed import measure_all, methods_for
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from speed import measure_all, methods_for
-
-from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig, pruning
-from lvprune.settings import build_parser, doc, parse
-from lvprune.testing import make_batch
+from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPPress, pruning
+from lvprune.families.tiny import make_batch
+from lvprune.utils.command_line import build_parser, doc, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "models" / "llava-1.5-7b"
@@ -95,7 +94,7 @@ def nothing_pruned_matches_stock(model, args) -> dict:
     greedy = dict(max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0,
                   suppress_tokens=[model.config.image_token_id])
     stock = model.generate(**batch, **greedy)
-    with pruning(model, pruner, keep_ratios=[1.0] * pruner.config.num_stages, plphp=PLPHPConfig(r=1.0, delta_r=0.0)):
+    with pruning(model, pruner, keep_ratios=[1.0] * pruner.config.num_stages, press=PLPHPPress(r=1.0, delta_r=0.0)):
         pruned = model.generate(**batch, **greedy)
     equal = bool(torch.equal(stock, pruned))
     print(f"nothing pruned, {args.dtype}: generate() {'equals' if equal else 'DIFFERS FROM'} the stock tokens "
@@ -120,7 +119,7 @@ def deepspeed_matches_plain(steps: int) -> dict:
     """ZeRO-2 and ZeRO-3 runs of the training script against the plain single-process run (CUDA only)."""
     if not torch.cuda.is_available():
         print("training under DeepSpeed: skipped, accelerate runs DeepSpeed on CUDA GPUs only "
-              "(lvprune.train refuses such a launch without CUDA)", flush=True)
+              "(lvprune.training refuses such a launch without CUDA)", flush=True)
         return {"skipped": "no CUDA"}
     with tempfile.TemporaryDirectory() as scratch:
         runs = {name: train_run(name, Path(scratch) / name, steps)

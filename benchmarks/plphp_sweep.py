@@ -3,7 +3,7 @@
     python benchmarks/plphp_sweep.py --pruner outputs/reference-pruner/final [--base DIR] [--test_records 500]
 
 For every first pruned layer L and the paper's (r, Δr) sweep, with the thresholds `alpha`/`beta` measured
-for that L (`lvprune.calibration.suggest_thresholds`), it runs PLPHP alone and on top of LVPruning at
+for that L (`lvprune.methods.plphp.suggest_thresholds`), it runs PLPHP alone and on top of LVPruning at
 ρ = 0.5 over the shapes test questions and prints accuracy and KV bytes (% of the unpruned cache), the way
 `lvprune bench` measures them. PLPHP's paper publishes neither L nor the thresholds; this is how the
 project picks them for a base.
@@ -19,10 +19,9 @@ import torch
 from lvprune.bench.harness import load_base, measure_method, test_split
 from lvprune.bench.methods import REFERENCE_RHO, Method, schedule
 from lvprune.bench.questions import load_questions, prompt_batches
-from lvprune.calibration import suggest_thresholds, vision_attention_profile
-from lvprune.modeling import LVPrunerModel
-from lvprune.plphp import PLPHPConfig
-from lvprune.settings import doc, parse
+from lvprune.methods.lvpruning.modules import LVPrunerModel
+from lvprune.methods.plphp import PLPHPPress, suggest_thresholds, vision_attention_profile
+from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.bench import ShapesBenchConfig, resolve
 
 PAPER_RATES = ((0.3, 0.3), (0.4, 0.3), (0.5, 0.3))
@@ -57,10 +56,10 @@ def main(argv=None) -> None:
     print("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for start, (r, delta_r), allocation in itertools.product(args.start_layers, PAPER_RATES, args.allocations):
         thresholds = suggest_thresholds(profile, start)
-        plphp = PLPHPConfig(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"],
+        plphp = PLPHPPress(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"],
                             start_layer=start, allocation=allocation)
         cells = []
-        for method in (Method("plphp", plphp=plphp), Method("both", pruner, tuple(schedule(REFERENCE_RHO)), plphp)):
+        for method in (Method("plphp", press=plphp), Method("both", pruner, tuple(schedule(REFERENCE_RHO)), plphp)):
             row = measure_method(method, model, processor, questions, config)
             cells += [f"{100 * row['accuracy']:.1f}", f"{row['kv_cache_bytes'] / unpruned['kv_cache_bytes']:.0%}"]
         print(f"| {start} | {plphp.alpha:.3f} | {plphp.beta:.3f} | {r} | {delta_r} | {allocation} | "

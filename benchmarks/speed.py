@@ -32,14 +32,14 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPConfig, pruning
+from lvprune import LVPrunerConfig, LVPrunerModel, PLPHPPress, pruning
 from lvprune.bench.methods import schedule
 from lvprune.bench.profile import SDPA_FORMULAS
-from lvprune.contract import cache_kwarg, cache_layers, decoder_layers, output_cache
-from lvprune.settings import build_parser, doc, parse
-from lvprune.testing import make_batch, tiny_llava
+from lvprune.core.contract import cache_kwarg, cache_layers, decoder_layers, output_cache
+from lvprune.families.tiny import make_batch, tiny_llava
+from lvprune.utils.command_line import build_parser, doc, parse
 
-PLPHP = PLPHPConfig(r=0.4, delta_r=0.3)
+PLPHP = PLPHPPress(r=0.4, delta_r=0.3)
 
 
 @dataclass
@@ -63,9 +63,9 @@ def methods_for(model) -> list[Method]:
     pruner.to(device=model.device, dtype=model.dtype)
     rows = [Method("stock")]
     rows += [Method(f"lvpruning-{rho:g}", dict(pruner=pruner, keep_ratios=schedule(rho))) for rho in (0.6, 0.5, 0.45)]
-    rows += [Method("plphp", dict(plphp=PLPHP)),
-             Method("plphp-batch", dict(plphp=replace(PLPHP, allocation="batch"))),
-             Method("lvpruning-0.5+plphp", dict(pruner=pruner, keep_ratios=schedule(0.5), plphp=PLPHP)),
+    rows += [Method("plphp", dict(press=PLPHP)),
+             Method("plphp-batch", dict(press=replace(PLPHP, allocation="batch"))),
+             Method("lvpruning-0.5+plphp", dict(pruner=pruner, keep_ratios=schedule(0.5), press=PLPHP)),
              Method("truncated", truncate_like="plphp")]
     return rows
 

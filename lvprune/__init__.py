@@ -1,36 +1,45 @@
-"""lvprune: vision-token pruning for vision-language models (the families of `lvprune.backbones`).
+"""lvprune: vision-token pruning for vision-language models (the families of `lvprune.families`).
 
-- LVPruning (trained, language-guided): `LVPrunerConfig`, `LVPrunerModel`, `LVPruningForTraining`, a
-  `StagePruner` (the base of stage pruners; the random and FastV baselines are others).
-- PLPHP (training-free, per-layer per-head KV pruning): `PLPHPConfig`, a `CachePress` (the base of cache presses).
-- Pruned decoding on a stock model: `load_pruned_model`, `pruning` (context manager), `unprune`.
-- Analytic cost of a configuration: `estimate_cost`; PLPHP threshold measurement: `vision_attention_profile`.
-- Training (`lvprune.train`), data in the LLaVA instruction format (`lvprune.data`), the benchmark (`lvprune.bench`).
+- `lvprune.core`: the pruning machinery on a stock model (hooks, attention, cache, stats); it runs a stage pruner
+  and/or a cache press and imports no method.
+- `lvprune.methods`: the methods, one file each, registered by name: LVPruning (trained, `LVPrunerConfig`,
+  `LVPrunerModel`, `LVPruningForTraining`), PLPHP (`PLPHPPress`), FastV, random, kvpress's scorers.
+- Pruned decoding: `load_pruned_model`, `pruning` (context manager), `Pruning`, `unprune`.
+- Analytic cost of a configuration: `estimate_cost`; PLPHP's thresholds on a model: `vision_attention_profile`.
+- The trainer (`lvprune.training`), data in the LLaVA instruction format (`lvprune.data`), the benchmark
+  (`lvprune.bench`), the Hub (`lvprune.hub`).
 """
 
-from .cache import PrunedCache
-from .calibration import suggest_thresholds, vision_attention_profile
-from .config import LVPrunerConfig
-from .flops import CostEstimate, PruningPlan, estimate_cost
-from .hub import model_card, push_folder, write_model_card
-from .inference import Pruning, load_pruned_model, pruning, unprune
-from .modeling import LVPrunerModel
-from .plphp import PLPHPConfig
-from .press import CachePress
-from .stage import StagePruner
-from .stats import LayerStats, PruningStats
-from .training import LVPruningForTraining, LVPruningOutput
+from lvprune import deprecated
+from lvprune.core.protocols import CachePress, StagePruner
+from lvprune.core.pruned_cache import PrunedCache
+from lvprune.core.pruning import Pruning, pruning, unprune
+from lvprune.core.stages import StageSchedule
+from lvprune.core.stats import LayerStats, PruningStats
+from lvprune.flops import CostEstimate, PruningPlan, estimate_cost
+from lvprune.hub import model_card, push_folder, write_model_card
+from lvprune.methods import METHODS, build
+from lvprune.methods.fastv import FastVPruner
+from lvprune.methods.lvpruning import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, LVPruningOutput
+from lvprune.methods.plphp import PLPHPPress, suggest_thresholds, vision_attention_profile
+from lvprune.methods.random_pruning import RandomPruner
+from lvprune.serving import load_pruned_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LVPrunerConfig",
     "LVPrunerModel",
     "LVPruningForTraining",
     "LVPruningOutput",
-    "PLPHPConfig",
+    "PLPHPPress",
+    "FastVPruner",
+    "RandomPruner",
+    "METHODS",
+    "build",
     "CachePress",
     "StagePruner",
+    "StageSchedule",
     "Pruning",
     "PrunedCache",
     "PruningStats",
@@ -47,3 +56,9 @@ __all__ = [
     "write_model_card",
     "push_folder",
 ]
+
+deprecated.install()
+
+
+def __getattr__(name: str):
+    return deprecated.renamed_attribute(__name__, name)

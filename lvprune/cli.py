@@ -4,8 +4,9 @@
         [--after_layers 1 8 16] [--plphp_r R --plphp_delta_r DR] [--plphp_start_layer 2] [--dtype_bytes 2] \
         [--image_size WxH]
     lvprune bench --out DIR --base DIR --pruner DIR --test_json FILE [--quick] [--KEY VALUE ...]
+    lvprune methods                       # the registered pruning methods, their kind, options and papers
 
-A command is a settings dataclass (its options: `lvprune.settings`, `--config FILE` included) and the function
+A command is a settings dataclass (its options: `lvprune.utils.command_line`, `--config FILE` included) and the function
 that runs it, one entry of `commands()`.
 """
 
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
-from .plphp import PLPHPOptions
-from .settings import build_parser as settings_parser, doc, parse
+from lvprune.methods.plphp import PLPHPOptions
+from lvprune.utils.command_line import build_parser as settings_parser
+from lvprune.utils.command_line import doc, parse
 
 PAPER_AFTER_LAYERS = (1, 8, 16)
 
@@ -48,7 +51,14 @@ class FlopsConfig(PLPHPOptions):
             raise ValueError(f"keep_ratios={self.keep_ratios} must each be in (0, 1].")
         if self.image_size is not None:
             image_size(self.image_size)
-        self.plphp_config()  # checks the PLPHP fields
+        self.plphp_press()  # checks the PLPHP fields
+
+
+@dataclass
+class MethodsConfig:
+    """The pruning methods lvprune registers (lvprune.methods), one line each: name, kind (a stage pruner removes
+    vision rows after chosen layers; a cache press drops vision slots per KV head after the prefill), options with
+    their defaults, and the paper."""
 
 
 class Command(NamedTuple):
@@ -67,12 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def commands() -> dict[str, Command]:
-    from .bench.cli import run_bench  # the harness itself imports lazily
-    from .bench.config import BenchConfig
+    from lvprune.bench.cli import run_bench  # the harness itself imports lazily
+    from lvprune.bench.config import BenchConfig
 
     return {"flops": Command(FlopsConfig, _run_flops, "analytic prefill TFLOPs and KV-cache bytes, pruned and "
                              "unpruned, as JSON"),
-            "bench": Command(BenchConfig, run_bench, "benchmark the pruning methods side by side")}
+            "bench": Command(BenchConfig, run_bench, "benchmark the pruning methods side by side"),
+            "methods": Command(MethodsConfig, _run_methods, "list the registered pruning methods (lvprune.methods)")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,6 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
 
 
+# ----------------------------------------------------------------------------- methods
+
+
+def _run_methods(config: MethodsConfig) -> int:
+    from lvprune.methods import METHODS
+
+    kinds = {"stage": "stage pruner", "press": "cache press"}
+    for method in METHODS.values():
+        options = " ".join(f"{name}={'(required)' if default is inspect.Parameter.empty else default}"
+                           for name, default in method.options().items())
+        print(f"{method.name:10} {kinds[method.kind]:12} {method.summary}")
+        print(f"{'':23} options: {options or 'none'}" + (f"; paper: {method.paper}" if method.paper else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------- flops
 
 
@@ -98,7 +124,7 @@ def _run_flops(config: FlopsConfig) -> int:
 
     if config.model_dir is None:
         raise ValueError("--model_dir is required: the folder holding the model's config.json.")
-    plphp = config.plphp_config()
+    plphp = config.plphp_press()
     estimate = estimate_cost(
         _load_config(config.model_dir),
         images=config.images,

@@ -3,7 +3,7 @@
 A multiply-add is 2 FLOPs. Only matrix products are counted (linear layers, the patch
 convolution, attention scores and weighted values), as ``torch.utils.flop_counter.FlopCounterMode``
 does; norms, activations, softmax, RoPE, biases and the resampling of features are well under 1%
-of the total. The families are told apart by ``config.model_type`` (``lvprune.backbones``);
+of the total. The families are told apart by ``config.model_type`` (``lvprune.families``);
 what differs between them is the image side: how many vision tokens one image of a given size
 becomes (``image_input``) and what encoding it costs. The language model (any
 ``config.get_text_config()``), the decision modules and the KV cache are counted alike for all.
@@ -86,9 +86,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import check_stages
-from .decisions import keep_counts
-from .plphp import ceil_count
+from lvprune.core.selection import ceil_count, keep_counts
+from lvprune.core.stages import check_stages
 
 DECISION_BLOCKS = 2
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -104,7 +103,7 @@ class PruningPlan:
     keep_ratios: cumulative fraction of all vision tokens kept after each stage, in (0, 1],
         non-increasing (a pruned token never comes back).
     plphp: ``(r, delta_r)`` or None; ``r`` in [0, 1], ``delta_r`` >= 0.
-    plphp_start_layer: first 0-based decoder layer whose KV cache PLPHP prunes (as `PLPHPConfig.start_layer`).
+    plphp_start_layer: first 0-based decoder layer whose KV cache PLPHP prunes (as `PLPHPPress.start_layer`).
     """
 
     after_layers: tuple[int, ...] = ()
@@ -190,9 +189,9 @@ class VisionInput:
 
 
 def backbone(config: Any):
-    """The family of ``config`` (``lvprune.backbones``), which knows its vision tokens and their cost; a
+    """The family of ``config`` (``lvprune.families``), which knows its vision tokens and their cost; a
     ValueError listing the supported families for any other config."""
-    from .backbones import backbone_for
+    from lvprune.families import backbone_for
 
     if not hasattr(config, "vision_config"):
         raise ValueError(f"{type(config).__name__} is not a LLaVA config nor another supported vision-language "
@@ -202,7 +201,7 @@ def backbone(config: Any):
 
 
 def supported_model_types() -> list[str]:
-    from .backbones import supported
+    from lvprune.families import supported
 
     return sorted(supported())
 
@@ -404,7 +403,7 @@ def estimate_cost(
     dtype_bytes: int | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> CostEstimate:
-    """Prefill FLOPs and KV-cache bytes of one sample on a config of a supported family (``lvprune.backbones``).
+    """Prefill FLOPs and KV-cache bytes of one sample on a config of a supported family (``lvprune.families``).
 
     ``images`` images of ``image_size`` ``(height, width)`` each (default ``default_image_size``;
     LLaVA-1.5 sees any image as its one 336px tile) and ``text_tokens`` other prompt tokens.

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from lvprune.backbones import supported
-from lvprune.files import write_folder
-from lvprune_shapes.processor import build_family_processor, build_processor
+from lvprune.families import supported
+from lvprune.families.tiny import tiny_llava
+from lvprune.utils.atomic_files import write_folder
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
-from lvprune.testing import tiny_llava
+from lvprune_shapes.processor import build_family_processor, build_processor
 
 TINY_IMAGE_SIZE = 32  # 8 x 8 patches of 4 pixels: 64 vision tokens per image
 TINY_PATCH_SIZE = 4
@@ -92,5 +92,5 @@ def materialise_shapes(assets_dir, num_samples: int, seed: int = 0) -> tuple[Pat
 
 
 def _materialise(target: Path, write) -> Path:
-    """`target`, written by `write(folder)` on first use (atomically: `lvprune.files.write_folder`)."""
+    """`target`, written by `write(folder)` on first use (atomically: `lvprune.utils.atomic_files.write_folder`)."""
     return target if target.is_dir() else write_folder(target, write)

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvprune.bench import BenchConfig
-from lvprune.settings import doc, parse
-
-from .bench_pruner import FULL, QUICK, bench_pruner
-from .dataset import ShapesConfig, make_shapes_dataset
-from .reference import reference_base
+from lvprune.utils.command_line import doc, parse
+from lvprune_shapes.bench_pruner import FULL, QUICK, bench_pruner
+from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
+from lvprune_shapes.reference import reference_base
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lvprune"
 

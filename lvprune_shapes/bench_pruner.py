@@ -1,4 +1,4 @@
-"""A pruner for the shapes benchmark when none is given: `lvprune.train` on the shapes training split, cached.
+"""A pruner for the shapes benchmark when none is given: `lvprune.training` on the shapes training split, cached.
 
 The base stays frozen; only the decision modules learn (paper §3), with the ratio loss pulling each stage's
 kept fraction to its target. The cached folder's name is a digest of the base's weights and the training
@@ -14,10 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lvprune.files import write_folder
-from lvprune.train import TrainConfig, train
-
-from .dataset import ShapesConfig, make_shapes_dataset
+from lvprune.training import TrainConfig, train
+from lvprune.utils.atomic_files import write_folder
+from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lvprune" / "bench-pruners"
 # The main job's recipe (configs/default.yaml): 600 steps of 8 on 4800 single-question records.
@@ -37,7 +36,7 @@ def training_config(base_dir: Path, data: tuple[Path, Path], output_dir: Path, *
 def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_size: int, image_size: int,
                  cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     """The folder of a pruner trained on the base at `base_dir`: from the cache if there, else trained now
-    (a few minutes for the reference base) through `lvprune.train` and saved there."""
+    (a few minutes for the reference base) through `lvprune.training` and saved there."""
     base_dir = Path(base_dir)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
     recipe = training_config(base_dir, (Path("train.json"), Path(".")), Path("run"),

@@ -1,4 +1,4 @@
-"""The main job (`make demo`, `accelerate launch train/train.py`): `lvprune.train` with the shapes world's names,
+"""The main job (`make demo`, `accelerate launch train/train.py`): `lvprune.training` with the shapes world's names,
 then the benchmark of the exported pruner.
 
 `JobConfig` is `TrainConfig` plus what only this job has: the names `tiny-random[-<model_type>]` and `reference`
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lvprune.plphp import PLPHPOptions
-from lvprune.settings import doc
-from lvprune.train import TrainConfig
-from lvprune.train import main as train_main
+from lvprune.methods.plphp import PLPHPOptions
+from lvprune.training import TrainConfig
+from lvprune.training import main as train_main
+from lvprune.utils.command_line import doc
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 TINY_RANDOM = "tiny-random"
@@ -48,7 +48,7 @@ class JobConfig(TrainConfig, PLPHPOptions):
         super().check()
         if self.synthetic_samples < 0:
             raise ValueError(f"synthetic_samples={self.synthetic_samples} must be >= 0.")
-        self.plphp_config()  # checks the PLPHP fields (the benchmark's plphp rows)
+        self.plphp_press()  # checks the PLPHP fields (the benchmark's plphp rows)
         tiny_family(self.base_model)
 
 
@@ -58,7 +58,7 @@ def tiny_family(base_model: str) -> str | None:
         return "llava"
     if not base_model.startswith(TINY_RANDOM + "-"):
         return None
-    from lvprune.backbones import supported
+    from lvprune.families import supported
 
     family = base_model[len(TINY_RANDOM) + 1:]
     if family not in supported():
@@ -69,8 +69,8 @@ def tiny_family(base_model: str) -> str | None:
 
 def prepare(config: JobConfig, accelerator) -> JobConfig:
     """The config with the shapes world's names made into folders (run by the main process first)."""
-    from .assets import materialise_shapes, materialise_tiny_base
-    from .reference import reference_base
+    from lvprune_shapes.assets import materialise_shapes, materialise_tiny_base
+    from lvprune_shapes.reference import reference_base
 
     changes = {}
     if (family := tiny_family(config.base_model)) is not None:
@@ -88,7 +88,7 @@ def after_export(config: JobConfig, accelerator, base_name: str, final: Path) ->
     if config.evaluate == "none":
         return
     if accelerator.is_main_process:
-        from .bench import ShapesBenchConfig, run
+        from lvprune_shapes.bench import ShapesBenchConfig, run
 
         out = Path(config.output_dir) / "bench"
         accelerator.print("benchmarking the base and the exported pruner against the other methods"
@@ -101,7 +101,7 @@ def after_export(config: JobConfig, accelerator, base_name: str, final: Path) ->
 
 def parse_job_config(argv=None) -> JobConfig:
     """The job's settings: `JobConfig` defaults <- `--config` (else `configs/default.yaml`) <- `--key value`."""
-    from lvprune.train import parse_config
+    from lvprune.training import parse_config
 
     return parse_config(argv, JobConfig, DEFAULT_CONFIG, prog="train/train.py")
 

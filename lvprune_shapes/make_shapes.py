@@ -12,9 +12,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from lvprune.settings import doc, parse
-
-from .dataset import QUESTION_TYPES, ShapesConfig, make_shapes_dataset
+from lvprune.utils.command_line import doc, parse
+from lvprune_shapes.dataset import QUESTION_TYPES, ShapesConfig, make_shapes_dataset
 
 
 @dataclass

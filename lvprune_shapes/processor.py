@@ -27,8 +27,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from lvprune.backbones.llava import CHAT_TEMPLATE
-from .dataset import vocabulary as shapes_vocabulary
+from lvprune.families.llava import CHAT_TEMPLATE
+from lvprune_shapes.dataset import vocabulary as shapes_vocabulary
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)
@@ -170,15 +170,15 @@ TEMPLATE_TEXT = ("user", "assistant", "system", "You", "are", "a", "helpful")
 
 
 def build_family_processor(model_type: str, words=None):
-    """The stock processor of family `model_type` (`lvprune.backbones`) over the closed vocabulary, sized for the
+    """The stock processor of family `model_type` (`lvprune.families`) over the closed vocabulary, sized for the
     family's tiny config (`Backbone.tiny_config`) and using the family's training chat template.
 
     Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision and InternVL processors hold a video processor, which needs torchvision.
     """
     import transformers
 
-    from lvprune.backbones import supported
-    from lvprune.backbones.llava_next import TINY_PINPOINTS
+    from lvprune.families import supported
+    from lvprune.families.llava_next import TINY_PINPOINTS
 
     if model_type == "llava":
         return build_processor()

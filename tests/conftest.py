@@ -11,15 +11,14 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="lvprune-test
 
 import pytest
 import torch
-
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import lvprune
-from lvprune.backbones import backbone_for
 from lvprune import LVPrunerConfig, LVPrunerModel, LVPruningForTraining
-from lvprune.testing import make_batch, tiny_llava
+from lvprune.families import backbone_for
+from lvprune.families.tiny import make_batch, tiny_llava
 
 # Tiny models: one thread avoids scheduling overhead that dominates at these sizes on 2 cores.
 torch.set_num_threads(1)

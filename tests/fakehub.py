@@ -18,10 +18,10 @@ import base64
 import json
 import re
 import threading
-
-import yaml
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import yaml
 
 HOST = "127.0.0.1"
 _PREUPLOAD = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$")

@@ -15,8 +15,8 @@ from lvprune.bench import METHOD_NAMES, RESULT_FIELDS
 from lvprune.bench.metrics import chance_accuracy, exact_match, yes_no_f1
 from lvprune.bench.profile import prefill_flops
 from lvprune.bench.questions import load_questions, single_prompt
-from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 from lvprune_shapes.bench import main
+from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 from lvprune_shapes.reference import ReferenceConfig, load_reference, reference_base
 
 TINY = ReferenceConfig(image_size=24, patch_size=4, vision_hidden_size=16, vision_layers=1, vision_heads=2,
@@ -96,15 +96,15 @@ def test_metrics_by_hand():
 
 def test_the_plphp_rows_take_the_named_plphp_fields():
     from lvprune.bench import BenchConfig
-    from lvprune.plphp import PLPHPConfig
-    from lvprune.settings import parse
+    from lvprune.methods.plphp import PLPHPPress
+    from lvprune.utils.command_line import parse
 
-    assert BenchConfig().plphp_rows() == PLPHPConfig()
+    assert BenchConfig().plphp_rows() == PLPHPPress()
     config = parse(BenchConfig, ["--plphp_r", "0.3", "--plphp_delta_r", "0.3", "--plphp_alpha", "0.6",
                                  "--plphp_beta", "0.25", "--plphp_start_layer", "0", "--plphp_queries", "all"])
-    assert config.plphp_rows() == PLPHPConfig(r=0.3, delta_r=0.3, alpha=0.6, beta=0.25, start_layer=0,
+    assert config.plphp_rows() == PLPHPPress(r=0.3, delta_r=0.3, alpha=0.6, beta=0.25, start_layer=0,
                                               queries="all")
-    assert BenchConfig(plphp_r=0.3).plphp_rows() == PLPHPConfig(r=0.3)  # the rest default
+    assert BenchConfig(plphp_r=0.3).plphp_rows() == PLPHPPress(r=0.3)  # the rest default
     with pytest.raises(ValueError, match="beta"):
         BenchConfig(plphp_alpha=0.2, plphp_beta=0.6)
 

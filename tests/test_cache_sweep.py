@@ -14,9 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cache_sweep  # noqa: E402
 from kvpress import SnapKVPress  # noqa: E402
 
-from lvprune import PLPHPConfig, backbones  # noqa: E402
+from lvprune import (
+    PLPHPPress,  # noqa: E402
+    families,
+)
 from lvprune.bench.harness import load_base  # noqa: E402
-from lvprune.integrations.kvpress import KVPressScorer  # noqa: E402
+from lvprune.methods.kvpress import KVPressScorer  # noqa: E402
 from lvprune_shapes.reference.cache import SHIPPED_DIR  # noqa: E402
 
 
@@ -35,8 +38,8 @@ def reference():
 @pytest.mark.parametrize("case", cache_sweep.CASES)
 def test_protocols_answer_as_the_stock_model_on_the_whole_prompt(reference, records, case):
     model, processor = reference
-    tokenizer, backbone = processor.tokenizer, backbones.backbone_for(model.config)
-    keep_all = [PLPHPConfig(r=1.0, delta_r=0.0, start_layer=0),
+    tokenizer, backbone = processor.tokenizer, families.backbone_for(model.config)
+    keep_all = [PLPHPPress(r=1.0, delta_r=0.0, start_layer=0),
                 KVPressScorer(SnapKVPress(compression_ratio=0.0, window_size=4), scope="all")]
     for record in records[0]:
         prefix, ids, pixels, expected = cache_sweep.case_inputs(record, records[1], case, processor, backbone,

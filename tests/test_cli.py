@@ -1,5 +1,5 @@
 """The command lines: `lvprune` dispatches to its commands; every entry point's options come from its settings
-dataclass (`lvprune.settings`, transformers' HfArgumentParser): typed, choices listed, and a bad command line
+dataclass (`lvprune.utils.command_line`, transformers' HfArgumentParser): typed, choices listed, and a bad command line
 exits 2 with one line naming the option."""
 
 import re
@@ -8,7 +8,7 @@ import pytest
 
 from lvprune import cli
 from lvprune.bench import BenchConfig
-from lvprune.settings import build_parser, parse
+from lvprune.utils.command_line import build_parser, parse
 from lvprune_shapes.make_shapes import MakeShapesConfig
 
 

@@ -1,15 +1,15 @@
-"""lvprune.contract: the names lvprune reads from transformers, checked against the installed release."""
+"""lvprune.core.contract: the names lvprune reads from transformers, checked against the installed release."""
 
 import inspect
 
 import pytest
 import torch
+from conftest import assert_close
 
 import lvprune
-from lvprune import PLPHPConfig, contract
-from lvprune.cache import PrunedCache
-
-from conftest import assert_close
+from lvprune import PLPHPPress
+from lvprune.core import contract
+from lvprune.core.pruned_cache import PrunedCache
 
 
 def test_cache_keyword_is_the_one_forward_takes(base):
@@ -34,7 +34,7 @@ def test_generate_fills_the_pruned_cache_with_nothing_pruned(stock, base, mixed_
     """The cache generate() hands over is replaced by lvprune's, and that one is what the layers fill."""
     with torch.no_grad():
         reference = contract.output_cache(stock(**mixed_batch, use_cache=True))
-        with lvprune.pruning(base, plphp=None):
+        with lvprune.pruning(base, press=None):
             out = base(**mixed_batch, use_cache=True)
             stats = base.pruning_stats
     cache = contract.output_cache(out)
@@ -64,20 +64,20 @@ def test_pruned_decode_by_hand_takes_either_keyword(stock, base, mixed_batch, na
     with torch.no_grad():
         reference = decode(stock, mixed_batch, contract.cache_kwarg(stock))
         # r=1 keeps every vision token: PLPHP runs its whole path yet must change nothing.
-        with lvprune.pruning(base, plphp=PLPHPConfig(r=1.0, delta_r=0.0, start_layer=0)):
+        with lvprune.pruning(base, press=PLPHPPress(r=1.0, delta_r=0.0, start_layer=0)):
             pruned = decode(base, mixed_batch, name)
             assert base.pruning_stats.kv_cache_bytes == base.pruning_stats.kv_cache_bytes_unpruned > 0
     assert_close(pruned, reference, 1e-5, "decode logits")
 
 
 def test_a_supported_family_configured_with_sliding_windows_is_refused(base):
-    """Gemma 3 and unknown families are refused by the backbone registry (test_backbones.py); a family lvprune
+    """Gemma 3 and unknown families are refused by the backbone registry (test_methods_families.py); a family lvprune
     supports is refused too when its text config asks for windows lvprune's masks would not draw."""
-    from lvprune.testing import tiny_llava
+    from lvprune.families.tiny import tiny_llava
 
     windowed = tiny_llava(seed=0)
     text = windowed.config.text_config
     text.use_sliding_window, text.sliding_window = True, 16  # as a Mistral or Qwen2 text model may have it
     with pytest.raises(ValueError, match="sliding-window attention"):
-        lvprune.Pruning(windowed, plphp=PLPHPConfig(start_layer=0))
-    assert lvprune.contract.unsupported_attention(base) is None
+        lvprune.Pruning(windowed, press=PLPHPPress(start_layer=0))
+    assert lvprune.core.contract.unsupported_attention(base) is None

@@ -7,12 +7,11 @@ import logging
 import os
 
 import pytest
+from test_data_llava_format import BAD, GOOD, folder  # noqa: F401  (the module-scoped image folder)
 
 from lvprune.data import llava_format
 from lvprune.data.llava_format import load_llava_dataset
 from lvprune_shapes.processor import build_processor
-
-from test_data_llava_format import BAD, GOOD, folder  # noqa: F401  (the module-scoped image folder)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from lvprune.data.llava_format import IGNORE_INDEX, encode_record, load_llava_dataset, prompt_length
-from lvprune_shapes.processor import build_processor
 from lvprune.data.records import NoRecords, normalize_record
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
+from lvprune_shapes.processor import build_processor
 
 RUN = "<image>" * 576
 

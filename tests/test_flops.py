@@ -21,7 +21,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
 import pytest
 import torch
 from torch import nn
@@ -47,6 +46,9 @@ from transformers.models.pixtral.image_processing_pil_pixtral import get_resize_
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
 from lvprune import cli
+from lvprune.families.internvl import internvl_tiles
+from lvprune.families.mistral3 import PIXTRAL_LONGEST_EDGE, pixtral_token_grid
+from lvprune.families.qwen2_vl import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, qwen_patch_grid
 from lvprune.flops import (
     decision_module_flops,
     estimate_cost,
@@ -55,11 +57,6 @@ from lvprune.flops import (
     vision_layers_used,
     vision_tokens_per_image,
 )
-from lvprune.backbones.internvl import internvl_tiles
-from lvprune.backbones.mistral3 import PIXTRAL_LONGEST_EDGE, pixtral_token_grid
-from lvprune.backbones.qwen2_vl import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, qwen_patch_grid
-
-
 
 MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 LLAVA_7B = MODELS / "llava-1.5-7b"

@@ -1,4 +1,4 @@
-"""kvpress's scorers as lvprune presses (lvprune.integrations.kvpress): the slots kept are the ones kvpress's own
+"""kvpress's scorers as lvprune presses (lvprune.methods.kvpress): the slots kept are the ones kvpress's own
 `score` ranks highest on the stock model's layers, and decoding from the pressed cache equals the per-head
 masked reference."""
 
@@ -6,14 +6,20 @@ import pytest
 import torch
 
 pytest.importorskip("kvpress")
-from kvpress import ExpectedAttentionPress, KnormPress, ObservedAttentionPress, SnapKVPress, StreamingLLMPress, TOVAPress
+from conftest import assert_equals_per_head_reference
+from kvpress import (
+    ExpectedAttentionPress,
+    KnormPress,
+    ObservedAttentionPress,
+    SnapKVPress,
+    StreamingLLMPress,
+    TOVAPress,
+)
 
 from lvprune import unprune
-from lvprune.contract import attention_module, decoder_layers, rotary_embedding
-from lvprune.integrations.kvpress import KVPressScorer, _WithRotary, scorer
-from lvprune.testing import make_batch
-
-from conftest import assert_equals_per_head_reference
+from lvprune.core.contract import attention_module, decoder_layers, rotary_embedding
+from lvprune.families.tiny import make_batch
+from lvprune.methods.kvpress import KVPressScorer, _WithRotary, scorer
 
 SCORERS = {
     "knorm": lambda ratio: KnormPress(compression_ratio=ratio),

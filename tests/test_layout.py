@@ -38,7 +38,7 @@ def loaded_after(statement: str) -> set[str]:
 
 
 def test_the_library_runs_without_the_demo_world_and_its_core_without_the_extras():
-    everything = loaded_after("import lvprune, lvprune.train, lvprune.bench.harness, lvprune.flops, lvprune.cli")
+    everything = loaded_after("import lvprune, lvprune.training, lvprune.bench.harness, lvprune.flops, lvprune.cli")
     assert DEMO not in everything
     core = loaded_after("import lvprune")
     assert not core & {"matplotlib", "torchmetrics", "tensorboard", DEMO}
@@ -47,8 +47,8 @@ def test_the_library_runs_without_the_demo_world_and_its_core_without_the_extras
 def test_the_declared_lower_bounds_are_the_oldest_set_ci_installs():
     """pyproject.toml's `>=` bounds (core and the extras CI installs) equal constraints-oldest.txt's pins."""
     import re
-    import tomllib
 
+    import tomllib
     from packaging.version import Version
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -67,3 +67,61 @@ def test_the_declared_lower_bounds_are_the_oldest_set_ci_installs():
     pinned = {canonical(name): version for name, version in (line.split("==") for line in lines if line)}
     assert pinned == {name: pinned.get(name) for name in declared}, "a pin without a declared bound"
     assert {name: Version(pinned[name]) for name in declared} == {name: Version(b) for name, b in declared.items()}
+
+
+# ------------------------------------------------------------------------------ one folder per concern
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The lvprune modules `path` imports when it is imported (not the imports inside functions)."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:
+        for inner in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(inner, ast.Import):
+                names.update(alias.name for alias in inner.names)
+            elif isinstance(inner, ast.ImportFrom) and inner.module and not inner.level:
+                names.add(inner.module)
+                names.update(f"{inner.module}.{alias.name}" for alias in inner.names)
+    return {name for name in names if name.split(".")[0] == "lvprune"}
+
+
+def module_path(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_the_core_imports_no_method_even_through_another_module():
+    """Everything `lvprune.core` imports, and what that imports, stays out of `lvprune.methods` (and out of the
+    trainer, the data and the benchmark)."""
+    seen, todo = set(), [f"lvprune.core.{path.stem}" for path in (ROOT / "lvprune" / "core").glob("*.py")]
+    while todo:
+        name = todo.pop()
+        path = module_path(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        todo += [n for n in module_level_imports(path) if n != "lvprune"]  # `lvprune` itself is the public API
+    reached = {name for name in seen if module_path(name) is not None}
+    assert {"lvprune.core.pruning", "lvprune.families", "lvprune.core.contract"} <= reached
+    assert not {n for n in reached if n.split(".")[1] in ("methods", "training", "data", "bench")}, sorted(reached)
+
+
+def test_every_method_file_is_registered_by_name():
+    from lvprune.methods import METHODS
+
+    files = {f"lvprune.methods.{path.stem}" for path in (ROOT / "lvprune" / "methods").glob("*.py")}
+    files |= {f"lvprune.methods.{path.parent.name}" for path in (ROOT / "lvprune" / "methods").glob("*/__init__.py")}
+    assert {method.module for method in METHODS.values()} == files - {"lvprune.methods.__init__"}
+    assert {name: method.kind for name, method in METHODS.items()} == {
+        "lvpruning": "stage", "random": "stage", "fastv": "stage", "plphp": "press", "kvpress": "press"}
+
+
+def test_the_top_level_holds_folders_and_a_few_entry_points():
+    modules = sorted(path.name for path in (ROOT / "lvprune").glob("*.py"))
+    assert modules == ["__init__.py", "cli.py", "deprecated.py", "flops.py", "hub.py", "serving.py"]
+    folders = sorted(path.name for path in (ROOT / "lvprune").iterdir() if (path / "__init__.py").is_file())
+    assert folders == ["bench", "core", "data", "families", "integrations", "methods", "training", "utils"]

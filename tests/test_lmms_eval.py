@@ -86,7 +86,7 @@ def test_lmms_eval_scores_what_lvprune_scores(world):
     from lvprune.integrations.lmms_eval import parse_plphp, parse_ratios
 
     model = load_pruned_model(world["base"], world["pruner"], keep_ratios=parse_ratios(SETTING["keep_ratios"]),
-                              plphp=parse_plphp({k: v for k, v in SETTING.items() if k.startswith("plphp_")}),
+                              press=parse_plphp({k: v for k, v in SETTING.items() if k.startswith("plphp_")}),
                               dtype=torch.float32)
     _, processor = load_reference(world["base"])
     questions = load_questions(world["test"], world["images"])
@@ -144,3 +144,28 @@ def test_loglikelihood_is_the_masked_training_forwards(world):
             assert greedy == bool((out.logits[0, n_prompt - 1:-1].argmax(-1) == full["input_ids"][0, n_prompt:]).all())
     finally:
         trainer.detach()
+
+
+def test_model_args_name_any_registered_method():
+    """`method=` / `press=` build registered methods from their `NAME_option` args; mistakes are refused."""
+    from lvprune import FastVPruner, PLPHPPress
+    from lvprune.families.tiny import tiny_llava
+    from lvprune.integrations.lmms_eval import parse_methods
+
+    config = tiny_llava(seed=0).config
+    stage, press = parse_methods(config, None, "fastv", "plphp", {"fastv_keep_ratio": "0.25", "plphp_r": "0.5"})
+    assert isinstance(stage, FastVPruner) and stage.config.keep_ratios == (0.25,)
+    assert press == PLPHPPress(r=0.5)
+    stage, press = parse_methods(config, None, "random", None, {"random_seed": "4"})
+    assert stage.seed == 4 and press is None
+    assert parse_methods(config, None, None, "plphp", {}) == (None, PLPHPPress())
+    with pytest.raises(ValueError, match="pass it as press=plphp"):
+        parse_methods(config, None, "plphp", None, {})
+    with pytest.raises(ValueError, match="pruner= .* or method=fastv, not both"):
+        parse_methods(config, "me/pruner", "fastv", None, {})
+    with pytest.raises(ValueError, match="fastv takes no option 'ratio'"):
+        parse_methods(config, None, "fastv", None, {"fastv_ratio": "0.2"})
+    with pytest.raises(ValueError, match="unknown fastv_keep_ratio"):
+        parse_methods(config, None, None, None, {"fastv_keep_ratio": "0.2"})
+    with pytest.raises(ValueError, match="unknown pruning method 'h2o'"):
+        parse_methods(config, None, "h2o", None, {})

@@ -22,7 +22,7 @@ def test_serving_snippet_runs_as_written(capsys):
 
 def test_supported_models_table_lists_every_registered_family():
     """The README's table has one row per family in the registry, naming a model of its `tested_with`."""
-    from lvprune.backbones import supported
+    from lvprune.families import supported
 
     section = README.read_text().split("## Supported models", 1)[1].split("\n## ", 1)[0]
     rows = {cells[1]: cells for cells in (line.split(" | ") for line in section.splitlines()

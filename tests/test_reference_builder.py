@@ -8,9 +8,8 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from lvprune_shapes.processor import build_processor
 from lvprune_shapes.dataset import COLOURS, NUMBERS, POSITIONS
-from lvprune_shapes.reference.cache import CHECKSUMS, verify_checksums
+from lvprune_shapes.processor import build_processor
 from lvprune_shapes.reference import (
     REPORT_FILE,
     GroundingProbe,
@@ -24,6 +23,7 @@ from lvprune_shapes.reference import (
     reference_base,
     reference_loss,
 )
+from lvprune_shapes.reference.cache import CHECKSUMS, verify_checksums
 
 TINY = ReferenceConfig(image_size=24, patch_size=4, vision_hidden_size=16, vision_layers=1, vision_heads=2,
                        hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, train_records=8, test_records=8,

@@ -8,9 +8,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import lvprune
-from lvprune import PLPHPConfig
-from lvprune.contract import cache_kwarg, output_cache
-from lvprune.testing import make_batch
+from lvprune import PLPHPPress
+from lvprune.core.contract import cache_kwarg, output_cache
+from lvprune.families.tiny import make_batch
 
 
 def count_syncs(fn, monkeypatch) -> int:
@@ -38,12 +38,12 @@ def prefill_and_decode_syncs(model, batch, monkeypatch) -> tuple[int, int]:
 def test_pruned_calls_add_at_most_one_sync_per_stage_and_plphp_layer(stock, base, pruner, monkeypatch, padded, method):
     images, lengths = ([1, 2, 0], [5, 7, 6]) if padded else ([1, 1], [7, 7])
     batch = make_batch(base.config, images, lengths, seed=8)
-    plphp = PLPHPConfig(r=0.4, delta_r=0.3, start_layer=1)
-    kwargs = {"plphp": dict(plphp=plphp), "lvpruning": dict(pruner=pruner), "both": dict(pruner=pruner, plphp=plphp)}
+    plphp = PLPHPPress(r=0.4, delta_r=0.3, start_layer=1)
+    kwargs = {"plphp": dict(press=plphp), "lvpruning": dict(pruner=pruner), "both": dict(pruner=pruner, press=plphp)}
     stock_prefill, stock_decode = prefill_and_decode_syncs(stock, batch, monkeypatch)
     with lvprune.pruning(base, **kwargs[method]):
         prefill, decode = prefill_and_decode_syncs(base, batch, monkeypatch)
     stages = pruner.config.num_stages if "pruner" in kwargs[method] else 0
-    plphp_layers = len(lvprune.contract.decoder_layers(base)) - plphp.start_layer if "plphp" in kwargs[method] else 0
+    plphp_layers = len(lvprune.core.contract.decoder_layers(base)) - plphp.start_layer if "press" in kwargs[method] else 0
     assert decode <= stock_decode, f"decode: {decode} syncs, stock {stock_decode}"
     assert prefill <= stock_prefill + stages + plphp_layers, f"prefill: {prefill} syncs, stock {stock_prefill}"

@@ -3,9 +3,9 @@
     lvprune bench --out DIR --base BASE --pruner PRUNER --test_json test.json    # or python -m lvprune.bench
 """
 
-from .cli import main, run_bench
-from .config import BenchConfig
-from .methods import METHOD_NAMES
-from .report import RESULT_FIELDS
+from lvprune.bench.cli import main, run_bench
+from lvprune.bench.config import BenchConfig
+from lvprune.bench.methods import METHOD_NAMES
+from lvprune.bench.report import RESULT_FIELDS
 
 __all__ = ["METHOD_NAMES", "RESULT_FIELDS", "BenchConfig", "main", "run_bench"]

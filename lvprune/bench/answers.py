@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..backbones import backbone_for
-from .questions import Question, prompt_batches
+from lvprune.bench.questions import Question, prompt_batches
+from lvprune.families import backbone_for
 
 MAX_NEW_TOKENS = 8  # short answers: the longest shapes one ("in the northwest") is 5 word-level tokens plus </s>
 

@@ -1,6 +1,6 @@
 """The `bench` command: `lvprune bench --out DIR --base B --pruner P --test_json T` (or `python -m lvprune.bench`).
 
-Its options are `BenchConfig`'s fields (`--config FILE` reads them from YAML, `lvprune.settings`); `run_bench(config)`
+Its options are `BenchConfig`'s fields (`--config FILE` reads them from YAML, `lvprune.utils.command_line`); `run_bench(config)`
 runs it.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..settings import build_parser, parse
-from .config import BenchConfig
+from lvprune.bench.config import BenchConfig
+from lvprune.utils.command_line import build_parser, parse
 
 DESCRIPTION = ("Compare unpruned, random, FastV, PLPHP and LVPruning (ρ = 0.6, 0.5, 0.45, and 0.5 + PLPHP) on "
                "one base model and one test split; writes results.json, results.md, accuracy_vs_flops.png and "
@@ -19,7 +19,7 @@ DESCRIPTION = ("Compare unpruned, random, FastV, PLPHP and LVPruning (ρ = 0.6, 
 
 def run_bench(config: BenchConfig) -> int:
     """Run the benchmark `config` describes; prints the Markdown table and returns 0."""
-    from .harness import run
+    from lvprune.bench.harness import run
 
     config.check_complete()
     run(config)

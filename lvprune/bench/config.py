@@ -1,12 +1,12 @@
 """`BenchConfig`: what `lvprune bench` measures, a dataclass read like every lvprune configuration
-(defaults <- `--config` YAML <- `--key value`, `lvprune.settings`)."""
+(defaults <- `--config` YAML <- `--key value`, `lvprune.utils.command_line`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..plphp import PLPHPConfig, PLPHPOptions
-from ..settings import doc
+from lvprune.methods.plphp import PLPHPOptions, PLPHPPress
+from lvprune.utils.command_line import doc
 
 
 @dataclass
@@ -40,11 +40,11 @@ class BenchConfig(PLPHPOptions):
                      "decode_tokens", "kv_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-        self.plphp_config()  # checks the PLPHP fields
+        self.plphp_press()  # checks the PLPHP fields
 
-    def plphp_rows(self) -> PLPHPConfig:
-        """The press of the plphp rows: the PLPHP fields given, `PLPHPConfig`'s defaults for the rest."""
-        return self.plphp_config() or PLPHPConfig()
+    def plphp_rows(self) -> PLPHPPress:
+        """The press of the plphp rows: the PLPHP fields given, `PLPHPPress`'s defaults for the rest."""
+        return self.plphp_press() or PLPHPPress()
 
     def check_complete(self) -> None:
         """Raise `ValueError` naming the required settings not given."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .answers import answer_questions
-from .metrics import accuracy_by_type, chance_accuracy, exact_match, yes_no_f1
-from .questions import Question, load_questions
+from lvprune.bench.answers import answer_questions
+from lvprune.bench.metrics import accuracy_by_type, chance_accuracy, exact_match, yes_no_f1
+from lvprune.bench.questions import Question, load_questions
 
 
 def score(predictions: list[str], questions: list[Question]) -> dict:

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..backbones import backbone_for
-from ..modeling import LVPrunerModel
-from . import profile
-from .answers import answer_questions
-from .config import BenchConfig
-from .methods import build_methods
-from .plots import plot_accuracy_vs_flops, plot_kept_patches
-from .questions import load_questions, prompt_batches, question_image, single_prompt
-from .report import RESULT_FIELDS, write_results
+from lvprune.bench import profile
+from lvprune.bench.answers import answer_questions
+from lvprune.bench.config import BenchConfig
+from lvprune.bench.methods import build_methods
+from lvprune.bench.plots import plot_accuracy_vs_flops, plot_kept_patches
+from lvprune.bench.questions import load_questions, prompt_batches, question_image, single_prompt
+from lvprune.bench.report import RESULT_FIELDS, write_results
+from lvprune.families import backbone_for
+from lvprune.methods.lvpruning.modules import LVPrunerModel
 
 
 def load_base(folder) -> tuple[torch.nn.Module, object]:
@@ -57,7 +57,7 @@ def pick_examples(questions, count: int):
 
 def measure_method(method, model, processor, questions, config: BenchConfig) -> dict:
     """Accuracy, yes/no F1, FLOPs, KV bytes and kept patches of one method (timing is done apart)."""
-    from .evaluate import score
+    from lvprune.bench.evaluate import score
 
     backbone = backbone_for(model.config)
     single = [single_prompt(q, processor, backbone=backbone) for q in questions[: config.kv_samples]]

@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from ..baselines import FastVPruner, RandomPruner
-from ..inference import Pruning
-from ..plphp import PLPHPConfig
-from ..press import CachePress
+from lvprune.core.protocols import CachePress
+from lvprune.core.pruning import Pruning
+from lvprune.methods import build
+from lvprune.methods.plphp import PLPHPPress
 
 METHOD_NAMES = ("unpruned", "random", "fastv", "plphp", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45",
                 "lvpruning-0.5+plphp")
@@ -34,46 +34,45 @@ def schedule(rho: float) -> list[float]:
 
 @dataclass(frozen=True)
 class Method:
-    """A named way of pruning: a pruner (or None) with its ratios, and/or a PLPHP config."""
+    """A benchmark row: a stage pruner (or None) with its ratios, and/or a cache press."""
 
     name: str
     pruner: object | None = None
     keep_ratios: tuple[float, ...] | None = None
-    plphp: PLPHPConfig | None = None
     press: CachePress | None = None
 
     @property
     def stock(self) -> bool:
-        return self.pruner is None and self.plphp is None and self.press is None
+        return self.pruner is None and self.press is None
 
     def applied(self, model):
         """Context manager pruning `model` this way (the stock model, untouched, for `unpruned`)."""
         if self.stock:
             return contextlib.nullcontext(model)
-        return Pruning(model, self.pruner, keep_ratios=self.keep_ratios, plphp=self.plphp, press=self.press)
+        return Pruning(model, self.pruner, keep_ratios=self.keep_ratios, press=self.press)
 
 
-def build_methods(model, pruner, *, plphp: PLPHPConfig | None = None, fastv_layer: int = 2, seed: int = 0,
+def build_methods(model, pruner, *, plphp: PLPHPPress | None = None, fastv_layer: int = 2, seed: int = 0,
                   kvpress: tuple[str, ...] = ()) -> list[Method]:
-    """The benchmark's methods, in `METHOD_NAMES` order, for `model` and a trained LVPruning `pruner`, then the
-    `kvpress` scorers' rows."""
-    plphp = plphp or PLPHPConfig()
+    """The benchmark's rows, in `METHOD_NAMES` order, for `model` and a trained LVPruning `pruner` (the methods
+    from `lvprune.methods`' registry), then the `kvpress` scorers' rows."""
+    plphp = plphp or PLPHPPress()
     reference = schedule(REFERENCE_RHO)
+    stages = dict(after_layers=list(pruner.config.after_layers), keep_ratios=reference, seed=seed)
     methods = [
         Method("unpruned"),
-        Method("random", RandomPruner.like(pruner, keep_ratios=reference, seed=seed)),
-        Method("fastv", FastVPruner(model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
-        Method("plphp", plphp=plphp),
+        Method("random", build("random", model.config, **stages)),
+        Method("fastv", build("fastv", model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
+        Method("plphp", press=plphp),
     ]
+    pruner = build("lvpruning", model.config, pruner=pruner)
     methods += [Method(f"lvpruning-{rho:g}", pruner, tuple(schedule(rho))) for rho in RHOS]
     methods.append(Method(f"lvpruning-{REFERENCE_RHO:g}+plphp", pruner, tuple(reference), plphp))
-    return methods + [kvpress_method(name, plphp) for name in kvpress]
+    return methods + [kvpress_method(model, name, plphp) for name in kvpress]
 
 
-def kvpress_method(name: str, plphp: PLPHPConfig) -> Method:
+def kvpress_method(model, name: str, plphp: PLPHPPress) -> Method:
     """kvpress's scorer `name` restricted to vision slots, removing `1 − r` of them in every layer from PLPHP's
     start layer (PLPHP's base rate: its balanced layers keep as many)."""
-    from ..integrations.kvpress import KVPressScorer, scorer
-
-    press = KVPressScorer(scorer(name, compression_ratio=1 - plphp.r), start_layer=plphp.start_layer)
+    press = build("kvpress", model.config, scorer=name, compression_ratio=1 - plphp.r, start_layer=plphp.start_layer)
     return Method(f"kvpress-{name}", press=press)

@@ -12,10 +12,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..cache import PrunedCache
-from ..backbones import backbone_for, vision_mask
-from ..contract import cache_layers, output_cache
-
+from lvprune.core.contract import cache_layers, output_cache
+from lvprune.core.pruned_cache import PrunedCache
+from lvprune.families import backbone_for, vision_mask
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .. import backbones
-from ..data.collator import LlavaCollator
-from ..data.llava_format import load_image, model_inputs, to_messages
+from lvprune import families
+from lvprune.data.collator import LlavaCollator
+from lvprune.data.llava_format import load_image, model_inputs, to_messages
 
 BLANK_COLOUR = (235, 235, 235)  # the shapes generator's background: a blank image is an empty scene
 
@@ -62,7 +62,7 @@ def question_image(question: Question, blank: bool = False) -> Image.Image:
 def encode_question(question: Question, processor, blank: bool = False, backbone=None) -> dict:
     """Prompt tensors: input_ids, attention_mask [N] (long) and the family's vision inputs (`pixel_values`
     [1, 3, H, W] for LLaVA-1.5; `backbone`, default LLaVA-1.5's, says which)."""
-    backbone = backbone or backbones.supported()["llava"]
+    backbone = backbone or families.supported()["llava"]
     messages = to_messages([question.human_turn], [question_image(question, blank)])
     out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                         return_tensors=None)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import datasets
 
-from ..files import write_folder
-from .records import RECORD_FEATURES, LoadStats, Unreadable, normalize_record, read_records
+from lvprune.data.records import RECORD_FEATURES, LoadStats, Unreadable, normalize_record, read_records
+from lvprune.utils.atomic_files import write_folder
 
 CHECK_VERSION = 1  # bump when a change to the checks can change what they decide
 KEPT, SKIPPED = "kept", "skipped.jsonl"
@@ -89,7 +89,7 @@ def checked_records(json_path, image_folder, processor, options, *, num_proc: in
 def _check(json_path, image_folder, processor, options, num_proc: int, folder: Path) -> None:
     """Check every record in parallel; save the kept ones (`KEPT`) and the skipped ones in file order
     (`SKIPPED`: reason, id, detail)."""
-    from .llava_format import check_batch
+    from lvprune.data.llava_format import check_batch
 
     table = _table(list(_raw_rows(json_path)), RAW_FEATURES)
     num_proc = min(num_proc, len(table))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .llava_format import IGNORE_INDEX, pad_cat
+from lvprune.data.llava_format import IGNORE_INDEX, pad_cat
 
 PADDING_SIDES = ("right", "left")
 TEXT_KEYS = ("input_ids", "attention_mask", "labels")

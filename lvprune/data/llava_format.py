@@ -27,11 +27,19 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from .. import backbones
-from ..backbones import Backbone
-from .check import checked_records
-from .records import (IMAGE_TAG, RECORD_FEATURES, LoadStats, NoRecords, Unreadable, normalize_record, read_records,
-                      record_problem)
+from lvprune import families
+from lvprune.data.check import checked_records
+from lvprune.data.records import (
+    IMAGE_TAG,
+    RECORD_FEATURES,
+    LoadStats,
+    NoRecords,
+    Unreadable,
+    normalize_record,
+    read_records,
+    record_problem,
+)
+from lvprune.families import Backbone
 
 IGNORE_INDEX = -100
 
@@ -81,7 +89,7 @@ def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMi
     (`backbone.image_inputs` and `token_inputs`, default LLaVA-1.5's `pixel_values` [n_images, 3, H, W]): per-image ones as the
     processor gives them (empty, `[0, ...]`, for a record without images), per-token ones as [seq].
     """
-    backbone = backbone or backbones.supported()["llava"]
+    backbone = backbone or families.supported()["llava"]
     images = [load_image(os.path.join(image_folder, p), record["id"]) for p in record["images"]]
     # Python lists back from the processor: its tensor path costs ~5x more time per example.
     out = processor.apply_chat_template(
@@ -95,7 +103,7 @@ def encode_record(record: dict, image_folder: str | Path, processor: ProcessorMi
     assistant = torch.as_tensor(out["assistant_masks"][0]) != 0
     if not assistant.any():
         raise ValueError(f"record {record['id']}: the chat template marks no assistant token. It must wrap assistant "
-                         "turns in {% generation %} ... {% endgeneration %}; lvprune.train's --chat_template family "
+                         "turns in {% generation %} ... {% endgeneration %}; lvprune.training's --chat_template family "
                          "uses lvprune's copy of the family's template that does.")
     return {**model_inputs(out, processor, backbone, bool(images)), "labels": input_ids.masked_fill(~assistant, IGNORE_INDEX)}
 

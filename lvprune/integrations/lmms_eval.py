@@ -2,12 +2,17 @@
 
     lmms-eval --model lvprune --model_args pretrained=llava-hf/llava-1.5-7b-hf,pruner=me/pruner,plphp_r=0.4 \\
         --tasks mme --batch_size 8
+    lmms-eval --model lvprune --model_args pretrained=...,method=fastv,fastv_keep_ratio=0.25,press=kvpress,\\
+        kvpress_scorer=snapkv --tasks mme
 
 `pretrained` is the base (a folder or a Hub id); `pruner` an LVPruning pruner (optional), `keep_ratios` its
-inference ratios (`0.5:0.3:0.1`); PLPHP's settings by the names every lvprune command line uses (`plphp_r`,
-`plphp_delta_r`, `plphp_alpha`, `plphp_beta`, `plphp_start_layer`, `plphp_allocation`, `plphp_queries`: any one
-turns PLPHP on, the rest from `PLPHPConfig`); `dtype` (`float32`, `bfloat16`, ...) and `device` (`cpu`, `cuda`, ...). lmms-eval finds the model
-through the `lmms_eval.models` entry point lvprune's package declares.
+inference ratios (`0.5:0.3:0.1`). Any registered method (`lvprune.methods`) by name: `method` a stage pruner
+(`fastv`, `random`; `lvpruning` is `pruner`), `press` a cache press (`plphp`, `kvpress`), each method's options
+prefixed by its name (`fastv_after_layer`, `kvpress_compression_ratio`, ...). PLPHP's settings are those every
+lvprune command line uses (`plphp_r`, `plphp_delta_r`, `plphp_alpha`, `plphp_beta`, `plphp_start_layer`,
+`plphp_allocation`, `plphp_queries`): any one turns PLPHP on, the rest from `PLPHPPress`. `dtype` (`float32`,
+`bfloat16`, ...) and `device` (`cpu`, `cuda`, ...). lmms-eval finds the model through the `lmms_eval.models`
+entry point lvprune's package declares.
 
 Generation requests are answered in batches of `batch_size` (left padding, greedy unless the task asks
 otherwise); log-likelihood requests one at a time, scored over the kept rows (`model(..., labels=...)`, the
@@ -16,15 +21,19 @@ masked training forward's loss), so both kinds see the same pruning.
 
 from __future__ import annotations
 
+import ast
+
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
-from ..data.llava_format import IGNORE_INDEX
-from ..inference import load_pruned_model
-from ..plphp import PLPHPOptions
-from ..settings import from_dict
+from lvprune.data.llava_format import IGNORE_INDEX
+from lvprune.methods import build
+from lvprune.methods import method as registered
+from lvprune.methods.plphp import PLPHPOptions
+from lvprune.serving import load_pruned_model
+from lvprune.utils.command_line import from_dict
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -37,8 +46,8 @@ def manifest():
 
 
 def parse_plphp(model_args: dict):
-    """The `plphp_*` model_args as a `PLPHPConfig` (None when none is given); an unknown key names the closest."""
-    return from_dict(PLPHPOptions, model_args, source="lvprune model_args").plphp_config()
+    """The `plphp_*` model_args as a `PLPHPPress` (None when none is given); an unknown key names the closest."""
+    return from_dict(PLPHPOptions, model_args, source="lvprune model_args").plphp_press()
 
 
 def parse_ratios(value) -> list[float] | None:
@@ -46,16 +55,68 @@ def parse_ratios(value) -> list[float] | None:
     return None if value in (None, "", "none", "None") else [float(v) for v in str(value).split(":")]
 
 
+def _value(text):
+    """A model_args value as Python reads it (`0.4` a float, `2` an int, `true` a bool), else the string."""
+    if not isinstance(text, str):
+        return text
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_methods(base_config, pruner, method: str | None, press: str | None, options: dict):
+    """The stage pruner and the cache press the model_args name (`method=`, `press=`, `NAME_option=`); PLPHP from
+    its `plphp_*` fields alone too. Options of no named method are refused, naming what is accepted."""
+    options = dict(options)
+    plphp = {key: options.pop(key) for key in list(options) if key.startswith("plphp_")}
+    stage = None
+    if method == "lvpruning":
+        raise ValueError("lvprune model_args: LVPruning is pruner=FOLDER_OR_HUB_ID, not method=lvpruning.")
+    if method is not None:
+        if pruner is not None:
+            raise ValueError(f"lvprune model_args: pass pruner= (LVPruning) or method={method}, not both.")
+        if registered(method).kind != "stage":
+            raise ValueError(f"lvprune model_args: {method} is a cache press; pass it as press={method}.")
+        stage = build(method, base_config, **_prefixed(options, method))
+    cache_press = parse_plphp(plphp)
+    if press is not None and press != "plphp":
+        if cache_press is not None:
+            raise ValueError(f"lvprune model_args: plphp_* options and press={press} both name a cache press.")
+        if registered(press).kind != "press":
+            raise ValueError(f"lvprune model_args: {press} is a stage pruner; pass it as method={press}.")
+        cache_press = build(press, base_config, **_prefixed(options, press))
+    elif press == "plphp" and cache_press is None:
+        cache_press = build("plphp", base_config)
+    if options:
+        raise ValueError(f"lvprune model_args: unknown {', '.join(sorted(options))} (a method's options are "
+                         "prefixed by its name, for the method= or press= given).")
+    return stage, cache_press
+
+
+def _prefixed(options: dict, name: str) -> dict:
+    """The options `NAME_x` (popped from `options`) as `x`, their values read."""
+    keys = [key for key in options if key.startswith(name + "_")]
+    return {key.removeprefix(name + "_"): _value(options.pop(key)) for key in keys}
+
+
 class LVPrune(lmms):
-    """`pretrained` pruned with `pruner` (LVPruning) and/or `plphp`, answering lmms-eval's requests."""
+    """`pretrained` pruned with `pruner` (LVPruning) or another stage pruner (`method`), and/or a cache press
+    (`press`, or PLPHP's `plphp_*` fields), answering lmms-eval's requests."""
 
-    def __init__(self, pretrained: str, pruner: str | None = None, keep_ratios=None, batch_size: int | str = 1,
-                 device: str = "cpu", dtype: str = "float32", **plphp) -> None:
+    def __init__(self, pretrained: str, pruner: str | None = None, keep_ratios=None, method: str | None = None,
+                 press: str | None = None, batch_size: int | str = 1, device: str = "cpu", dtype: str = "float32",
+                 **options) -> None:
         super().__init__()
-        from transformers import AutoProcessor
+        from transformers import AutoConfig, AutoProcessor
 
-        self.model = load_pruned_model(pretrained, pruner, keep_ratios=parse_ratios(keep_ratios),
-                                       plphp=parse_plphp(plphp), dtype=getattr(torch, dtype)).to(device)
+        stage, cache_press = parse_methods(AutoConfig.from_pretrained(pretrained), pruner, method, press, options)
+        self.model = load_pruned_model(pretrained, pruner if stage is None else stage,
+                                       keep_ratios=parse_ratios(keep_ratios), press=cache_press,
+                                       dtype=getattr(torch, dtype)).to(device)
         self.processor = AutoProcessor.from_pretrained(pretrained)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues each prompt from its end
         self.batch_size_per_gpu = int(batch_size)

@@ -20,13 +20,13 @@ would otherwise not find its way:
 Training is deterministic in `ReferenceConfig.seed` (on one machine).
 """
 
-from .cache import DEFAULT_CACHE_DIR, is_reference_folder, load_reference, reference_base
-from .config import ReferenceConfig
-from .data import ShapesTrainingSet, make_reference_data
-from .grounding import GroundingProbe
-from .model import build_reference_model, reference_llava_config
-from .targets import grounding_rows, object_patches, patch_labels
-from .training import REPORT_FILE, reference_loss, train_reference
+from lvprune_shapes.reference.cache import DEFAULT_CACHE_DIR, is_reference_folder, load_reference, reference_base
+from lvprune_shapes.reference.config import ReferenceConfig
+from lvprune_shapes.reference.data import ShapesTrainingSet, make_reference_data
+from lvprune_shapes.reference.grounding import GroundingProbe
+from lvprune_shapes.reference.model import build_reference_model, reference_llava_config
+from lvprune_shapes.reference.targets import grounding_rows, object_patches, patch_labels
+from lvprune_shapes.reference.train_reference import REPORT_FILE, reference_loss, train_reference
 
 __all__ = [
     "DEFAULT_CACHE_DIR", "REPORT_FILE", "GroundingProbe", "ReferenceConfig", "ShapesTrainingSet",

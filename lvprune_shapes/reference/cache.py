@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from lvprune.files import write_folder
-
-from .config import ReferenceConfig
-from .training import REPORT_FILE, train_reference
+from lvprune.utils.atomic_files import write_folder
+from lvprune_shapes.reference.config import ReferenceConfig
+from lvprune_shapes.reference.train_reference import REPORT_FILE, train_reference
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lvprune" / "reference-base"
 # The default build, shipped with the repository (3 MB): the main job need not spend 15 minutes rebuilding it.

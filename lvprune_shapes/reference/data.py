@@ -9,12 +9,10 @@ from pathlib import Path
 import torch
 
 from lvprune.data import LlavaCollator, load_llava_dataset
-
-from ..dataset import ShapesConfig, make_shapes_dataset
-from ..processor import build_processor
-from .config import ReferenceConfig
-from ..dataset import POSITIONS
-from .targets import COLOUR_NAMES, grounding_rows, patch_labels
+from lvprune_shapes.dataset import POSITIONS, ShapesConfig, make_shapes_dataset
+from lvprune_shapes.processor import build_processor
+from lvprune_shapes.reference.config import ReferenceConfig
+from lvprune_shapes.reference.targets import COLOUR_NAMES, grounding_rows, patch_labels
 
 
 def make_reference_data(data_dir: str | Path, config: ReferenceConfig):

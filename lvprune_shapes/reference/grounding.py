@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 
-
 class GroundingProbe:
     """Captures one decoder layer's attention input (normalised hidden states, rotary tables) in a forward pass.
 

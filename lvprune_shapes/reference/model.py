@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from .config import ReferenceConfig
+from lvprune_shapes.reference.config import ReferenceConfig
 
 
 def reference_llava_config(config: ReferenceConfig, tokenizer) -> LlavaConfig:

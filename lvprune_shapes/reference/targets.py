@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..dataset import BACKGROUND, COLOURS, POSITIONS, draw_scene
+from lvprune_shapes.dataset import BACKGROUND, COLOURS, POSITIONS, draw_scene
 
 COLOUR_NAMES = tuple(COLOURS)
 

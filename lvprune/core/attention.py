@@ -1,0 +1,139 @@
+"""The attention function lvprune registers with transformers' `AttentionInterface`.
+
+It builds each layer's mask from the call's `PruningState` (causal by original order, padding, kept tokens,
+per-head KV pruning), then delegates the heavy attention to the implementation the model was loaded with.
+After stage 1 of a training forward it applies the differentiable masked softmax of paper eqs 7-9 instead.
+No mask is registered for this name, so transformers skips building its own (we never read it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lvprune.core.contract import register_attention, repeat_kv, sdpa_attention_forward
+
+NAME = "lvprune"
+EPS = 1e-6
+
+
+def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """query [B, Hq, Q, D], key/value [B, Hkv, K, D] (post-RoPE, full cache) -> ([B, Q, Hq, D], None).
+
+    The parameters in transformers' order (`sdpa_attention_forward`'s): wrappers of the registry, as importing
+    kvpress installs around every attention function, pass `dropout` by position."""
+    state = kwargs.get("lvprune_state")
+    if state is None:
+        raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
+    layer = module.layer_idx
+    # Plain causal attention, or one decode token over real tokens only, needs no mask: SDPA takes its fast
+    # path, as the stock model does unpadded.
+    allowed = None if state.mask_free(layer) else state.allowed(layer)  # [B, h, Q, K]
+    if state.keep is not None:
+        output = masked_softmax_attention(module, query, key, value, allowed, state.keep, state.query_order, scaling)
+    else:
+        output = delegate(state.base_attention, module, query, key, value, allowed, scaling, dropout, state.prefill)
+    if state.prefill and layer in state.attention_layers:
+        state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
+    press = state.press
+    if press is not None and state.prefill and state.cache is not None and layer >= press.start_layer:
+        if not press.ranks_by_attention:
+            scores = press.layer_scores(module, key, value, state.layer_input)
+        elif press.queries == "all":
+            scores = observed_scores(module, query, key, allowed, scaling, state.slots[layer].valid[:, 0])
+        else:
+            scores = last_query_scores(module, query, key, allowed, scaling)
+        keep, counts, stats = press.select(scores, state.slots[layer], state.last)
+        state.prune_cache(layer, keep, counts, stats)
+    return output, None
+
+
+def expand_heads(mask: torch.Tensor, num_query_heads: int) -> torch.Tensor:
+    """Per-KV-head mask [B, Hkv, Q, K] -> per-query-head [B, Hq, Q, K] (GQA groups share a KV head)."""
+    if mask.shape[1] in (1, num_query_heads):
+        return mask
+    return mask.repeat_interleave(num_query_heads // mask.shape[1], dim=1)
+
+
+def delegate(impl, module, query, key, value, allowed, scaling, dropout, causal=True):
+    """Run the base implementation (`sdpa` or `eager`) with our boolean mask. `allowed` None: no mask, causal
+    attention over the rows themselves (`causal`, a prefill) or every key (a one-token decode step)."""
+    if impl == "eager":
+        mask = expand_heads(allowed, query.shape[1]) if allowed is not None else _causal(query, key) if causal else None
+        additive = None
+        if mask is not None:
+            additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+            additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
+        return _eager(module, query, key, value, additive, scaling)
+    # Any other implementation (flash kernels cannot take arbitrary masks) runs as SDPA.
+    mask = None if allowed is None else expand_heads(allowed, query.shape[1])
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
+                                  is_causal=allowed is None and causal)[0]
+
+
+def _causal(query, key):
+    """[Q, K] bool: query i sees keys 0..i (queries and keys are the same rows)."""
+    return torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+
+
+def _eager(module, query, key, value, additive, scaling):
+    """Plain softmax attention, as transformers' per-model `eager_attention_forward` computes it."""
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    logits = query @ key.transpose(-1, -2) * scaling
+    weights = torch.softmax(logits if additive is None else logits + additive, dim=-1, dtype=torch.float32)
+    return (weights.to(value.dtype) @ value).transpose(1, 2).contiguous()
+
+
+def masked_softmax_attention(module, query, key, value, allowed, keep, query_order, scaling):
+    """Paper eqs 7-9: `Â_ij = exp(Ā_ij) M_ij / Σ_k exp(Ā_ik) M_ik` with `M_ij = D_j` for vision keys j ≠ i.
+
+    The mask multiplies the exponentials so gradients reach the decisions `keep` [B, N] (1 for non-vision).
+    Training keeps every row, so keys and queries are the same N tokens.
+    """
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    scores = (query @ key.transpose(-1, -2)).float() * scaling
+    scores = scores.masked_fill(~expand_heads(allowed, query.shape[1]), float("-inf"))
+    is_self = query_order[:, :, None] == query_order[:, None, :]  # [B, Q, K]: M_ii = 1
+    multiplier = torch.where(is_self, torch.ones_like(keep)[:, None, :], keep[:, None, :])[:, None]
+    # Shift by the row max over the keys still kept, not over all keys: when a pruned key dominates a row, the
+    # kept keys' exponentials would otherwise underflow below EPS and the row would shrink towards 0 instead of
+    # renormalising over the kept keys as removal does at inference. Pruned keys above that max are capped at
+    # it (they are multiplied by 0, so only their straight-through gradient sees the cap): a pruned key that
+    # outscores every kept one by Δ would otherwise get a gradient e^Δ times the kept ones', and overflow.
+    kept_max = scores.masked_fill(multiplier.detach() == 0, float("-inf")).amax(dim=-1, keepdim=True).detach()
+    weights = (scores - kept_max).clamp(max=0).exp() * multiplier
+    weights = weights / (weights.sum(dim=-1, keepdim=True) + EPS)
+    return (weights.to(value.dtype) @ value).transpose(1, 2).contiguous()
+
+
+def last_query_scores(module, query, key, allowed, scaling):
+    """Attention of the last prompt token over all keys, one row per KV head: -> [B, Hkv, K].
+
+    Computed for that single query row (the layer's attention itself stays in the base implementation);
+    query heads of a GQA group are averaged.
+    """
+    key = repeat_kv(key, module.num_key_value_groups)
+    logits = (query[:, :, -1:] @ key.transpose(-1, -2)).float() * scaling  # [B, Hq, 1, K]
+    if allowed is not None:  # None: causal, and the last query sees every key
+        logits = logits.masked_fill(~expand_heads(allowed[:, :, -1:], query.shape[1]), float("-inf"))
+    probs = logits.softmax(dim=-1)[:, :, 0]
+    return probs.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
+
+
+def observed_scores(module, query, key, allowed, scaling, valid):
+    """Attention every key receives, averaged over the real prompt queries, one row per KV head: -> [B, Hkv, K].
+
+    The score of a cache pressed before the question is known (the context case), where the last prompt token
+    is the image's last one; valid [B, Q] marks the real query rows (not padding or fillers).
+    """
+    key = repeat_kv(key, module.num_key_value_groups)
+    logits = (query @ key.transpose(-1, -2)).float() * scaling  # [B, Hq, Q, K]
+    mask = expand_heads(allowed, query.shape[1]) if allowed is not None else _causal(query, key)
+    probs = logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    weights = valid[:, None, :, None].to(probs.dtype)
+    mean = (probs * weights).sum(2) / weights.sum(2).clamp(min=1)  # [B, Hq, K]
+    return mean.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
+
+
+def register() -> None:
+    """Make `NAME` selectable with `model.set_attn_implementation` (idempotent)."""
+    register_attention(NAME, lvprune_attention)

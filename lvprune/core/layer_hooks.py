@@ -1,0 +1,92 @@
+"""Attaching lvprune to a stock model of a supported family (`lvprune.families`) without editing its code.
+
+`LayerHooks` selects lvprune's registered attention function for the language model and puts forward hooks
+on its decoder layers: before each layer the hook hands it the rotary tables of the rows still present; after
+a stage layer it runs the decision module; before each attention module, with `layer_inputs` (for a press that
+ranks by the layer's input, `CachePress.ranks_by_attention` False), it keeps that input for the press. Every hook
+reads the call's `PruningState` from the forward's keyword arguments (`lvprune_state`); without one, they do
+nothing. `detach()` restores the stock model.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from lvprune.core import attention
+from lvprune.core.contract import (
+    POSITION_EMBEDDINGS_KWARG,
+    attention_module,
+    decoder_layers,
+    rotary_embedding,
+    set_text_attention,
+    text_attention,
+    unsupported_attention,
+)
+from lvprune.core.protocols import LayerInput
+from lvprune.core.stages import stage_for_layer
+from lvprune.families import backbone_for
+
+STATE_KWARG = "lvprune_state"
+
+
+def _enter_layer(layer_idx, module, args, kwargs):
+    state = kwargs.get(STATE_KWARG)
+    if state is not None:
+        rotary = state.enter_layer(layer_idx, kwargs.get(POSITION_EMBEDDINGS_KWARG))
+        kwargs[POSITION_EMBEDDINGS_KWARG] = rotary
+    return args, kwargs
+
+
+def _enter_attention(rotary, module, args, kwargs):
+    state = kwargs.get(STATE_KWARG)
+    if state is not None and state.prefill and state.press is not None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        state.layer_input = LayerInput(hidden, kwargs, rotary)
+    return args, kwargs
+
+
+def _leave_stage(stage, module, args, kwargs, output):
+    state = kwargs.get(STATE_KWARG)
+    if state is None or not state.prefill or state.pruner is None:
+        return output
+    return state.run_stage(stage, output)
+
+
+class LayerHooks:
+    """Hooks and attention implementation of lvprune on `model`; `pruner` gives the stage layers (may be None);
+    `layer_inputs`: keep each attention module's input for the press (`PruningState.layer_input`)."""
+
+    def __init__(self, model: nn.Module, pruner=None, layer_inputs: bool = False):
+        backbone = backbone_for(model.config)  # refuses a family lvprune does not reproduce
+        reason = unsupported_attention(model)
+        if reason is not None:
+            raise ValueError(f"lvprune cannot prune {type(model).__name__}: {reason}, and lvprune's attention "
+                             "reproduces causal full attention only.")
+        self.vision_ids = backbone.vision_token_ids(model.config)
+        self.model, self.pruner, self.layer_inputs = model, pruner, layer_inputs
+        self.base_attention = text_attention(model)
+        self.handles = []
+
+    def attach(self) -> "LayerHooks":
+        attention.register()
+        if self.base_attention == attention.NAME:
+            raise RuntimeError("lvprune is already attached to this model; detach it first.")
+        set_text_attention(self.model, attention.NAME)
+        rotary = rotary_embedding(self.model) if self.layer_inputs else None
+        for i, layer in enumerate(decoder_layers(self.model)):
+            self.handles.append(layer.register_forward_pre_hook(partial(_enter_layer, i), with_kwargs=True))
+            if self.layer_inputs:
+                self.handles.append(attention_module(layer).register_forward_pre_hook(
+                    partial(_enter_attention, rotary), with_kwargs=True))
+            stage = stage_for_layer(self.pruner.config.after_layers, i) if self.pruner is not None else None
+            if stage is not None:
+                self.handles.append(layer.register_forward_hook(partial(_leave_stage, stage), with_kwargs=True))
+        return self
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        set_text_attention(self.model, self.base_attention)
