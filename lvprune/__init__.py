@@ -19,9 +19,11 @@ from lvprune.core.stats import LayerStats, PruningStats
 from lvprune.flops import CostEstimate, PruningPlan, estimate_cost
 from lvprune.hub import model_card, push_folder, write_model_card
 from lvprune.methods import METHODS, build
+from lvprune.methods.divprune import DivPrunePruner
 from lvprune.methods.fastv import FastVPruner
 from lvprune.methods.lvpruning import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, LVPruningOutput
 from lvprune.methods.plphp import PLPHPPress, suggest_thresholds, vision_attention_profile
+from lvprune.methods.pyramid_drop import PyramidDropPruner
 from lvprune.methods.random_pruning import RandomPruner
 from lvprune.serving import load_pruned_model
 
@@ -33,7 +35,9 @@ __all__ = [
     "LVPruningForTraining",
     "LVPruningOutput",
     "PLPHPPress",
+    "DivPrunePruner",
     "FastVPruner",
+    "PyramidDropPruner",
     "RandomPruner",
     "METHODS",
     "build",

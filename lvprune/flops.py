@@ -99,7 +99,7 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 class PruningPlan:
     """Where LVPruning stages sit and how much each keeps, and PLPHP's balanced rate.
 
-    after_layers: 1-based decoder layers a decision module follows, strictly increasing.
+    after_layers: 1-based decoder layers a decision module follows, strictly increasing (0: before the first).
     keep_ratios: cumulative fraction of all vision tokens kept after each stage, in (0, 1],
         non-increasing (a pruned token never comes back).
     plphp: ``(r, delta_r)`` or None; ``r`` in [0, 1], ``delta_r`` >= 0.
@@ -348,8 +348,10 @@ def decision_module_flops(hidden: int, n_vision: int, n_text: int, blocks: int =
 
 def vision_tokens_per_layer(num_layers: int, n_vision: int, plan: PruningPlan) -> list[int]:
     """Vision tokens present in each decoder layer (index 0 = layer 1) under LVPruning's stages."""
-    present, counts = n_vision, []
     stages = dict(zip(plan.after_layers, plan.keep_ratios))
+    # A stage after layer 0 prunes the input embeddings: every decoder layer sees its count.
+    present = keep_counts([n_vision], stages[0])[0] if 0 in stages else n_vision
+    counts = []
     for layer in range(1, num_layers + 1):
         counts.append(present)
         if layer in stages:
@@ -419,8 +421,8 @@ def estimate_cost(
     n_vision = images * vision.tokens_per_image
     n_text = text_tokens + images * vision.text_tokens_per_image
     vision_per_layer = vision_tokens_per_layer(text.num_hidden_layers, n_vision, plan)
-    parts = _prefill_parts(text, vision, n_text, vision_per_layer, plan)
-    unpruned = _prefill_parts(text, vision, n_text, [n_vision] * len(vision_per_layer), PruningPlan())
+    parts = _prefill_parts(text, vision, n_text, n_vision, vision_per_layer, plan)
+    unpruned = _prefill_parts(text, vision, n_text, n_vision, [n_vision] * len(vision_per_layer), PruningPlan())
     kv_vision = kv_vision_tokens_per_layer(vision_per_layer, plan)
     dtype_bytes = dtype_bytes or config_dtype_bytes(config)
     return CostEstimate(
@@ -439,11 +441,11 @@ def estimate_cost(
     )
 
 
-def _prefill_parts(text: Any, vision: VisionInput, text_tokens: int, vision_per_layer: list[int],
+def _prefill_parts(text: Any, vision: VisionInput, text_tokens: int, n_vision: int, vision_per_layer: list[int],
                    plan: PruningPlan) -> dict[str, int]:
     """FLOPs per part of the prefill, given the vision tokens present in each decoder layer."""
-    decision = sum(decision_module_flops(text.hidden_size, vision_per_layer[layer - 1], text_tokens)
-                   for layer in plan.after_layers)
+    decision = sum(decision_module_flops(text.hidden_size, vision_per_layer[layer - 1] if layer else n_vision,
+                                         text_tokens) for layer in plan.after_layers)
     return {
         "vision_tower": vision.vision_tower,
         "projector": vision.projector,

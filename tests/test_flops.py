@@ -220,9 +220,9 @@ def test_dtype_bytes_from_config_or_override(config_7b):
     (dict(after_layers=(1,), keep_ratios=(1.2,)), r"1.2 is outside \(0, 1\]"),
     (dict(after_layers=(1, 8), keep_ratios=(0.3, 0.5)), "must be non-increasing"),
     (dict(after_layers=(8, 1), keep_ratios=(0.5, 0.3)), "must be strictly increasing"),
-    (dict(after_layers=(33,), keep_ratios=(0.5,)), r"layer 33 .*outside the model.*\[1, 31\]"),
+    (dict(after_layers=(33,), keep_ratios=(0.5,)), r"layer 33 .*outside the model.*\[0, 31\]"),
     (dict(after_layers=(32,), keep_ratios=(0.5,)), r"layer 32 .*outside the model"),  # after the last layer
-    (dict(after_layers=(0,), keep_ratios=(0.5,)), r"layer 0 .*outside the model"),
+    (dict(after_layers=(-1,), keep_ratios=(0.5,)), r"layer -1 .*outside the model"),
     (dict(plphp=(1.5, 0.3)), r"r=1.5 is outside \[0, 1\]"),
     (dict(plphp=(0.5, -0.1)), "delta_r=-0.1"),
     (dict(plphp=(0.5, 0.3), plphp_start_layer=40), "plphp_start_layer=40 is outside"),

@@ -16,7 +16,7 @@ from lvprune.methods.lvpruning.config import scaled_after_layers
         (dict(keep_ratios=[0.0, 0.0, 0.0]), "outside (0, 1]"),
         (dict(keep_ratios=[1.5, 0.3, 0.1]), "outside (0, 1]"),
         (dict(after_layers=[1, 8, 8]), "strictly increasing"),
-        (dict(after_layers=[0, 8, 16]), "outside the model"),
+        (dict(after_layers=[-1, 8, 16]), "outside the model"),
         (dict(after_layers=[1, 8, 32]), "outside the model"),
         (dict(after_layers=[1, 8]), "one entry per stage"),
         (dict(hidden_size=100, num_heads=8), "must divide hidden_size"),

@@ -72,6 +72,10 @@ def stage_method(name, base, pruner, keep_all=False):
     """Registered stage pruner `name` for `base` and the ratios to run it at (1.0 everywhere with `keep_all`)."""
     if name == "fastv":
         made, ratios = build(name, base.config, after_layer=1, keep_ratio=0.25), [0.25]
+    elif name == "divprune":
+        made, ratios = build(name, base.config, keep_ratio=0.3), [0.3]
+    elif name == "pdrop":
+        made, ratios = build(name, base.config), [0.5, 0.25, 0.125]
     elif name == "random":
         made = build(name, base.config, after_layers=pruner.config.after_layers, keep_ratios=RATIOS, seed=3)
         ratios = RATIOS
@@ -90,7 +94,8 @@ def press_method(name, keep_all=False):
 
 def test_the_matrix_covers_every_registered_method():
     assert set(STAGE_METHODS) | set(PRESS_METHODS) == set(METHODS)
-    assert STAGE_METHODS == ["fastv", "lvpruning", "random"] and PRESS_METHODS == ["kvpress", "plphp"]
+    assert STAGE_METHODS == ["divprune", "fastv", "lvpruning", "pdrop", "random"]
+    assert PRESS_METHODS == ["kvpress", "plphp"]
 
 
 @pytest.mark.parametrize("method", ["nothing", "lvpruning+plphp"] + STAGE_METHODS + PRESS_METHODS)
@@ -119,18 +124,23 @@ def test_keeping_everything_generates_the_stock_tokens(family, method):
 def test_stage_removal_equals_masking(family, method):
     _, base, pruner, batch = family
     made, ratios = stage_method(method, base, pruner)
-    # The masked reference re-runs the whole sequence per generated token: random draws anew, and FastV ranks by
-    # the newest row's attention instead of the last prompt token's, so for them it is a reference of the prefill.
-    steps = 1 if method in ("random", "fastv") else 4
+    # The masked reference re-runs the whole sequence per generated token: random draws anew, and FastV and
+    # PyramidDrop rank by the newest row's attention instead of the last prompt token's, so for them it is a
+    # reference of the prefill.
+    steps = 1 if method in ("random", "fastv", "pdrop") else 4
     masked_logits, masked_ids = generated_with_masked_reference(base, made, batch, ratios, steps=steps)
     lvprune.Pruning(base, made, keep_ratios=ratios).attach()
     with torch.no_grad():
         logits = base(**batch).logits[:, -1]
     assert_close(logits, masked_logits, 1e-4, "last prompt logits")
-    if steps > 1:
-        assert torch.equal(base.generate(**batch, **GREEDY), masked_ids)
+    if steps > 1:  # up to each sample's end of sequence: after it `generate` pads, the reference goes on
+        generated, eos = base.generate(**batch, **GREEDY), base.generation_config.eos_token_id
+        ended = torch.isin(generated[:, batch["input_ids"].shape[1]:], torch.tensor(eos if eos is not None else []))
+        after = torch.nn.functional.pad(ended.cumsum(-1) - ended.long(), (batch["input_ids"].shape[1], 0)) > 0
+        assert torch.equal(generated.masked_fill(after, -1), masked_ids.masked_fill(after, -1))
     vision = [layer.vision_tokens for layer in base.pruning_stats.layers]
-    present = vision[0]
+    placeholders = torch.tensor(backbone_for(base.config).vision_token_ids(base.config))
+    present = torch.isin(batch["input_ids"], placeholders).sum(-1).tolist()
     assert vision[-1] == [round(n * ratios[-1]) for n in present], "the last stage keeps round(rho * n)"
 
 

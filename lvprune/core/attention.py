@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from lvprune.core.contract import register_attention, repeat_kv, sdpa_attention_forward
+from lvprune.core.contract import attention_module, input_norm, register_attention, repeat_kv, sdpa_attention_forward
 
 NAME = "lvprune"
+PROBE_KWARG = "lvprune_probe"
 EPS = 1e-6
 
 
@@ -21,6 +22,10 @@ def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, sc
 
     The parameters in transformers' order (`sdpa_attention_forward`'s): wrappers of the registry, as importing
     kvpress installs around every attention function, pass `dropout` by position."""
+    probe = kwargs.get(PROBE_KWARG)
+    if probe is not None:  # a probe call (`probe_attention`): keep the post-RoPE query and key, attend nothing
+        probe.update(query=query, key=key, scaling=scaling)
+        return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1]), None
     state = kwargs.get("lvprune_state")
     if state is None:
         raise RuntimeError("lvprune attention needs a PruningState: call the model through lvprune's hooks.")
@@ -132,6 +137,18 @@ def observed_scores(module, query, key, allowed, scaling, valid):
     weights = valid[:, None, :, None].to(probs.dtype)
     mean = (probs * weights).sum(2) / weights.sum(2).clamp(min=1)  # [B, Hq, K]
     return mean.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
+
+
+def probe_attention(layer, hidden: torch.Tensor, position_embeddings, allowed: torch.Tensor) -> torch.Tensor:
+    """The attention the last row would pay every row if decoder layer `layer` ran now on `hidden` [B, N, C]:
+    the layer's own input norm, projections and rotary embedding (the family's code, called through its attention
+    module with nothing cached), one query row. allowed [B, N] bool: the keys it may see. -> [B, N], mean over
+    heads (PyramidDrop's ranking of the rows entering a layer)."""
+    module, probe = attention_module(layer), {}
+    module(hidden_states=input_norm(layer)(hidden), position_embeddings=position_embeddings, attention_mask=None,
+           **{PROBE_KWARG: probe})
+    scores = last_query_scores(module, probe["query"], probe["key"], allowed[:, None, None, :], probe["scaling"])
+    return scores.mean(1)  # [B, Hkv, N] -> [B, N]: GQA groups are equal, so this is the mean over query heads
 
 
 def register() -> None:

@@ -2,8 +2,9 @@
 
 `LayerHooks` selects lvprune's registered attention function for the language model and puts forward hooks
 on its decoder layers: before each layer the hook hands it the rotary tables of the rows still present; after
-a stage layer it runs the decision module; before each attention module, with `layer_inputs` (for a press that
-ranks by the layer's input, `CachePress.ranks_by_attention` False), it keeps that input for the press. Every hook
+a stage layer it runs the stage pruner (before the first layer, for a stage after layer 0); before each
+attention module, with `layer_inputs` (for a press that ranks by the layer's input, `CachePress.ranks_by_attention`
+False), it keeps that input for the press. Every hook
 reads the call's `PruningState` from the forward's keyword arguments (`lvprune_state`); without one, they do
 nothing. `detach()` restores the stock model.
 """
@@ -47,11 +48,25 @@ def _enter_attention(rotary, module, args, kwargs):
     return args, kwargs
 
 
-def _leave_stage(stage, module, args, kwargs, output):
+def _leave_stage(stage, next_layer, module, args, kwargs, output):
     state = kwargs.get(STATE_KWARG)
     if state is None or not state.prefill or state.pruner is None:
         return output
-    return state.run_stage(stage, output)
+    return state.run_stage(stage, output, next_layer)
+
+
+def _before_first_layer(stage, module, args, kwargs):
+    """A stage after layer 0: prune the merged input embeddings before the first decoder layer runs (this hook
+    is registered before `_enter_layer`, which then hands the layer the kept rows' rotary tables)."""
+    state = kwargs.get(STATE_KWARG)
+    if state is None or not state.prefill or state.pruner is None:
+        return args, kwargs
+    if state.position_embeddings is None:
+        state.position_embeddings = kwargs.get(POSITION_EMBEDDINGS_KWARG)
+    if args:
+        return (state.run_stage(stage, args[0], module), *args[1:]), kwargs
+    kwargs["hidden_states"] = state.run_stage(stage, kwargs["hidden_states"], module)
+    return args, kwargs
 
 
 class LayerHooks:
@@ -75,14 +90,20 @@ class LayerHooks:
             raise RuntimeError("lvprune is already attached to this model; detach it first.")
         set_text_attention(self.model, attention.NAME)
         rotary = rotary_embedding(self.model) if self.layer_inputs else None
-        for i, layer in enumerate(decoder_layers(self.model)):
+        layers = decoder_layers(self.model)
+        after = self.pruner.config.after_layers if self.pruner is not None else ()
+        for i, layer in enumerate(layers):
+            if i == 0 and 0 in after:  # a stage before the language model's first layer
+                self.handles.append(layer.register_forward_pre_hook(partial(_before_first_layer, after.index(0)),
+                                                                    with_kwargs=True))
             self.handles.append(layer.register_forward_pre_hook(partial(_enter_layer, i), with_kwargs=True))
             if self.layer_inputs:
                 self.handles.append(attention_module(layer).register_forward_pre_hook(
                     partial(_enter_attention, rotary), with_kwargs=True))
-            stage = stage_for_layer(self.pruner.config.after_layers, i) if self.pruner is not None else None
+            stage = stage_for_layer(after, i)
             if stage is not None:
-                self.handles.append(layer.register_forward_hook(partial(_leave_stage, stage), with_kwargs=True))
+                self.handles.append(layer.register_forward_hook(partial(_leave_stage, stage, layers[i + 1]),
+                                                                with_kwargs=True))
         return self
 
     def detach(self) -> None:

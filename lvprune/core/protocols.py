@@ -6,10 +6,19 @@ others. A stage pruner has
 
 - `config`: its `StageSchedule` (`lvprune.core.stages`): the stages (`after_layers`, 1-based) and their cumulative
   `keep_ratios`; each stage keeps the top `round(ratio × n_vision)` vision tokens of a sample;
-- `forward(stage, vision [B, V, C], text [B, T, C], text_mask [B, T], attention=None) -> γ [B, V, 2]`: the
+- `forward(stage, vision [B, V, C], text [B, T, C], text_mask [B, T], **inputs) -> γ [B, V, 2]`: the
   keep/remove scores of the vision rows still present (ranked by `γ₀ − γ₁`) from their hidden states and the
-  prompt's text rows; `attention` [B, V] is the last prompt token's attention to them in the layers named by
-  `attention_layers` (mean over heads), for pruners that rank by it.
+  prompt's text rows. What else a pruner reads, the core computes only when asked:
+  - `attention` [B, V]: the last prompt token's attention to them inside the stage layer (mean over heads), for
+    a pruner whose `attention_layers` name that layer (0-based);
+  - `next_attention` [B, V]: the attention the last prompt token would pay them in the *next* layer, computed
+    from the rows entering it with that layer's own norm, projections and rotary tables (one query row), when
+    `inputs` holds "next_attention";
+  - `vision_valid` [B, V] bool: which of the V rows are real (a sample with fewer vision rows is filled), when
+    `inputs` holds "vision_valid".
+
+A stage after layer 0 acts before the first decoder layer, on the merged input embeddings: pruning before the
+language model is a stage like any other (positions kept, the same removal and masked forward).
 
 Everything else (counts, the protected last prompt token, removing rows and their rotary tables, the masked
 training forward, the stats) is the core's. A new one is a subclass of `StagePruner` that overrides `forward`:
@@ -122,6 +131,7 @@ class StagePruner(nn.Module):
     """Base of the stage pruners without trained weights: a `StageSchedule` and the scores' shape."""
 
     attention_layers: tuple[int, ...] = ()
+    inputs: tuple[str, ...] = ()  # what else `forward` reads: "next_attention", "vision_valid" (module docstring)
 
     def __init__(self, config: StageSchedule):
         super().__init__()

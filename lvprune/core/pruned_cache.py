@@ -21,8 +21,9 @@ class PrunedCache(DynamicCache):
         self.state = None
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx == 0:
-            self.logical_length += key_states.shape[-2]
+        if layer_idx == 0:  # the positions seen, not the rows layer 0 keeps (a stage after layer 0 prunes them)
+            seen = self.state.seen if self.state is not None else self.logical_length + key_states.shape[-2]
+            self.logical_length = seen
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

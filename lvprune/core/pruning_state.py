@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from lvprune.core.attention import probe_attention
 from lvprune.core.selection import keep_counts, keep_score, sample_decisions, topk_decisions
 from lvprune.core.token_slots import TokenSlots, compact, gather_rows
 from lvprune.families import vision_mask
@@ -174,12 +175,13 @@ class PruningState:
 
     # ---------------------------------------------------------------- LVPruning stages
 
-    def run_stage(self, stage: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Decide which vision tokens survive stage `stage`; hidden [B, L, C] -> [B, L', C]."""
+    def run_stage(self, stage: int, hidden: torch.Tensor, next_layer=None) -> torch.Tensor:
+        """Decide which vision tokens survive stage `stage`; hidden [B, L, C] -> [B, L', C]. `next_layer`: the
+        decoder layer the rows enter next (for a pruner that ranks by its attention, `inputs` "next_attention")."""
         vision = self.rows.vision[:, 0]
         present = vision if self.keep is None else vision & (self.keep > 0)
         queries_width = max(self.host.vision if self.sample else self.present, default=0)
-        gamma, queries = self._scores(stage, hidden, vision if self.sample else present, queries_width)
+        gamma, queries = self._scores(stage, hidden, vision if self.sample else present, queries_width, next_layer)
         counts = keep_counts(self.host.vision, self.keep_ratios[stage])
         kept = self.host.kept(counts)
         # The last prompt token is kept, within the count (it ranks first): [B, V] over the query slots.
@@ -201,7 +203,7 @@ class PruningState:
         self.decisions.append(self.keep)
         return hidden
 
-    def _scores(self, stage, hidden, queries, width: int):
+    def _scores(self, stage, hidden, queries, width: int, next_layer=None):
         """γ [B, V, 2] of the rows `queries` [B, L] bool (at most `width` a sample), and where they sit."""
         queries = _Queries(*(t[:, 0] for t in compact(queries[:, None], width)))
         text = _Queries(*(t[:, 0] for t in compact(self.text_key[:, None], max(self.host.text_keys, default=0))))
@@ -209,6 +211,13 @@ class PruningState:
         layer = self.pruner.config.after_layers[stage] - 1
         if layer in self.last_query:  # the stage layer's last-query attention, mean over heads: [B, V]
             extra["attention"] = gather_rows(self.last_query[layer].mean(1), queries.index)
+        wants = getattr(self.pruner, "inputs", ())
+        if "vision_valid" in wants:  # which of the V vision rows are real (the others fill a short sample)
+            extra["vision_valid"] = queries.real
+        if "next_attention" in wants:  # the next layer's last-query attention to the rows still present
+            keys = self.rows.valid[:, 0] if self.keep is None else self.rows.valid[:, 0] & (self.keep > 0)
+            scores = probe_attention(next_layer, hidden, self.position_embeddings, keys)
+            extra["next_attention"] = gather_rows(scores, queries.index)
         gamma = self.pruner(stage, gather_rows(hidden, queries.index), gather_rows(hidden, text.index), text.real, **extra)
         return gamma, queries
 

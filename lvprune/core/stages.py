@@ -1,7 +1,8 @@
 """Stage schedules: after which decoder layers a stage pruner acts, and how much of each sample's vision tokens
 each stage keeps.
 
-A stage pruner's `config` is a schedule: `after_layers` (1-based, strictly increasing), cumulative
+A stage pruner's `config` is a schedule: `after_layers` (1-based, strictly increasing; 0 is the place before the
+first decoder layer, where the rows are the merged input embeddings: pruning before the language model), cumulative
 `keep_ratios` (in (0, 1], non-increasing), the depth `num_hidden_layers` it was made for, and `rank_by` (how
 its scores γ rank tokens). LVPruning's `LVPrunerConfig` is one, with its modules' sizes besides; the stage
 pruners without weights (random, FastV) use a bare `StageSchedule`.
@@ -58,9 +59,10 @@ def stage_for_layer(after_layers, layer_idx: int) -> int | None:
 
 
 def check_stages(after_layers, keep_ratios, num_layers: int | None = None) -> None:
-    """Validate stage layers (1-based, strictly increasing, inside a `num_layers` model when it is given: a stage
-    after the last layer would prune nothing) and keep ratios (in (0, 1], non-increasing). The one validator of
-    a stage schedule: the pruners' configs, inference's ratios and the cost model all call it."""
+    """Validate stage layers (1-based, 0 before the first layer, strictly increasing, inside a `num_layers` model
+    when it is given: a stage after the last layer would prune nothing) and keep ratios (in (0, 1],
+    non-increasing). The one validator of a stage schedule: the pruners' configs, inference's ratios and the cost
+    model all call it."""
     if len(after_layers) == 0:
         raise ValueError("after_layers must name at least one stage.")
     if len(after_layers) != len(keep_ratios):
@@ -73,11 +75,12 @@ def check_stages(after_layers, keep_ratios, num_layers: int | None = None) -> No
     for prev, ratio in zip(keep_ratios, keep_ratios[1:]):
         if ratio > prev:
             raise ValueError(f"keep_ratios={list(keep_ratios)} must be non-increasing ({ratio} > {prev}).")
-    for layer in after_layers if num_layers is not None else ():
-        if not 1 <= layer < num_layers:
+    for layer in after_layers:
+        if layer < 0 or (num_layers is not None and layer >= num_layers):
+            top = f"{num_layers - 1}" if num_layers is not None else "depth - 1"
             raise ValueError(
-                f"after layer {layer} in after_layers={list(after_layers)} is outside the model: "
-                f"layers are 1-based and must be in [1, {num_layers - 1}] for {num_layers} decoder layers."
+                f"after layer {layer} in after_layers={list(after_layers)} is outside the model: layers are 1-based "
+                f"(0: before the first decoder layer) and must be in [0, {top}] for {num_layers} decoder layers."
             )
     for prev, layer in zip(after_layers, after_layers[1:]):
         if layer <= prev:

@@ -5,6 +5,8 @@
 | `lvpruning` | stage       | `lvpruning/`        | trained cross-attention decision modules (text → vision) |
 | `random`    | stage       | `random_pruning.py` | nothing: uniform random (a control)                      |
 | `fastv`     | stage       | `fastv.py`          | the last prompt token's attention at layer K             |
+| `divprune`  | stage (0)   | `divprune.py`       | diversity of the input embeddings, before the LLM        |
+| `pdrop`     | stage       | `pyramid_drop.py`   | the last token's attention in the next layer, 3 stages   |
 | `plphp`     | cache press | `plphp.py`          | per layer class, per KV head attention                   |
 | `kvpress`   | cache press | `kvpress.py`        | a kvpress scorer (SnapKV, TOVA, ...)                     |
 
@@ -99,6 +101,18 @@ def _fastv(base_config, *, after_layer: int = 2, keep_ratio: float = 0.1):
     return FastVPruner(base_config, after_layer=after_layer, keep_ratio=keep_ratio)
 
 
+def _divprune(base_config, *, keep_ratio: float = 0.1):
+    from lvprune.methods.divprune import DivPrunePruner
+
+    return DivPrunePruner(base_config, keep_ratio=keep_ratio)
+
+
+def _pyramid_drop(base_config, *, after_layers=None, keep_ratios=(0.5, 0.25, 0.125)):
+    from lvprune.methods.pyramid_drop import PyramidDropPruner
+
+    return PyramidDropPruner.for_base(base_config, after_layers=after_layers, keep_ratios=keep_ratios)
+
+
 def _plphp(base_config, *, r: float = 0.4, delta_r: float = 0.3, alpha: float = 0.5, beta: float = 0.2,
            start_layer: int = 2, allocation: str = "sample", queries: str = "last"):
     from lvprune.methods.plphp import PLPHPPress
@@ -121,6 +135,12 @@ register(Method("random", "stage", "lvprune.methods.random_pruning", _random,
                 "uniform random vision tokens at a stage schedule (a control)"))
 register(Method("fastv", "stage", "lvprune.methods.fastv", _fastv,
                 "the last prompt token's attention after layer K", "https://arxiv.org/abs/2403.06764"))
+register(Method("divprune", "stage", "lvprune.methods.divprune", _divprune,
+                "before the language model: the most diverse input embeddings (greedy max-min cosine distance)",
+                "https://arxiv.org/abs/2503.02175"))
+register(Method("pdrop", "stage", "lvprune.methods.pyramid_drop", _pyramid_drop,
+                "PyramidDrop: stages ranked by the last token's attention in the next layer",
+                "https://arxiv.org/abs/2410.17247"))
 register(Method("plphp", "press", "lvprune.methods.plphp", _plphp,
                 "per-layer rates from vision attention, per-head top-k in the cache", "https://arxiv.org/abs/2502.14504"))
 register(Method("kvpress", "press", "lvprune.methods.kvpress", _kvpress,
