@@ -159,6 +159,10 @@ def test_model_args_name_any_registered_method():
     stage, press = parse_methods(config, None, "random", None, {"random_seed": "4"})
     assert stage.seed == 4 and press is None
     assert parse_methods(config, None, None, "plphp", {}) == (None, PLPHPPress())
+    stage, _ = parse_methods(config, None, "divprune", None, {"divprune_keep_ratio": "0.1"})
+    assert stage.config.after_layers == (0,) and stage.config.keep_ratios == (0.1,)
+    stage, _ = parse_methods(config, None, "pdrop", None, {"pdrop_keep_ratios": "0.5:0.3", "pdrop_after_layers": "1:3"})
+    assert stage.config.after_layers == (1, 3) and stage.config.keep_ratios == (0.5, 0.3)
     with pytest.raises(ValueError, match="pass it as press=plphp"):
         parse_methods(config, None, "plphp", None, {})
     with pytest.raises(ValueError, match="pruner= .* or method=fastv, not both"):

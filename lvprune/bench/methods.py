@@ -5,6 +5,8 @@
 | `unpruned`             | nothing: the stock model, no hooks                                           |
 | `random`               | random vision tokens at LVPruning's stages and ratios `[0.5, 0.3, 0.1]`       |
 | `fastv`                | FastV after layer K, keeping as many tokens as LVPruning ρ=0.5's last stage |
+| `divprune-R`           | DivPrune before the LLM: R = LVPruning ρ=0.5's last ratio (matched tokens kept), and R = its layer-averaged ratio (matched vision rows over the layers, so about matched prefill FLOPs) |
+| `pdrop`                | PyramidDrop at LVPruning ρ=0.5's stages and ratios (matched at every stage)   |
 | `plphp`                | PLPHP alone (KV cache only)                                                  |
 | `lvpruning-ρ`          | the trained pruner at ratios `[ρ, ρ−0.2, ρ−0.4]`, ρ ∈ {0.6, 0.5, 0.45}         |
 | `lvpruning-0.5+plphp`  | both                                                                         |
@@ -21,10 +23,21 @@ from lvprune.core.pruning import Pruning
 from lvprune.methods import build
 from lvprune.methods.plphp import PLPHPPress
 
-METHOD_NAMES = ("unpruned", "random", "fastv", "plphp", "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45",
-                "lvpruning-0.5+plphp")
+METHOD_NAMES = ("unpruned", "random", "fastv", "divprune-0.1", "divprune-0.475", "pdrop", "plphp", "lvpruning-0.6",
+                "lvpruning-0.5", "lvpruning-0.45", "lvpruning-0.5+plphp")  # on a 4-layer base (`divprune-R`)
 RHOS = (0.6, 0.5, 0.45)
 REFERENCE_RHO = 0.5  # random and FastV are matched to LVPruning at this ρ
+
+
+def layer_averaged_ratio(after_layers, keep_ratios, num_layers: int) -> float:
+    """The fraction of vision rows a stage schedule leaves, averaged over the decoder layers (a layer after stage
+    s computes on `keep_ratios[s]` of them): one ratio applied before the first layer that computes on as many
+    vision rows in all, so about the same prefill FLOPs. (1, 2, 3) of 4 at (0.5, 0.3, 0.1): 0.475."""
+    present, start = [], 0
+    for after, ratio in zip([*after_layers, num_layers], [1.0, *keep_ratios]):
+        present += [ratio] * (after - start)
+        start = after
+    return round(sum(present) / num_layers, 6)
 
 
 def schedule(rho: float) -> list[float]:
@@ -63,8 +76,12 @@ def build_methods(model, pruner, *, plphp: PLPHPPress | None = None, fastv_layer
         Method("unpruned"),
         Method("random", build("random", model.config, **stages)),
         Method("fastv", build("fastv", model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
-        Method("plphp", press=plphp),
     ]
+    depth = pruner.config.num_hidden_layers
+    for ratio in (reference[-1], layer_averaged_ratio(pruner.config.after_layers, reference, depth)):
+        methods.append(Method(f"divprune-{ratio:g}", build("divprune", model.config, keep_ratio=ratio)))
+    stage_wise = dict(after_layers=list(pruner.config.after_layers), keep_ratios=reference)
+    methods += [Method("pdrop", build("pdrop", model.config, **stage_wise)), Method("plphp", press=plphp)]
     pruner = build("lvpruning", model.config, pruner=pruner)
     methods += [Method(f"lvpruning-{rho:g}", pruner, tuple(schedule(rho))) for rho in RHOS]
     methods.append(Method(f"lvpruning-{REFERENCE_RHO:g}+plphp", pruner, tuple(reference), plphp))

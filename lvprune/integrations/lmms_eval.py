@@ -7,7 +7,7 @@
 
 `pretrained` is the base (a folder or a Hub id); `pruner` an LVPruning pruner (optional), `keep_ratios` its
 inference ratios (`0.5:0.3:0.1`). Any registered method (`lvprune.methods`) by name: `method` a stage pruner
-(`fastv`, `random`; `lvpruning` is `pruner`), `press` a cache press (`plphp`, `kvpress`), each method's options
+(`fastv`, `divprune`, `pdrop`, `random`; `lvpruning` is `pruner`), `press` a cache press (`plphp`, `kvpress`), each method's options
 prefixed by its name (`fastv_after_layer`, `kvpress_compression_ratio`, ...). PLPHP's settings are those every
 lvprune command line uses (`plphp_r`, `plphp_delta_r`, `plphp_alpha`, `plphp_beta`, `plphp_start_layer`,
 `plphp_allocation`, `plphp_queries`): any one turns PLPHP on, the rest from `PLPHPPress`. `dtype` (`float32`,
@@ -56,9 +56,13 @@ def parse_ratios(value) -> list[float] | None:
 
 
 def _value(text):
-    """A model_args value as Python reads it (`0.4` a float, `2` an int, `true` a bool), else the string."""
+    """A model_args value as Python reads it (`0.4` a float, `2` an int, `true` a bool, `0.5:0.25` a tuple: commas
+    separate model_args), else the string."""
     if not isinstance(text, str):
         return text
+    if ":" in text:
+        parts = [_value(part) for part in text.split(":")]
+        return tuple(parts) if all(isinstance(p, (int, float)) for p in parts) else text
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
