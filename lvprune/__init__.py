@@ -19,6 +19,7 @@ from lvprune.core.stats import LayerStats, PruningStats
 from lvprune.flops import CostEstimate, PruningPlan, estimate_cost
 from lvprune.hub import model_card, push_folder, write_model_card
 from lvprune.methods import METHODS, build
+from lvprune.methods.dart import DARTPruner
 from lvprune.methods.divprune import DivPrunePruner
 from lvprune.methods.fastv import FastVPruner
 from lvprune.methods.lvpruning import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, LVPruningOutput
@@ -35,6 +36,7 @@ __all__ = [
     "LVPruningForTraining",
     "LVPruningOutput",
     "PLPHPPress",
+    "DARTPruner",
     "DivPrunePruner",
     "FastVPruner",
     "PyramidDropPruner",

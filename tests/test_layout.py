@@ -117,7 +117,7 @@ def test_every_method_file_is_registered_by_name():
     files |= {f"lvprune.methods.{path.parent.name}" for path in (ROOT / "lvprune" / "methods").glob("*/__init__.py")}
     assert {method.module for method in METHODS.values()} == files - {"lvprune.methods.__init__"}
     assert {name: method.kind for name, method in METHODS.items()} == {
-        "lvpruning": "stage", "random": "stage", "fastv": "stage", "divprune": "stage", "pdrop": "stage",
+        "lvpruning": "stage", "random": "stage", "fastv": "stage", "divprune": "stage", "pdrop": "stage", "dart": "stage",
         "plphp": "press", "kvpress": "press"}
 
 

@@ -5,7 +5,9 @@
 | `unpruned`             | nothing: the stock model, no hooks                                           |
 | `random`               | random vision tokens at LVPruning's stages and ratios `[0.5, 0.3, 0.1]`       |
 | `fastv`                | FastV after layer K, keeping as many tokens as LVPruning ρ=0.5's last stage |
-| `divprune-R`           | DivPrune before the LLM: R = LVPruning ρ=0.5's last ratio (matched tokens kept), and R = its layer-averaged ratio (matched vision rows over the layers, so about matched prefill FLOPs) |
+| `dart`                 | DART after FastV's layer at FastV's ratio (its own count: 4 + 8 × ⌊ratio n / 8⌋) |
+| `divprune-R`           | DivPrune before the LLM at R = LVPruning ρ=0.5's last ratio (matched tokens kept) |
+|                        | and at R = its layer-averaged ratio (matched vision rows over the layers: about matched prefill FLOPs) |
 | `pdrop`                | PyramidDrop at LVPruning ρ=0.5's stages and ratios (matched at every stage)   |
 | `plphp`                | PLPHP alone (KV cache only)                                                  |
 | `lvpruning-ρ`          | the trained pruner at ratios `[ρ, ρ−0.2, ρ−0.4]`, ρ ∈ {0.6, 0.5, 0.45}         |
@@ -23,8 +25,8 @@ from lvprune.core.pruning import Pruning
 from lvprune.methods import build
 from lvprune.methods.plphp import PLPHPPress
 
-METHOD_NAMES = ("unpruned", "random", "fastv", "divprune-0.1", "divprune-0.475", "pdrop", "plphp", "lvpruning-0.6",
-                "lvpruning-0.5", "lvpruning-0.45", "lvpruning-0.5+plphp")  # on a 4-layer base (`divprune-R`)
+METHOD_NAMES = ("unpruned", "random", "fastv", "dart", "divprune-0.1", "divprune-0.475", "pdrop", "plphp",
+                "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45", "lvpruning-0.5+plphp")  # on a 4-layer base
 RHOS = (0.6, 0.5, 0.45)
 REFERENCE_RHO = 0.5  # random and FastV are matched to LVPruning at this ρ
 
@@ -76,6 +78,7 @@ def build_methods(model, pruner, *, plphp: PLPHPPress | None = None, fastv_layer
         Method("unpruned"),
         Method("random", build("random", model.config, **stages)),
         Method("fastv", build("fastv", model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
+        Method("dart", build("dart", model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
     ]
     depth = pruner.config.num_hidden_layers
     for ratio in (reference[-1], layer_averaged_ratio(pruner.config.after_layers, reference, depth)):

@@ -39,6 +39,8 @@ def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         output = delegate(state.base_attention, module, query, key, value, allowed, scaling, dropout, state.prefill)
     if state.prefill and layer in state.attention_layers:
         state.last_query[layer] = last_query_scores(module, query, key, allowed, scaling)
+    if state.prefill and layer in state.key_norm_layers:  # L1 norm of each row's post-RoPE keys, all heads: [B, K]
+        state.key_norms[layer] = key.float().abs().sum((1, 3))
     press = state.press
     if press is not None and state.prefill and state.cache is not None and layer >= press.start_layer:
         if not press.ranks_by_attention:

@@ -21,7 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 __all__ = [
     "CACHE_KWARGS", "DynamicCache", "activation_checkpointing", "POSITION_EMBEDDINGS_KWARG", "attention_module",
-    "cache_kwarg", "cache_layers", "decoder_layers", "input_norm", "rotary_embedding",
+    "cache_kwarg", "cache_layers", "decoder_layers", "final_norm", "input_norm", "rotary_embedding",
     "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "sdpa_attention_forward",
     "set_text_attention", "text_attention", "text_config",
 ]
@@ -93,6 +93,11 @@ def attention_module(layer: nn.Module) -> nn.Module:
     """A decoder layer's self-attention module (`layer.self_attn`, which is called with the layer's normed
     hidden states and its rotary tables as `position_embeddings`)."""
     return layer.self_attn
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The language model's norm after its last decoder layer (`model.model.language_model.norm`)."""
+    return model.model.language_model.norm
 
 
 def input_norm(layer: nn.Module) -> nn.Module:

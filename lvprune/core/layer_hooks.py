@@ -20,6 +20,7 @@ from lvprune.core.contract import (
     POSITION_EMBEDDINGS_KWARG,
     attention_module,
     decoder_layers,
+    final_norm,
     rotary_embedding,
     set_text_attention,
     text_attention,
@@ -48,11 +49,11 @@ def _enter_attention(rotary, module, args, kwargs):
     return args, kwargs
 
 
-def _leave_stage(stage, next_layer, module, args, kwargs, output):
+def _leave_stage(stage, next_layer, final_norm, module, args, kwargs, output):
     state = kwargs.get(STATE_KWARG)
     if state is None or not state.prefill or state.pruner is None:
         return output
-    return state.run_stage(stage, output, next_layer)
+    return state.run_stage(stage, output, next_layer, final_norm)
 
 
 def _before_first_layer(stage, module, args, kwargs):
@@ -102,8 +103,8 @@ class LayerHooks:
                     partial(_enter_attention, rotary), with_kwargs=True))
             stage = stage_for_layer(after, i)
             if stage is not None:
-                self.handles.append(layer.register_forward_hook(partial(_leave_stage, stage, layers[i + 1]),
-                                                                with_kwargs=True))
+                self.handles.append(layer.register_forward_hook(
+                    partial(_leave_stage, stage, layers[i + 1], final_norm(self.model)), with_kwargs=True))
         return self
 
     def detach(self) -> None:

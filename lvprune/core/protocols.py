@@ -15,7 +15,14 @@ others. A stage pruner has
     from the rows entering it with that layer's own norm, projections and rotary tables (one query row), when
     `inputs` holds "next_attention";
   - `vision_valid` [B, V] bool: which of the V rows are real (a sample with fewer vision rows is filled), when
-    `inputs` holds "vision_valid".
+    `inputs` holds "vision_valid";
+  - `key_norms` ([B, V], [B, T]): the L1 norm of the stage layer's post-RoPE keys of each vision and text row,
+    every head (`inputs` "key_norms"); `positions` ([B, V], [B, T]): their original prompt positions
+    ("positions"); `final_norm`: the language model's last norm module ("final_norm"); `keep_ratio`: the ratio
+    the call applies at this stage ("keep_ratio": `keep_ratios=` may override the schedule's).
+
+A pruner that counts otherwise than `round(ratio × n)` per sample defines `stage_counts(num_vision, ratio) ->
+counts` (host ints): DART keeps its pivots and an equal share per pivot.
 
 A stage after layer 0 acts before the first decoder layer, on the merged input embeddings: pruning before the
 language model is a stage like any other (positions kept, the same removal and masked forward).
@@ -131,7 +138,7 @@ class StagePruner(nn.Module):
     """Base of the stage pruners without trained weights: a `StageSchedule` and the scores' shape."""
 
     attention_layers: tuple[int, ...] = ()
-    inputs: tuple[str, ...] = ()  # what else `forward` reads: "next_attention", "vision_valid" (module docstring)
+    inputs: tuple[str, ...] = ()  # what else `forward` reads: "next_attention", "vision_valid", ... (module docstring)
 
     def __init__(self, config: StageSchedule):
         super().__init__()

@@ -103,6 +103,10 @@ class PruningState:
         # Pruners that rank by attention (FastV) name the layers whose last-query row they read.
         self.attention_layers = set(getattr(pruner, "attention_layers", ())) if pruner is not None else set()
         self.last_query: dict[int, torch.Tensor] = {}
+        # Pruners that read the stage layers' keys (`inputs` "key_norms") have their L1 norms kept per row.
+        wants = getattr(pruner, "inputs", ()) if pruner is not None else ()
+        self.key_norm_layers = {a - 1 for a in pruner.config.after_layers if a > 0} if "key_norms" in wants else set()
+        self.key_norms: dict[int, torch.Tensor] = {}
         self.layer_stats: list[dict] = [dict() for _ in range(num_layers)]
         self.widths: list[int] = [0] * num_layers  # hidden rows each layer computes on in the prefill
         self._mask_for = None  # (slots, query_order, mask) of the last mask built
@@ -175,14 +179,17 @@ class PruningState:
 
     # ---------------------------------------------------------------- LVPruning stages
 
-    def run_stage(self, stage: int, hidden: torch.Tensor, next_layer=None) -> torch.Tensor:
+    def run_stage(self, stage: int, hidden: torch.Tensor, next_layer=None, final_norm=None) -> torch.Tensor:
         """Decide which vision tokens survive stage `stage`; hidden [B, L, C] -> [B, L', C]. `next_layer`: the
-        decoder layer the rows enter next (for a pruner that ranks by its attention, `inputs` "next_attention")."""
+        decoder layer the rows enter next (for a pruner that ranks by its attention, `inputs` "next_attention");
+        `final_norm`: the language model's last norm (`inputs` "final_norm")."""
         vision = self.rows.vision[:, 0]
         present = vision if self.keep is None else vision & (self.keep > 0)
         queries_width = max(self.host.vision if self.sample else self.present, default=0)
-        gamma, queries = self._scores(stage, hidden, vision if self.sample else present, queries_width, next_layer)
-        counts = keep_counts(self.host.vision, self.keep_ratios[stage])
+        gamma, queries = self._scores(stage, hidden, vision if self.sample else present, queries_width, next_layer,
+                                      final_norm)
+        # A pruner may count as its paper does (DART: pivots plus an equal share per pivot); else round(ratio × n).
+        counts = getattr(self.pruner, "stage_counts", keep_counts)(self.host.vision, self.keep_ratios[stage])
         kept = self.host.kept(counts)
         # The last prompt token is kept, within the count (it ranks first): [B, V] over the query slots.
         last = (gather_rows(self.rows.order[:, 0], queries.index) == self.last[:, None]) & queries.real
@@ -190,7 +197,8 @@ class PruningState:
             decided = sample_decisions(gamma, self.pruner.config.gumbel_tau)
         else:
             score = keep_score(gamma, self.pruner.config.rank_by).float().masked_fill(last, float("inf"))
-            decided = topk_decisions(score, queries.real, torch.tensor(counts, device=score.device), max(kept, default=0))
+            decided = topk_decisions(score, queries.real, torch.tensor(counts, device=score.device),
+                                     max(kept, default=0))
             self.present = kept
         # Fillers write a neutral 1 onto rows that are not queries (slot indices are distinct).
         decided = torch.where(queries.real & ~last, decided, torch.ones_like(decided))
@@ -203,7 +211,7 @@ class PruningState:
         self.decisions.append(self.keep)
         return hidden
 
-    def _scores(self, stage, hidden, queries, width: int, next_layer=None):
+    def _scores(self, stage, hidden, queries, width: int, next_layer=None, final_norm=None):
         """γ [B, V, 2] of the rows `queries` [B, L] bool (at most `width` a sample), and where they sit."""
         queries = _Queries(*(t[:, 0] for t in compact(queries[:, None], width)))
         text = _Queries(*(t[:, 0] for t in compact(self.text_key[:, None], max(self.host.text_keys, default=0))))
@@ -218,6 +226,16 @@ class PruningState:
             keys = self.rows.valid[:, 0] if self.keep is None else self.rows.valid[:, 0] & (self.keep > 0)
             scores = probe_attention(next_layer, hidden, self.position_embeddings, keys)
             extra["next_attention"] = gather_rows(scores, queries.index)
+        if "key_norms" in wants:  # the stage layer's key L1 norms of the vision rows and of the text rows
+            norms = self.key_norms[layer]
+            extra["key_norms"] = (gather_rows(norms, queries.index), gather_rows(norms, text.index))
+        if "positions" in wants:  # the original prompt positions of the vision rows and of the text rows
+            order = self.rows.order[:, 0]
+            extra["positions"] = (gather_rows(order, queries.index), gather_rows(order, text.index))
+        if "final_norm" in wants:
+            extra["final_norm"] = final_norm
+        if "keep_ratio" in wants:  # the ratio this call applies at the stage (`keep_ratios` may override the config's)
+            extra["keep_ratio"] = self.keep_ratios[stage]
         gamma = self.pruner(stage, gather_rows(hidden, queries.index), gather_rows(hidden, text.index), text.real, **extra)
         return gamma, queries
 

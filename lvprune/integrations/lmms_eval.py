@@ -7,7 +7,7 @@
 
 `pretrained` is the base (a folder or a Hub id); `pruner` an LVPruning pruner (optional), `keep_ratios` its
 inference ratios (`0.5:0.3:0.1`). Any registered method (`lvprune.methods`) by name: `method` a stage pruner
-(`fastv`, `divprune`, `pdrop`, `random`; `lvpruning` is `pruner`), `press` a cache press (`plphp`, `kvpress`), each method's options
+(`fastv`, `dart`, `divprune`, `pdrop`, `random`; `lvpruning` is `pruner`), `press` a cache press (`plphp`, `kvpress`), each method's options
 prefixed by its name (`fastv_after_layer`, `kvpress_compression_ratio`, ...). PLPHP's settings are those every
 lvprune command line uses (`plphp_r`, `plphp_delta_r`, `plphp_alpha`, `plphp_beta`, `plphp_start_layer`,
 `plphp_allocation`, `plphp_queries`): any one turns PLPHP on, the rest from `PLPHPPress`. `dtype` (`float32`,

@@ -7,6 +7,7 @@
 | `fastv`     | stage       | `fastv.py`          | the last prompt token's attention at layer K             |
 | `divprune`  | stage (0)   | `divprune.py`       | diversity of the input embeddings, before the LLM        |
 | `pdrop`     | stage       | `pyramid_drop.py`   | the last token's attention in the next layer, 3 stages   |
+| `dart`      | stage       | `dart.py`           | duplication: least like a few key-norm pivots, layer 2   |
 | `plphp`     | cache press | `plphp.py`          | per layer class, per KV head attention                   |
 | `kvpress`   | cache press | `kvpress.py`        | a kvpress scorer (SnapKV, TOVA, ...)                     |
 
@@ -107,6 +108,13 @@ def _divprune(base_config, *, keep_ratio: float = 0.1):
     return DivPrunePruner(base_config, keep_ratio=keep_ratio)
 
 
+def _dart(base_config, *, after_layer: int = 2, keep_ratio: float = 0.222, pivot_image: int = 4, pivot_text: int = 4):
+    from lvprune.methods.dart import DARTPruner
+
+    return DARTPruner(base_config, after_layer=after_layer, keep_ratio=keep_ratio, pivot_image=pivot_image,
+                      pivot_text=pivot_text)
+
+
 def _pyramid_drop(base_config, *, after_layers=None, keep_ratios=(0.5, 0.25, 0.125)):
     from lvprune.methods.pyramid_drop import PyramidDropPruner
 
@@ -138,6 +146,8 @@ register(Method("fastv", "stage", "lvprune.methods.fastv", _fastv,
 register(Method("divprune", "stage", "lvprune.methods.divprune", _divprune,
                 "before the language model: the most diverse input embeddings (greedy max-min cosine distance)",
                 "https://arxiv.org/abs/2503.02175"))
+register(Method("dart", "stage", "lvprune.methods.dart", _dart,
+                "DART: pivots by key norm, then the vision tokens least like each pivot", "https://arxiv.org/abs/2502.11494"))
 register(Method("pdrop", "stage", "lvprune.methods.pyramid_drop", _pyramid_drop,
                 "PyramidDrop: stages ranked by the last token's attention in the next layer",
                 "https://arxiv.org/abs/2410.17247"))
