@@ -60,6 +60,10 @@ def test_pruned_kv_and_flops_follow_the_schedules(results):
     # Random scores cost nothing, so random pruning's FLOPs are LVPruning's minus its decision modules.
     assert rows["random"]["prefill_tflops"] < rows["lvpruning-0.5"]["prefill_tflops"]
     assert rows["fastv"]["prefill_tflops"] < rows["unpruned"]["prefill_tflops"]
+    # PyramidDrop at LVPruning's stages and ratios holds its tokens; DivPrune holds its ratio in every layer.
+    assert rows["pdrop"]["kv_cache_bytes"] == rows["lvpruning-0.5"]["kv_cache_bytes"]
+    assert rows["divprune-0.1"]["kv_cache_bytes"] < rows["divprune-0.475"]["kv_cache_bytes"] \
+        < rows["unpruned"]["kv_cache_bytes"]
     if KVPRESS_ROWS:  # the same counts in every layer, chosen by different scores
         assert rows["kvpress-knorm"]["kv_cache_bytes"] == rows["kvpress-snapkv"]["kv_cache_bytes"] \
             < rows["unpruned"]["kv_cache_bytes"]
@@ -71,6 +75,14 @@ def test_figures_and_table_are_written(results):
             assert image.format == "PNG" and image.size[0] > 200 and image.size[1] > 200
     table = (results / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHOD_NAMES + KVPRESS_ROWS)
+
+
+def test_a_plot_line_joins_a_methods_budgets():
+    from lvprune.bench.plots import method_of
+
+    names = ["lvpruning-0.6", "lvpruning-0.45", "divprune-0.475", "lvpruning-0.5+plphp", "fastv", "kvpress-snapkv"]
+    assert [method_of(n) for n in names] == ["lvpruning", "lvpruning", "divprune", "lvpruning-0.5+plphp", "fastv",
+                                             "kvpress-snapkv"]
 
 
 def test_prefill_flops_match_the_eager_count(base, tmp_path):

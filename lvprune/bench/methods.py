@@ -7,7 +7,7 @@
 | `fastv`                | FastV after layer K, keeping as many tokens as LVPruning ρ=0.5's last stage |
 | `dart`                 | DART after FastV's layer at FastV's ratio (its own count: 4 + 8 × ⌊ratio n / 8⌋) |
 | `divprune-R`           | DivPrune before the LLM at R = LVPruning ρ=0.5's last ratio (matched tokens kept) |
-|                        | and at R = its layer-averaged ratio (matched vision rows over the layers: about matched prefill FLOPs) |
+|                        | and at R = its layer-averaged ratio (the same vision rows over the layers: ~ the FLOPs) |
 | `pdrop`                | PyramidDrop at LVPruning ρ=0.5's stages and ratios (matched at every stage)   |
 | `plphp`                | PLPHP alone (KV cache only)                                                  |
 | `lvpruning-ρ`          | the trained pruner at ratios `[ρ, ρ−0.2, ρ−0.4]`, ρ ∈ {0.6, 0.5, 0.45}         |

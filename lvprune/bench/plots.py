@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -13,23 +14,32 @@ import numpy as np  # noqa: E402
 PRUNED_SHADE = 0.25  # pruned patches keep this fraction of their brightness
 
 
+def method_of(row_name: str) -> str:
+    """The method a benchmark row belongs to: its name without a trailing budget (`lvpruning-0.5` -> `lvpruning`,
+    `divprune-0.475` -> `divprune`; `lvpruning-0.5+plphp` is a method of its own)."""
+    return re.sub(r"-[0-9.]+$", "", row_name)
+
+
 def plot_accuracy_vs_flops(rows: list[dict], path: str | Path) -> None:
-    """Two panels, one marker per method: exact-match accuracy (y) against prefill GFLOPs and against the KV
-    cache held after the prefill, each as a fraction of the unpruned row's (x); a legend names the markers, since
-    methods that share a cost (PLPHP's prefill is the unpruned one) would hide each other's labels."""
+    """Two panels, a line per method through its budgets: exact-match accuracy (y) against prefill FLOPs and
+    against the KV cache held after the prefill, each as a fraction of the unpruned row's (x); a legend names the
+    methods, since methods that share a cost (PLPHP's prefill is the unpruned one) would hide each other's labels."""
     base = next((r for r in rows if r["method"] == "unpruned"), rows[0])
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.2), sharey=True)
+    methods: dict[str, list[dict]] = {}
+    for row in rows:
+        methods.setdefault(method_of(row["method"]), []).append(row)
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4), sharey=True)
     panels = (("prefill_tflops", "prefill FLOPs (% of unpruned)"), ("kv_cache_bytes", "KV cache (% of unpruned)"))
-    markers = "osD^vP*Xh<>"
+    markers = "osD^vP*Xh<>p"
     for ax, (key, label) in zip(axes, panels):
-        for i, row in enumerate(rows):
-            ax.scatter(100 * row[key] / base[key], 100 * row["accuracy"], s=44, zorder=3, marker=markers[i % 11],
-                       label=row["method"])
+        for i, (name, group) in enumerate(methods.items()):
+            points = sorted((100 * r[key] / base[key], 100 * r["accuracy"]) for r in group)
+            ax.plot(*zip(*points), marker=markers[i % len(markers)], markersize=6, linewidth=1.2, label=name)
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Accuracy against prefill compute and KV cache (per prompt)")
+    fig.suptitle("Accuracy against prefill compute and KV cache (per prompt; a line joins a method's budgets)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

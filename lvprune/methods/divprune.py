@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lvprune.core.protocols import StagePruner
+from lvprune.core.selection import keep_counts
 from lvprune.core.stages import StageSchedule
 
 
@@ -38,9 +39,10 @@ def cosine_distances(features: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     return distance.masked_fill(~pair, float("inf"))
 
 
-def greedy_order(distance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def greedy_order(distance: torch.Tensor, valid: torch.Tensor, steps: int | None = None) -> torch.Tensor:
     """The step at which DivPrune's greedy rule picks each row: distance [B, V, V] (`cosine_distances`),
-    valid [B, V] -> [B, V] long, 0 for the first pick, V for rows that are not real."""
+    valid [B, V] -> [B, V] long, 0 for the first pick, V for rows that are not real or not picked within `steps`
+    (default: every real row)."""
     batch, width = valid.shape
     order = torch.full((batch, width), width, dtype=torch.long, device=valid.device)
     rows = torch.arange(batch, device=valid.device)
@@ -55,7 +57,7 @@ def greedy_order(distance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     score = nearest.masked_fill(~valid, float("-inf"))
     closest = torch.full((batch, width), float("inf"), device=valid.device)  # min distance to the chosen set
     chosen = ~valid
-    for step in range(int(n_real.max()) if width else 0):
+    for step in range(min(int(n_real.max()), steps if steps is not None else width) if width else 0):
         pick = score.argmax(-1)  # [B]
         active = step < n_real
         order[rows[active], pick[active]] = step
@@ -69,14 +71,17 @@ class DivPrunePruner(StagePruner):
     """DivPrune: one stage after layer 0 keeping `round(keep_ratio × n_vision)` vision tokens, the most diverse
     by greedy max-min cosine distance of their input embeddings."""
 
-    inputs = ("vision_valid",)
+    inputs = ("vision_valid", "keep_ratio")
 
     def __init__(self, base_config, keep_ratio: float = 0.1):
         super().__init__(StageSchedule.for_base(base_config, [0], [keep_ratio]))
 
     def forward(self, stage: int, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                vision_valid: torch.Tensor | None = None, **_) -> torch.Tensor:
-        if vision_valid is None:
-            raise RuntimeError("DivPrunePruner needs the core's vision_valid: run it through lvprune.pruning().")
-        order = greedy_order(cosine_distances(vision, vision_valid), vision_valid)
+                vision_valid: torch.Tensor | None = None, keep_ratio: float | None = None, **_) -> torch.Tensor:
+        if vision_valid is None or keep_ratio is None:
+            raise RuntimeError("DivPrunePruner needs the core's vision_valid and keep_ratio: run it through "
+                               "lvprune.pruning().")
+        # The greedy rule is sequential: pick only as many as the core keeps (its count, round(ratio × n)), not all.
+        steps = max(keep_counts(vision_valid.sum(-1).tolist(), keep_ratio), default=0)
+        order = greedy_order(cosine_distances(vision, vision_valid), vision_valid, steps)
         return self.as_gamma(-order.float())

@@ -50,9 +50,6 @@ class PyramidDropPruner(StagePruner):
 
     inputs = ("next_attention",)
 
-    def __init__(self, config: StageSchedule):
-        super().__init__(config)
-
     @classmethod
     def for_base(cls, base_config, after_layers=None, keep_ratios=PAPER_RATIOS) -> "PyramidDropPruner":
         """At the paper's layers scaled to the base's depth unless `after_layers` is given."""
