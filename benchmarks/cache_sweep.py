@@ -10,15 +10,19 @@ pressed cache:
 - context: the prompt up to its image's last token is prefilled and pressed, then the question and its answer
   (kvpress's question-agnostic protocol, a prefix cache).
 At each vision budget f (the fraction of vision slots kept), the methods:
-- PLPHP, the paper's ranking by the last prompt token (rate r = f, Δr = 0.6 f, the reference base's α 0.886,
-  β 0.678 from layer 0), with all prompt queries (`queries="all"`; and with Δr 0, one rate f in every layer as
-  the kvpress rows keep), and a random choice at PLPHP's counts;
+- PLPHP as `PLPHPPress()` ranks by default (`queries="expected"`: the attention expected of the queries to come;
+  rate r = f, Δr = 0.6 f from layer 0, α/β calibrated for that attention on the reference base's prompts by
+  `suggest_thresholds`; and with Δr 0, one rate f in every layer as the kvpress rows keep), a random choice at
+  its counts, the paper's ranking by the last prompt token (`queries="last"`, the reference base's α 0.886,
+  β 0.678) and the mean over every prompt query (`queries="all"`);
 - kvpress's scorers through `lvprune.methods.kvpress` (kvpress's own `score`, every layer): restricted to
   vision slots (compression ratio 1 − f), and as shipped (text competes; ratio set so the cache holds as many
   slots as the vision-only methods');
 - LVPruning ρ 0.5 (the shapes benchmark's trained pruner, ratios 0.5, 0.3, 0.1), alone and with PLPHP.
-Prints a table (accuracy, KV held after the press as % of unpruned) and writes cache_sweep.md, .json and .png
-(accuracy against KV, a panel per protocol) into `--figures`. Needs kvpress (README, "Install").
+Prints a table (accuracy, KV held after the press as % of unpruned), then lvprune's best press against kvpress's
+best at each of kvpress's points (lvprune's interpolated at the same KV held), and writes cache_sweep.md, .json
+(`{"results": {protocol: {method: [{budget, accuracy, kv}]}}, "matched": ...}`) and .png (accuracy against KV, a
+panel per protocol) into `--figures`. Needs kvpress (README, "Install").
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.bench import DEFAULT_CACHE_DIR, ShapesBenchConfig, image_size, resolve
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 
-ALPHA, BETA = 0.886, 0.678  # PLPHP's thresholds calibrated on the reference base (benchmarks/plphp_sweep.py)
+ALPHA, BETA = 0.886, 0.678  # the paper's ranking's thresholds on the reference base (benchmarks/plphp_sweep.py)
 CASES = ("second turn", "context")
+DEFAULT = "PLPHP (default: expected)"
+PROFILE_QUESTIONS = 128  # prompts of the test split whose expected vision attention sets the default's α/β
 LVPRUNING = [0.5, 0.3, 0.1]  # ρ 0.5: the ratios the shapes benchmark's lvpruning-0.5 row uses
 
 
@@ -65,19 +71,23 @@ class RandomSlots(PLPHPPress):
         return torch.rand(scores.shape, device=scores.device)
 
 
-def methods_at(budget: float, pruner) -> dict:
+def methods_at(budget: float, pruner, thresholds: dict) -> dict:
     """name -> setting builder at vision budget `budget`: `build(text, vision)` (the prompt's text and vision slot
-    counts, which kvpress's ratio as shipped depends on) returns `lvprune.pruning`'s keyword arguments."""
+    counts, which kvpress's ratio as shipped depends on) returns `lvprune.pruning`'s keyword arguments.
+    `thresholds`: the default ranking's α/β."""
     from lvprune.methods.kvpress import SCORERS, KVPressScorer, scorer
 
     label = {key: cls.removesuffix("Press") for key, (cls, _) in SCORERS.items()}
-    plphp = PLPHPPress(r=budget, delta_r=round(0.6 * budget, 6), alpha=ALPHA, beta=BETA, start_layer=0)
+    rates = dict(r=budget, delta_r=round(0.6 * budget, 6), start_layer=0)
+    default = PLPHPPress(**rates, alpha=thresholds["alpha"], beta=thresholds["beta"])
+    paper = PLPHPPress(**rates, alpha=ALPHA, beta=BETA, queries="last")
     presses = {
-        "PLPHP (paper: last query)": plphp,
-        "PLPHP, all queries": dataclasses.replace(plphp, queries="all"),
-        "random slots": RandomSlots(**plphp.to_dict()),
+        DEFAULT: default,
         # One rate in every layer, as the vision-only kvpress rows keep: the ranking alone, at their budget.
-        "PLPHP, all queries, Δr 0": dataclasses.replace(plphp, queries="all", delta_r=0.0),
+        "PLPHP, expected, Δr 0": dataclasses.replace(default, delta_r=0.0),
+        "random slots": RandomSlots(**default.to_dict()),
+        "PLPHP (paper: last query)": paper,
+        "PLPHP, all queries": dataclasses.replace(paper, queries="all"),
     }
     for key in ("snapkv", "tova", "expected_attention", "knorm"):
         presses[f"kvpress {label[key]}, vision"] = KVPressScorer(scorer(key, 1 - budget))
@@ -88,10 +98,57 @@ def methods_at(budget: float, pruner) -> dict:
             ratio = 1 - (text + budget * vision) / (text + vision)
             return dict(press=KVPressScorer(scorer(key, ratio), scope="all"))
         methods[f"kvpress {label[key]}, as shipped"] = shipped
-    for name in ("PLPHP (paper: last query)", "PLPHP, all queries"):
+    for name in (DEFAULT, "PLPHP (paper: last query)"):
         methods[f"LVPruning 0.5 + {name}"] = lambda text, vision, press=presses[name]: dict(
             pruner=pruner, keep_ratios=LVPRUNING, press=press)
     return methods
+
+
+def is_ours(name: str) -> bool:
+    """Whether row `name` is one of lvprune's own presses (not kvpress's, not the random control)."""
+    return name.startswith("PLPHP")
+
+
+def default_thresholds(model, processor, config) -> dict:
+    """α/β of the default ranking (`queries="expected"`) for the reference base: its profile's thirds from layer 0,
+    on the first `PROFILE_QUESTIONS` single-question prompts of the test split (not the sweep's records)."""
+    from lvprune.bench.harness import test_split
+    from lvprune.bench.questions import load_questions, prompt_batches
+    from lvprune.methods.plphp import suggest_thresholds, vision_attention_profile
+
+    questions = load_questions(*test_split(config), limit=PROFILE_QUESTIONS)
+    with torch.no_grad():
+        profile = vision_attention_profile(model, prompt_batches(questions, processor, batch_size=16), "expected")
+    return suggest_thresholds(profile, start_layer=0)
+
+
+def interpolated(points: list[dict], kv: float) -> float | None:
+    """A method's accuracy at `kv` % of the cache, linear between its measured points (None outside them)."""
+    ordered = sorted((p["kv"], p["accuracy"]) for p in points)
+    for (kv_0, acc_0), (kv_1, acc_1) in zip(ordered, ordered[1:]):
+        if kv_0 <= kv <= kv_1:
+            return acc_0 if kv_1 == kv_0 else acc_0 + (acc_1 - acc_0) * (kv - kv_0) / (kv_1 - kv_0)
+    return ordered[0][1] if len(ordered) == 1 and abs(ordered[0][0] - kv) < 0.5 else None
+
+
+def matched(results: dict) -> dict:
+    """Per protocol, at each budget: kvpress's best row there (the highest accuracy among kvpress's rows) and
+    lvprune's best press at the same KV held (the highest of its rows' interpolated accuracies there)."""
+    out = {}
+    for case, rows in results.items():
+        theirs = {name: points for name, points in rows.items() if name.startswith("kvpress")}
+        ours = {name: points for name, points in rows.items() if is_ours(name)}
+        lines = []
+        for budget in sorted({p["budget"] for points in theirs.values() for p in points}, reverse=True):
+            name, point = max(((n, p) for n, points in theirs.items() for p in points if p["budget"] == budget),
+                              key=lambda item: item[1]["accuracy"])
+            at = {n: interpolated(points, point["kv"]) for n, points in ours.items()}
+            at = {n: a for n, a in at.items() if a is not None}
+            best = max(at, key=at.get) if at else None
+            lines.append(dict(budget=budget, kv=point["kv"], kvpress=name, kvpress_accuracy=point["accuracy"],
+                              lvprune=best, lvprune_accuracy=at.get(best)))
+        out[case] = lines
+    return out
 
 
 def two_turn_split(config: SweepConfig) -> tuple[list[dict], Path]:
@@ -173,7 +230,8 @@ def plot(results: dict, unpruned: dict, path: Path) -> None:
             kv, acc = zip(*sorted((p["kv"], p["accuracy"]) for p in points))
             ours = name.startswith(("PLPHP", "LVPruning"))
             style = "-o" if ours else "--." if name == "random slots" else ":x"
-            ax.plot(kv, acc, style, label=name, color=colours[name], linewidth=2 if ours else 1, markersize=4)
+            width = 3 if name == DEFAULT else 2 if ours else 1
+            ax.plot(kv, acc, style, label=name, color=colours[name], linewidth=width, markersize=4)
         ax.axhline(unpruned[case], color="black", linewidth=0.8, label="unpruned (100% KV)")
         ax.set(title=case, xlabel="KV cache held after the press (% of unpruned)", xlim=(0, 100))
         ax.grid(alpha=0.3)
@@ -204,6 +262,9 @@ def main(argv=None) -> None:
         prepared[case] = items
     unpruned = {case: measure(model, processor, prepared[case], None)[0] for case in CASES}
     print(f"unpruned: {', '.join(f'{c} {a:.1f}' for c, a in unpruned.items())}", flush=True)
+    thresholds = default_thresholds(model, processor, resolved)  # resolved: holds the test split
+    print(f"the default ranking's thresholds on this base: alpha {thresholds['alpha']}, beta {thresholds['beta']}",
+          flush=True)
     results = {case: {} for case in CASES}
     alone = lambda text, vision: dict(pruner=pruner, keep_ratios=LVPRUNING)  # noqa: E731
     for case in CASES:
@@ -211,7 +272,7 @@ def main(argv=None) -> None:
         results[case]["LVPruning 0.5"] = [dict(budget=None, accuracy=accuracy, kv=kv)]
         print(f"{case} | LVPruning 0.5: {accuracy:.1f} at {kv:.0f}% KV", flush=True)
     for budget in config.budgets:
-        for name, build in methods_at(budget, pruner).items():
+        for name, build in methods_at(budget, pruner, thresholds).items():
             for case in CASES:
                 start = time.perf_counter()
                 accuracy, kv = measure(model, processor, prepared[case], build)
@@ -220,8 +281,10 @@ def main(argv=None) -> None:
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
     out = Path(config.figures)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cache_sweep.json").write_text(json.dumps(dict(unpruned=unpruned, results=results), indent=1))
-    table = markdown(results, unpruned, config.budgets)
+    versus = matched(results)
+    (out / "cache_sweep.json").write_text(json.dumps(dict(unpruned=unpruned, thresholds=thresholds,
+                                                          results=results, matched=versus), indent=1))
+    table = markdown(results, unpruned, config.budgets) + "\n" + matched_markdown(versus)
     (out / "cache_sweep.md").write_text(table)
     plot(results, unpruned, out / "cache_sweep.png")
     print(table)
@@ -241,6 +304,22 @@ def markdown(results: dict, unpruned: dict, budgets: list[float]) -> str:
             lines.append(f"| {name} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def matched_markdown(versus: dict) -> str:
+    """lvprune's best press against kvpress's best, per protocol and budget, at the same KV held."""
+    lines = ["**lvprune's best press against kvpress's best, at the KV kvpress's best holds** (lvprune's "
+             "interpolated between its measured budgets)", "",
+             "| protocol | vision budget | KV held | kvpress's best | lvprune's best | difference |",
+             "| --- | ---: | ---: | --- | --- | ---: |"]
+    for case, rows in versus.items():
+        for row in rows:
+            ours = row["lvprune_accuracy"]
+            cell = f"{ours:.1f} ({row['lvprune']})" if ours is not None else "outside its measured range"
+            gap = f"{ours - row['kvpress_accuracy']:+.1f}" if ours is not None else ""
+            lines.append(f"| {case} | {row['budget']:g} | {row['kv']:.0f}% | {row['kvpress_accuracy']:.1f} "
+                         f"({row['kvpress'].removeprefix('kvpress ')}) | {cell} | {gap} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -111,12 +111,12 @@ def test_the_plphp_rows_take_the_named_plphp_fields():
     from lvprune.methods.plphp import PLPHPPress
     from lvprune.utils.command_line import parse
 
-    assert BenchConfig().plphp_rows() == PLPHPPress()
+    assert BenchConfig().plphp_rows() == PLPHPPress(queries="last")
     config = parse(BenchConfig, ["--plphp_r", "0.3", "--plphp_delta_r", "0.3", "--plphp_alpha", "0.6",
                                  "--plphp_beta", "0.25", "--plphp_start_layer", "0", "--plphp_queries", "all"])
     assert config.plphp_rows() == PLPHPPress(r=0.3, delta_r=0.3, alpha=0.6, beta=0.25, start_layer=0,
                                               queries="all")
-    assert BenchConfig(plphp_r=0.3).plphp_rows() == PLPHPPress(r=0.3)  # the rest default
+    assert BenchConfig(plphp_r=0.3).plphp_rows() == PLPHPPress(r=0.3, queries="last")  # the rest default
     with pytest.raises(ValueError, match="beta"):
         BenchConfig(plphp_alpha=0.2, plphp_beta=0.6)
 

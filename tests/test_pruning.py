@@ -288,7 +288,7 @@ def test_all_queries_rank_each_heads_slots_by_the_attention_they_receive(stock, 
     assert checked > 0 and dropped, "some head must have dropped vision slots"
 
 
-@pytest.mark.parametrize("queries", ["last", "all"])
+@pytest.mark.parametrize("queries", ["last", "all", "expected"])
 def test_a_follow_up_on_a_cache_pressed_for_the_last_question_warns(base, mixed_batch, pruned, queries):
     """A second turn served from a cache pressed by the last prompt token's attention warns, naming the option
     that suits a chat; the same cache pressed by every prompt query does not."""
@@ -309,4 +309,4 @@ def test_a_follow_up_on_a_cache_pressed_for_the_last_question_warns(base, mixed_
     said = [str(w.message) for w in caught if "now takes new prompt tokens" in str(w.message)]
     assert len(said) == (1 if queries == "last" else 0), said
     if said:
-        assert "PLPHPPress(queries='last')" in said[0] and "press with queries='all'" in said[0]
+        assert "PLPHPPress(queries='last')" in said[0] and "press with queries='expected'" in said[0]

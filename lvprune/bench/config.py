@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lvprune.methods.plphp import PLPHPOptions, PLPHPPress
 from lvprune.utils.command_line import doc
@@ -43,8 +43,9 @@ class BenchConfig(PLPHPOptions):
         self.plphp_press()  # checks the PLPHP fields
 
     def plphp_rows(self) -> PLPHPPress:
-        """The press of the plphp rows: the PLPHP fields given, `PLPHPPress`'s defaults for the rest."""
-        return self.plphp_press() or PLPHPPress()
+        """The press of the plphp rows: the PLPHP fields given, `PLPHPPress`'s defaults for the rest but the
+        ranking, the paper's (the last prompt token: this benchmark's prompts end with their one question)."""
+        return replace(self.plphp_press() or PLPHPPress(), queries=self.plphp_queries or "last")
 
     def check_complete(self) -> None:
         """Raise `ValueError` naming the required settings not given."""

@@ -71,7 +71,7 @@ def build_methods(model, pruner, *, plphp: PLPHPPress | None = None, fastv_layer
                   kvpress: tuple[str, ...] = ()) -> list[Method]:
     """The benchmark's rows, in `METHOD_NAMES` order, for `model` and a trained LVPruning `pruner` (the methods
     from `lvprune.methods`' registry), then the `kvpress` scorers' rows."""
-    plphp = plphp or PLPHPPress()
+    plphp = plphp or PLPHPPress(queries="last")
     reference = schedule(REFERENCE_RHO)
     stages = dict(after_layers=list(pruner.config.after_layers), keep_ratios=reference, seed=seed)
     methods = [

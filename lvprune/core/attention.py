@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import torch
 
-from lvprune.core.contract import attention_module, input_norm, register_attention, repeat_kv, sdpa_attention_forward
+from lvprune.core.contract import (
+    attention_module,
+    input_norm,
+    register_attention,
+    repeat_kv,
+    rotate,
+    sdpa_attention_forward,
+)
 
 NAME = "lvprune"
 PROBE_KWARG = "lvprune_probe"
 EPS = 1e-6
+# The expected attention of future queries (`expected_scores`), with kvpress ExpectedAttentionPress's defaults:
+# the first real rows are attention sinks, left out of the query statistics and of the softmax; the queries to
+# come are modelled over this many positions after the prompt.
+SINKS = 4
+FUTURE_POSITIONS = 512
 
 
 def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -47,9 +59,13 @@ def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, sc
             scores = press.layer_scores(module, key, value, state.layer_input)
         elif press.queries == "all":
             scores = observed_scores(module, query, key, allowed, scaling, state.slots[layer].valid[:, 0])
+        elif press.queries == "expected":
+            scores, ranking = expected_scores(module, query, key, value, state.slots[layer].valid[:, 0],
+                                              state.position_embeddings, state.layer_input.rotary, scaling)
         else:
             scores = last_query_scores(module, query, key, allowed, scaling)
-        keep, counts, stats = press.select(scores, state.slots[layer], state.last)
+        keep, counts, stats = press.select(scores, state.slots[layer], state.last,
+                                           ranking if press.queries == "expected" else None)
         state.prune_cache(layer, keep, counts, stats)
     return output, None
 
@@ -139,6 +155,53 @@ def observed_scores(module, query, key, allowed, scaling, valid):
     weights = valid[:, None, :, None].to(probs.dtype)
     mean = (probs * weights).sum(2) / weights.sum(2).clamp(min=1)  # [B, Hq, K]
     return mean.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
+
+
+def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
+    """The attention the queries *to come* are expected to pay every key, one row per KV head, and the slots'
+    ranking (that attention times each value's norm): -> [B, Hkv, K], [B, Hkv, K].
+
+    kvpress's ExpectedAttentionPress (`get_query_statistics`, `apply_avg_rope`, `score`), per sample and padding-
+    aware: the prompt's queries before RoPE (the rows' rotation undone) give a Gaussian (mean μ, covariance Σ per
+    query head, the sinks left out); its rotation averaged over the next `FUTURE_POSITIONS` positions R̄ gives the
+    future queries' μ' = R̄μ, Σ' = R̄ΣR̄ᵀ; a key's expected logit is `s k·μ' + s²/2 kᵀΣ'k` (s the scaling), the
+    softmax runs over the real non-sink keys and query heads of a GQA group are averaged. Sinks score 0 here and
+    rank first. query [B, Hq, N, D], key/value [B, Hkv, N, D] post-RoPE (a prefill: keys are the rows); valid
+    [B, N] the real rows; tables: the rows' rotary (cos, sin) [B, N, D]; rotary: the language model's rotary
+    embedding, for the positions after the prompt.
+    """
+    cos, sin = (t.float() for t in tables)
+    norm = (cos.square() + sin.square()).sqrt()  # the tables' scaling, so rotations compose without compounding it
+    cos, sin = cos / norm, sin / norm
+    rank = valid.long().cumsum(-1) - 1
+    sink = valid & (rank < SINKS)
+    use = valid & ~sink if (valid & ~sink).any(-1).all() else valid  # a prompt of sinks only keeps them
+    weights = use[:, None, :, None].float()  # [B, 1, N, 1]
+    before_rope = rotate(query.float(), cos[:, None], -sin[:, None])  # [B, Hq, N, D]
+    count = weights.sum(2).clamp(min=1)  # [B, 1, 1]
+    mean = (before_rope * weights).sum(2) / count  # [B, Hq, D]
+    centred = (before_rope - mean[:, :, None]) * weights
+    covariance = centred.transpose(-1, -2) @ centred / count[..., None]  # [B, Hq, D, D]
+    # The rotation to come: the last row's angle plus 1..FUTURE_POSITIONS, averaged (tables of unit norm compose
+    # by the angle-sum rule).
+    ahead = torch.arange(1, FUTURE_POSITIONS + 1, device=query.device)[None]
+    ahead_cos, ahead_sin = (t.float() for t in rotary(query, ahead))  # [1, F, D]
+    ahead_norm = (ahead_cos.square() + ahead_sin.square()).sqrt()
+    ahead_cos, ahead_sin = ahead_cos / ahead_norm, ahead_sin / ahead_norm
+    last_cos, last_sin = cos[:, -1:], sin[:, -1:]  # [B, 1, D]: the last prompt token's angle
+    mean_cos = (last_cos * ahead_cos - last_sin * ahead_sin).mean(1)  # [B, D]
+    mean_sin = (last_sin * ahead_cos + last_cos * ahead_sin).mean(1)
+    future_mean = rotate(mean, mean_cos[:, None], mean_sin[:, None])  # R̄μ
+    # R̄ = diag(cos) + diag(sin)·P, with P x = rotate_half(x): R̄ Σ R̄ᵀ as two rotations of Σ's rows and columns.
+    future_cov = rotate(rotate(covariance, mean_cos[:, None, None], mean_sin[:, None, None]).transpose(-1, -2),
+                        mean_cos[:, None, None], mean_sin[:, None, None])
+    keys = repeat_kv(key, module.num_key_value_groups).float()  # [B, Hq, K, D]
+    logits = scaling * (keys @ future_mean[..., None])[..., 0]
+    logits = logits + scaling**2 / 2 * ((keys @ future_cov) * keys).sum(-1)  # [B, Hq, K]
+    probs = logits.masked_fill(~use[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+    probs = probs.unflatten(1, (-1, module.num_key_value_groups)).mean(2)  # [B, Hkv, K]
+    ranking = (probs * value.float().norm(dim=-1)).masked_fill(sink[:, None], float("inf"))
+    return probs, ranking
 
 
 def probe_attention(layer, hidden: torch.Tensor, position_embeddings, allowed: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,13 @@ from torch import nn
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import rotate_half
 
 __all__ = [
     "CACHE_KWARGS", "DynamicCache", "activation_checkpointing", "POSITION_EMBEDDINGS_KWARG", "attention_module",
     "cache_kwarg", "cache_layers", "decoder_layers", "final_norm", "input_norm", "rotary_embedding",
-    "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "sdpa_attention_forward",
-    "set_text_attention", "text_attention", "text_config",
+    "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "rotate", "rotate_half",
+    "sdpa_attention_forward", "set_text_attention", "text_attention", "text_config",
 ]
 
 # The model-call keyword for the cache: `cache` from transformers 5.24, `past_key_values` before (and as a
@@ -109,6 +110,14 @@ def rotary_embedding(model: nn.Module) -> nn.Module:
     """The language model's rotary embedding (`model.model.language_model.rotary_emb`): `(x, position_ids) ->
     (cos, sin)`."""
     return model.model.language_model.rotary_emb
+
+
+def rotate(x, cos, sin):
+    """Rotate `x` [..., D] by rotary tables `cos`, `sin` (broadcastable to it) as every supported family's
+    `apply_rotary_pos_emb` does: `x·cos + rotate_half(x)·sin`. The tables a decoder layer receives are of this
+    elementwise form in every supported family (Qwen2-VL's M-RoPE ones come recomposed by its rotary embedding);
+    `rotate(x, cos, -sin)` undoes a rotation whose tables have unit norm."""
+    return x * cos + rotate_half(x) * sin
 
 
 def text_config(model: nn.Module):

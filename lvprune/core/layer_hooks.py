@@ -3,8 +3,8 @@
 `LayerHooks` selects lvprune's registered attention function for the language model and puts forward hooks
 on its decoder layers: before each layer the hook hands it the rotary tables of the rows still present; after
 a stage layer it runs the stage pruner (before the first layer, for a stage after layer 0); before each
-attention module, with `layer_inputs` (for a press that ranks by the layer's input, `CachePress.ranks_by_attention`
-False), it keeps that input for the press. Every hook
+attention module, with `layer_inputs` (for a press that reads the layer's input, `CachePress.reads_layer_input`),
+it keeps that input for the press. Every hook
 reads the call's `PruningState` from the forward's keyword arguments (`lvprune_state`); without one, they do
 nothing. `detach()` restores the stock model.
 """

@@ -85,11 +85,19 @@ class CachePress:
     0-based decoder layer whose cache is pressed)."""
 
     start_layer: int
-    # Whose attention `scores` are: "last", the last prompt token's (the prompt case), or "all", the mean over every
-    # prompt query (a cache pressed before the question is known). A dataclass field where a press offers both.
+    # Whose attention `scores` are: "last", the last prompt token's (the prompt case); "all", the mean over every
+    # prompt query; or "expected", the attention expected of the queries to come (a Gaussian model of the prompt's
+    # queries, rotated to the positions after it): the last two for a cache that will take more prompt tokens. A
+    # dataclass field where a press offers several.
     queries: str = "last"
     # False: the press ranks by `layer_scores` (keys, values, the layer's input), not by attention scores.
     ranks_by_attention = True
+
+    @property
+    def reads_layer_input(self) -> bool:
+        """Whether the press needs each layer's attention input (`PruningState.layer_input`): to score by it, or
+        for the rotary embedding of the positions after the prompt (`queries="expected"`)."""
+        return not self.ranks_by_attention or self.queries == "expected"
 
     # ---------------------------------------------------------------- the override points
 
@@ -99,7 +107,8 @@ class CachePress:
         raise NotImplementedError
 
     def vision_scores(self, scores: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
-        """Per-head ranking of the slots (highest kept): [B, Hkv, K]. Default: the last prompt token's attention."""
+        """Per-head ranking of the slots (highest kept): [B, Hkv, K]. Default: `scores` (the attention, or the
+        ranking `select` was given)."""
         return scores
 
     def layer_scores(self, module: nn.Module, keys: torch.Tensor, values: torch.Tensor,
@@ -115,19 +124,22 @@ class CachePress:
 
     # ---------------------------------------------------------------- applying a press
 
-    def select(self, scores: torch.Tensor, slots, last: torch.Tensor) -> tuple[torch.Tensor, list[int], dict]:
+    def select(self, scores: torch.Tensor, slots, last: torch.Tensor,
+               ranking: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int], dict]:
         """Which slots each KV head keeps.
 
-        scores [B, Hkv, K]: the attention per KV head of the last prompt token (or of all prompt queries, see
-        `queries`); slots: the layer's `TokenSlots` (one head);
-        last [B]: the original position of each sample's last prompt token. Returns keep [B, Hkv, K] bool, the
-        vision slots each head of a sample keeps (a host list: the layer's one host sync) and the layer's stats.
+        scores [B, Hkv, K]: the attention per KV head of the last prompt token (or of all prompt queries, or
+        expected of the queries to come, see `queries`); slots: the layer's `TokenSlots` (one head);
+        last [B]: the original position of each sample's last prompt token; ranking [B, Hkv, K]: what
+        `vision_scores` ranks where it is not the attention itself (`queries="expected"`: the attention times the
+        values' norms). Returns keep [B, Hkv, K] bool, the vision slots each head of a sample keeps (a host
+        list: the layer's one host sync) and the layer's stats.
         """
         vision = slots.vision & slots.valid  # [B, 1, K]
         counts, extra = self.vision_counts(scores, vision)
         on_host = counts.tolist()
         protected = slots.order == last[:, None, None]  # [B, 1, K]: ranked first, within the count
-        ranked = self.vision_scores(scores, vision).masked_fill(protected, float("inf"))
+        ranked = self.vision_scores(scores if ranking is None else ranking, vision).masked_fill(protected, float("inf"))
         chosen = top_counts(ranked.masked_fill(~vision, float("-inf")), counts, max(on_host, default=0)) & vision
         keep = chosen | (slots.valid & ~slots.vision) | (protected & slots.valid)
         stats = dict(vision_tokens=vision.sum(-1)[:, 0], kept_per_head=chosen.sum(-1), **extra)

@@ -58,7 +58,7 @@ class Pruning:
             raise ValueError(f"{type(self.press).__name__} start_layer={self.press.start_layer} is at or beyond the "
                              f"model's depth ({self.num_layers} layers, 0-based): it would prune nothing.")
         self.cache_kwarg = cache_kwarg(model)
-        layer_inputs = self.press is not None and not self.press.ranks_by_attention
+        layer_inputs = self.press is not None and self.press.reads_layer_input
         self.hooks = LayerHooks(model, pruner, layer_inputs=layer_inputs)
         self.handles = []
 
@@ -159,7 +159,8 @@ def warn_if_pressed_for_another_question(press: CachePress | None) -> None:
         f"this cache was pressed by {type(press).__name__}(queries='last'), for the question that ended its prompt, "
         "and now takes new prompt tokens: the slots a new question needs may be gone (a second turn served this "
         "way scores below random choice of the same slots, docs/benchmarks.md). For a cache that will take more "
-        "prompt tokens (a chat, a prefix cache), press with queries='all'.", UserWarning, stacklevel=3)
+        "prompt tokens (a chat, a prefix cache), press with queries='expected' (PLPHPPress's default).", UserWarning,
+        stacklevel=3)
 
 
 def _device(module: nn.Module) -> torch.device | None:

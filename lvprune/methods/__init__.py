@@ -122,7 +122,7 @@ def _pyramid_drop(base_config, *, after_layers=None, keep_ratios=(0.5, 0.25, 0.1
 
 
 def _plphp(base_config, *, r: float = 0.4, delta_r: float = 0.3, alpha: float = 0.5, beta: float = 0.2,
-           start_layer: int = 2, allocation: str = "sample", queries: str = "last"):
+           start_layer: int = 2, allocation: str = "sample", queries: str = "expected"):
     from lvprune.methods.plphp import PLPHPPress
 
     return PLPHPPress(r=r, delta_r=delta_r, alpha=alpha, beta=beta, start_layer=start_layer,

@@ -102,9 +102,9 @@ class KVPressScorer(CachePress):
         counts = [compute_n_kept(n, self.scorer.compression_ratio) if n else 0 for n in present]
         return torch.tensor(counts, device=scores.device), {}
 
-    def select(self, scores, slots, last):
+    def select(self, scores, slots, last, ranking=None):
         if self.scope == "vision":
-            return super().select(scores, slots, last)
+            return super().select(scores, slots, last, ranking)
         return self._select_any(scores, slots, last)
 
     def _select_any(self, scores, slots, last):

@@ -15,7 +15,7 @@ through a model with a press that keeps everything and records every sample's `v
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from typing import Literal
 
@@ -26,7 +26,7 @@ from lvprune.utils.command_line import doc
 
 CLASSES = ("indifferent", "balanced", "attentive")
 Allocation = Literal["sample", "batch"]
-Queries = Literal["last", "all"]
+Queries = Literal["last", "all", "expected"]
 ALLOCATIONS = Allocation.__args__
 QUERIES = Queries.__args__
 
@@ -48,10 +48,13 @@ class PLPHPPress(CachePress):
             (rounded up), so a batch's rectangular cache holds no filler slots for samples that keep fewer; the
             total kept is the per-sample allocation's to within one token per sample (less where a sample has
             fewer vision tokens than the mean).
-        queries: whose attention classifies the layers and ranks the slots. `"last"` (the paper's): the last
-            prompt token, the query of a prompt that ends with the question. `"all"`: the mean over every prompt
-            query, for a cache pressed before the question is known (prefill the image, press, then the
-            question: the context case), where the last token is the image's own (docs/choices.md).
+        queries: whose attention classifies the layers and ranks the slots. `"expected"` (the default): the
+            attention the queries to come are expected to pay (kvpress's ExpectedAttention: a Gaussian model of
+            the prompt's queries rotated to the positions after it; slots ranked by it times their values' norms),
+            which holds when the cache takes more prompt tokens: a chat's next question, a question after a prefix
+            cache. `"last"` (the paper's): the last prompt token, the query of a prompt that ends with the
+            question; best for one-shot prompts, and a later question finds the slots it needs gone (a warning
+            says so). `"all"`: the mean over every prompt query (docs/choices.md).
     """
 
     r: float = 0.4
@@ -60,7 +63,7 @@ class PLPHPPress(CachePress):
     beta: float = 0.2
     start_layer: int = 2
     allocation: str = "sample"
-    queries: str = "last"
+    queries: str = "expected"
 
     def __post_init__(self):
         if not 0.0 <= self.r <= 1.0:
@@ -150,7 +153,8 @@ class PLPHPOptions:
     plphp_allocation: Allocation | None = doc(None, "PLPHP's per-sample counts (sample, the paper's) or one count "
                                               "per batch (unset: sample)")
     plphp_queries: Queries | None = doc(None, "whose attention ranks PLPHP's slots: the last prompt token (last, "
-                                        "the paper's) or every prompt query (all) (unset: last)")
+                                        "the paper's), every prompt query (all) or the queries to come (expected) "
+                                        "(unset: expected)")
 
     def plphp_options(self) -> dict:
         """The PLPHP fields that are set, by their field names."""
@@ -169,12 +173,13 @@ MEASURE_ALL = PLPHPPress(r=1.0, delta_r=0.0, alpha=1.0, beta=0.0, start_layer=0)
 
 
 @torch.no_grad()
-def vision_attention_profile(model, batches) -> torch.Tensor:
-    """v_l of every image-holding sample of `batches` (dicts of model inputs) at every layer: -> [samples, layers]."""
+def vision_attention_profile(model, batches, queries: str = "last") -> torch.Tensor:
+    """v_l of every image-holding sample of `batches` (dicts of model inputs) at every layer, by the attention of
+    `queries` (`PLPHPPress.queries`): -> [samples, layers]."""
     from lvprune.core.pruning import Pruning
 
     rows = []
-    with Pruning(model, press=MEASURE_ALL):
+    with Pruning(model, press=replace(MEASURE_ALL, queries=queries)):
         for batch in batches:
             model(**batch)
             per_layer = [layer.extras["vision_attention"] for layer in model.pruning_stats.layers]
@@ -187,7 +192,9 @@ def suggest_thresholds(profile: torch.Tensor, start_layer: int = 2) -> dict:
     """`alpha`/`beta` at the 2/3 and 1/3 quantiles of the profile's layers from `start_layer` on."""
     values = profile[:, start_layer:].flatten().float()
     beta, alpha = torch.quantile(values, torch.tensor([1 / 3, 2 / 3])).tolist()
-    return dict(alpha=round(alpha, 3), beta=round(beta, 3), start_layer=start_layer,
+    # Four decimals: a question-agnostic profile can crowd near 1 (0.9996 and 0.9631), where three would merge
+    # the thresholds.
+    return dict(alpha=round(alpha, 4), beta=round(beta, 4), start_layer=start_layer,
                 per_layer_mean=[round(v, 3) for v in profile.float().mean(0).tolist()])
 
 

@@ -1,0 +1,113 @@
+"""PLPHP with `queries="expected"`: its scores are kvpress ExpectedAttentionPress's on the stock model's layers
+(the slots' ranking is kvpress's own `score`, the layer class's attention that score before the value norms), a
+left-padded batch scores each sample as it scores alone, and the rotary rule it relies on holds in every family."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import lvprune
+from lvprune import PLPHPPress
+from lvprune.core.attention import SINKS
+from lvprune.core.contract import attention_module, decoder_layers, rotary_embedding, rotate
+from lvprune.families import supported
+from lvprune.families.tiny import family_batch, make_batch, tiny_llava, tiny_model
+
+RECORDED = []
+
+
+@dataclass(frozen=True)
+class Recording(PLPHPPress):
+    """PLPHP recording each pressed layer's (scores, ranking, slots) in `RECORDED`."""
+
+    def select(self, scores, slots, last, ranking=None):
+        RECORDED.append((scores, ranking, slots))
+        return super().select(scores, slots, last, ranking)
+
+
+def recorded(model, batch, **press):
+    """Per pressed layer (every layer, keeping everything): the press's scores, ranking and slots."""
+    RECORDED.clear()
+    with torch.no_grad(), lvprune.pruning(model, press=Recording(start_layer=0, queries="expected", **press)):
+        model(**batch, use_cache=True)
+    return list(RECORDED)
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    """The tiny LLaVA with its query and key projections scaled up: a random tiny model attends almost uniformly,
+    which would hide a wrong rotation or covariance term inside the tolerance."""
+    model = tiny_llava(seed=0)
+    with torch.no_grad():
+        for layer in decoder_layers(model):
+            attention_module(layer).q_proj.weight.mul_(8)
+            attention_module(layer).k_proj.weight.mul_(8)
+    return model
+
+
+def test_the_ranking_is_kvpress_expected_attention(sharp):
+    kvpress = pytest.importorskip("kvpress")
+    from test_kvpress import stock_layer_inputs
+
+    from lvprune.methods.kvpress import _WithRotary
+
+    stock = sharp
+    single = make_batch(sharp.config, [2], [8], seed=11)
+    layers = recorded(sharp, single, r=1.0, delta_r=0.0)
+    inputs = stock_layer_inputs(stock, single)
+    reference = kvpress.ExpectedAttentionPress()  # n_sink 4, 512 positions to come, covariance, value norms
+    assert reference.n_sink == SINKS
+    for layer, (scores, ranking, slots) in enumerate(layers):
+        hidden, kwargs, keys, values = inputs[layer]
+        module = _WithRotary(attention_module(decoder_layers(stock)[layer]), rotary_embedding(stock))
+        expected = reference.score(module, hidden, keys, values, None, kwargs)
+        torch.testing.assert_close(ranking[..., SINKS:], expected[..., SINKS:].float(), rtol=1e-4, atol=1e-6)
+        # The class's attention is that score before the value norms: a distribution over the non-sink keys.
+        torch.testing.assert_close(scores[..., SINKS:] * values[..., SINKS:, :].norm(dim=-1), ranking[..., SINKS:],
+                                   rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(scores.sum(-1), torch.ones_like(scores.sum(-1)))
+        assert torch.isinf(ranking[..., :SINKS]).all() and (scores[..., :SINKS] == 0).all()
+        assert scores[..., SINKS:].amax() > 3 * scores[..., SINKS:].amin()  # far from uniform: the test can tell
+
+
+def test_a_padded_batch_scores_each_sample_as_alone(base, mixed_batch):
+    """mixed_batch: left-padded, one image, two images, none; each sample alone holds its own images."""
+    together = recorded(base, mixed_batch, r=1.0, delta_r=0.0)
+    real = mixed_batch["attention_mask"].bool()
+    first_image = [0, 1, 3, 3]
+    for b in range(real.shape[0]):
+        alone = {name: mixed_batch[name][b:b + 1][:, real[b]] for name in ("input_ids", "attention_mask")}
+        if first_image[b + 1] > first_image[b]:
+            alone["pixel_values"] = mixed_batch["pixel_values"][first_image[b]:first_image[b + 1]]
+        for (scores, ranking, slots), (scores_1, ranking_1, _) in zip(together, recorded(base, alone, r=1.0,
+                                                                                          delta_r=0.0)):
+            rows = slots.valid[b, 0]
+            torch.testing.assert_close(scores[b][:, rows], scores_1[0], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(ranking[b][:, rows], ranking_1[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", sorted(supported()))
+def test_every_family_rotates_its_keys_by_the_tables_its_layers_receive(model_type):
+    """The rule `expected_scores` undoes and composes (`contract.rotate`): each layer's cached key is its
+    projection rotated by the rotary tables the layer was called with (Qwen2-VL's M-RoPE included)."""
+    model = tiny_model(model_type)
+    batch = family_batch(model, [1, 2, 0], [5, 7, 6])
+    captured = {}
+    layer = decoder_layers(model)[1]
+    module = attention_module(layer)
+    handle = module.register_forward_pre_hook(lambda m, args, kwargs: captured.update(kwargs), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            cache = model(**batch, use_cache=True).past_key_values
+    finally:
+        handle.remove()
+    cos, sin = captured["position_embeddings"]
+    with torch.no_grad():
+        projected = module.k_proj(captured["hidden_states"]).unflatten(-1, (-1, module.head_dim)).transpose(1, 2)
+        if hasattr(module, "k_norm"):
+            projected = module.k_norm(projected)
+    torch.testing.assert_close(rotate(projected, cos[:, None], sin[:, None]), cache.layers[1].keys)
+    unit = (cos.square() + sin.square()).sqrt()
+    torch.testing.assert_close(rotate(cache.layers[1].keys, (cos / unit)[:, None], -(sin / unit)[:, None]),
+                               projected * unit[:, None], rtol=1e-4, atol=1e-5)
