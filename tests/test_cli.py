@@ -55,7 +55,7 @@ def test_help_shows_types_choices_and_defaults(capsys):
     assert "--out STR" in text and "[--out" not in text  # a scalar takes one value
     assert "--batch_size INT, --batch-size INT" in text and "(default: 32)" in text
     assert "--kvpress STR [STR ...]" in text  # several words only for a list
-    assert "--plphp_queries {last,all}" in text and "--quick [BOOL]" in text
+    assert "--plphp_queries {last,all,expected}" in text and "--quick [BOOL]" in text
     assert "--config FILE" in text
 
 

@@ -166,7 +166,7 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
     query head, the sinks left out); its rotation averaged over the next `FUTURE_POSITIONS` positions R̄ gives the
     future queries' μ' = R̄μ, Σ' = R̄ΣR̄ᵀ; a key's expected logit is `s k·μ' + s²/2 kᵀΣ'k` (s the scaling), the
     softmax runs over the real non-sink keys and query heads of a GQA group are averaged. Sinks score 0 here and
-    rank first. query [B, Hq, N, D], key/value [B, Hkv, N, D] post-RoPE (a prefill: keys are the rows); valid
+    rank first, in order. query [B, Hq, N, D], key/value [B, Hkv, N, D] post-RoPE (a prefill: keys are the rows); valid
     [B, N] the real rows; tables: the rows' rotary (cos, sin) [B, N, D]; rotary: the language model's rotary
     embedding, for the positions after the prompt.
     """
@@ -175,7 +175,8 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
     cos, sin = cos / norm, sin / norm
     rank = valid.long().cumsum(-1) - 1
     sink = valid & (rank < SINKS)
-    use = valid & ~sink if (valid & ~sink).any(-1).all() else valid  # a prompt of sinks only keeps them
+    beyond = valid & ~sink
+    use = torch.where(beyond.any(-1, keepdim=True), beyond, valid)  # a prompt of sinks only keeps them (no sync)
     weights = use[:, None, :, None].float()  # [B, 1, N, 1]
     before_rope = rotate(query.float(), cos[:, None], -sin[:, None])  # [B, Hq, N, D]
     count = weights.sum(2).clamp(min=1)  # [B, 1, 1]
@@ -188,7 +189,10 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
     ahead_cos, ahead_sin = (t.float() for t in rotary(query, ahead))  # [1, F, D]
     ahead_norm = (ahead_cos.square() + ahead_sin.square()).sqrt()
     ahead_cos, ahead_sin = ahead_cos / ahead_norm, ahead_sin / ahead_norm
-    last_cos, last_sin = cos[:, -1:], sin[:, -1:]  # [B, 1, D]: the last prompt token's angle
+    # The last prompt token's angle: its sample's last real row (rows keep their order; a pruned batch may pad
+    # any row, the last included).
+    last = (valid.long() * torch.arange(1, valid.shape[1] + 1, device=valid.device)).argmax(-1)  # [B]
+    last_cos, last_sin = (t[torch.arange(t.shape[0], device=t.device), last][:, None] for t in (cos, sin))  # [B, 1, D]
     mean_cos = (last_cos * ahead_cos - last_sin * ahead_sin).mean(1)  # [B, D]
     mean_sin = (last_sin * ahead_cos + last_cos * ahead_sin).mean(1)
     future_mean = rotate(mean, mean_cos[:, None], mean_sin[:, None])  # R̄μ
@@ -200,7 +204,11 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
     logits = logits + scaling**2 / 2 * ((keys @ future_cov) * keys).sum(-1)  # [B, Hq, K]
     probs = logits.masked_fill(~use[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
     probs = probs.unflatten(1, (-1, module.num_key_value_groups)).mean(2)  # [B, Hkv, K]
-    ranking = (probs * value.float().norm(dim=-1)).masked_fill(sink[:, None], float("inf"))
+    ranking = probs * value.float().norm(dim=-1)  # [B, Hkv, K]
+    # Sinks rank first, earliest first: distinct finite values, so a count smaller than the vision sinks keeps
+    # the same ones in a batch as alone (ties would be broken by the padded layout).
+    top = ranking.masked_fill(~use[:, None], 0.0).amax(-1, keepdim=True)  # [B, Hkv, 1]
+    ranking = torch.where(sink[:, None], top + (SINKS - rank[:, None]).float(), ranking)
     return probs, ranking
 
 
