@@ -26,6 +26,7 @@ from lvprune.methods.lvpruning import LVPrunerConfig, LVPrunerModel, LVPruningFo
 from lvprune.methods.plphp import PLPHPPress, suggest_thresholds, vision_attention_profile
 from lvprune.methods.pyramid_drop import PyramidDropPruner
 from lvprune.methods.random_pruning import RandomPruner
+from lvprune.methods.visionzip import VisionZipPruner
 from lvprune.serving import load_pruned_model
 
 __version__ = "0.2.0"
@@ -41,6 +42,7 @@ __all__ = [
     "FastVPruner",
     "PyramidDropPruner",
     "RandomPruner",
+    "VisionZipPruner",
     "METHODS",
     "build",
     "CachePress",

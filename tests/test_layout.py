@@ -118,6 +118,7 @@ def test_every_method_file_is_registered_by_name():
     assert {method.module for method in METHODS.values()} == files - {"lvprune.methods.__init__"}
     assert {name: method.kind for name, method in METHODS.items()} == {
         "lvpruning": "stage", "random": "stage", "fastv": "stage", "divprune": "stage", "pdrop": "stage", "dart": "stage",
+        "visionzip": "stage",
         "plphp": "press", "kvpress": "press"}
 
 

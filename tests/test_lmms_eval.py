@@ -163,6 +163,20 @@ def test_model_args_name_any_registered_method():
     assert stage.config.after_layers == (0,) and stage.config.keep_ratios == (0.1,)
     stage, _ = parse_methods(config, None, "pdrop", None, {"pdrop_keep_ratios": "0.5:0.3", "pdrop_after_layers": "1:3"})
     assert stage.config.after_layers == (1, 3) and stage.config.keep_ratios == (0.5, 0.3)
+    # keep=K: vision tokens per image (the tiny base: 16), as the papers give a one-stage method's budget
+    for name, keep in [("divprune", 4), ("visionzip", 8), ("fastv", 2)]:
+        stage, _ = parse_methods(config, None, name, None, {"keep": str(keep)})
+        assert stage.config.keep_ratios == (keep / 16,) and round(stage.config.keep_ratios[0] * 16) == keep
+    with pytest.raises(ValueError, match="keep= is the budget of a one-stage method .* not of pdrop"):
+        parse_methods(config, None, "pdrop", None, {"keep": "4"})
+    with pytest.raises(ValueError, match="pass keep= or fastv_keep_ratio=, not both"):
+        parse_methods(config, None, "fastv", None, {"keep": "4", "fastv_keep_ratio": "0.2"})
+    with pytest.raises(ValueError, match="keep=17 must be a whole number of tokens in 0..16"):
+        parse_methods(config, None, "divprune", None, {"keep": "17"})
+    from lvprune.families import supported
+
+    with pytest.raises(ValueError, match="Qwen2-VL turns images of different sizes into different counts"):
+        parse_methods(supported()["qwen2_vl"].tiny_config(), None, "divprune", None, {"keep": "4"})
     with pytest.raises(ValueError, match="pass it as press=plphp"):
         parse_methods(config, None, "plphp", None, {})
     with pytest.raises(ValueError, match="pruner= .* or method=fastv, not both"):

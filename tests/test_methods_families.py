@@ -74,6 +74,10 @@ def stage_method(name, base, pruner, keep_all=False):
         made, ratios = build(name, base.config, after_layer=1, keep_ratio=0.25), [0.25]
     elif name == "divprune":
         made, ratios = build(name, base.config, keep_ratio=0.3), [0.3]
+    elif name == "visionzip":
+        if base.config.model_type != "llava":
+            pytest.skip("VisionZip needs LLaVA-1.5's CLIP layout; the refusal: test_visionzip.py")
+        made, ratios = build(name, base.config, keep_ratio=0.5), [0.5]
     elif name == "pdrop":
         made, ratios = build(name, base.config), [0.5, 0.25, 0.125]
     elif name == "dart":
@@ -96,7 +100,7 @@ def press_method(name, keep_all=False):
 
 def test_the_matrix_covers_every_registered_method():
     assert set(STAGE_METHODS) | set(PRESS_METHODS) == set(METHODS)
-    assert STAGE_METHODS == ["dart", "divprune", "fastv", "lvpruning", "pdrop", "random"]
+    assert STAGE_METHODS == ["dart", "divprune", "fastv", "lvpruning", "pdrop", "random", "visionzip"]
     assert PRESS_METHODS == ["kvpress", "plphp"]
 
 

@@ -8,6 +8,7 @@
 | `dart`                 | DART after FastV's layer at FastV's ratio (its own count: 4 + 8 × ⌊ratio n / 8⌋) |
 | `divprune-R`           | DivPrune before the LLM at R = LVPruning ρ=0.5's last ratio (matched tokens kept) |
 |                        | and at R = its layer-averaged ratio (the same vision rows over the layers: ~ the FLOPs) |
+| `visionzip-R`          | VisionZip before the LLM at DivPrune's two ratios (a LLaVA-1.5 base only)      |
 | `pdrop`                | PyramidDrop at LVPruning ρ=0.5's stages and ratios (matched at every stage)   |
 | `plphp`                | PLPHP alone (KV cache only)                                                  |
 | `lvpruning-ρ`          | the trained pruner at ratios `[ρ, ρ−0.2, ρ−0.4]`, ρ ∈ {0.6, 0.5, 0.45}         |
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 
 from lvprune.core.protocols import CachePress
 from lvprune.core.pruning import Pruning
-from lvprune.methods import build
+from lvprune.methods import build, visionzip
 from lvprune.methods.plphp import PLPHPPress
 
-METHOD_NAMES = ("unpruned", "random", "fastv", "dart", "divprune-0.1", "divprune-0.475", "pdrop", "plphp",
+METHOD_NAMES = ("unpruned", "random", "fastv", "dart", "divprune-0.1", "divprune-0.475", "visionzip-0.1",
+                "visionzip-0.475", "pdrop", "plphp",
                 "lvpruning-0.6", "lvpruning-0.5", "lvpruning-0.45", "lvpruning-0.5+plphp")  # on a 4-layer base
 RHOS = (0.6, 0.5, 0.45)
 REFERENCE_RHO = 0.5  # random and FastV are matched to LVPruning at this ρ
@@ -81,8 +83,12 @@ def build_methods(model, pruner, *, plphp: PLPHPPress | None = None, fastv_layer
         Method("dart", build("dart", model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
     ]
     depth = pruner.config.num_hidden_layers
-    for ratio in (reference[-1], layer_averaged_ratio(pruner.config.after_layers, reference, depth)):
+    before_llm = (reference[-1], layer_averaged_ratio(pruner.config.after_layers, reference, depth))
+    for ratio in before_llm:
         methods.append(Method(f"divprune-{ratio:g}", build("divprune", model.config, keep_ratio=ratio)))
+    if visionzip.unsupported(model.config) is None:
+        methods += [Method(f"visionzip-{ratio:g}", build("visionzip", model.config, keep_ratio=ratio))
+                    for ratio in before_llm]
     stage_wise = dict(after_layers=list(pruner.config.after_layers), keep_ratios=reference)
     methods += [Method("pdrop", build("pdrop", model.config, **stage_wise)), Method("plphp", press=plphp)]
     pruner = build("lvpruning", model.config, pruner=pruner)

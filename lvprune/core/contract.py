@@ -24,7 +24,8 @@ __all__ = [
     "CACHE_KWARGS", "DynamicCache", "activation_checkpointing", "POSITION_EMBEDDINGS_KWARG", "attention_module",
     "cache_kwarg", "cache_layers", "decoder_layers", "final_norm", "input_norm", "rotary_embedding",
     "output_cache", "unsupported_attention", "pop_cache", "register_attention", "repeat_kv", "rotate", "rotate_half",
-    "sdpa_attention_forward", "set_text_attention", "text_attention", "text_config",
+    "sdpa_attention_forward", "set_text_attention", "text_attention", "text_config", "tower_queries_and_keys",
+    "multimodal_projector", "vision_encoder_layers",
 ]
 
 # The model-call keyword for the cache: `cache` from transformers 5.24, `past_key_values` before (and as a
@@ -118,6 +119,29 @@ def rotate(x, cos, sin):
     elementwise form in every supported family (Qwen2-VL's M-RoPE ones come recomposed by its rotary embedding);
     `rotate(x, cos, -sin)` undoes a rotation whose tables have unit norm."""
     return x * cos + rotate_half(x) * sin
+
+
+def vision_encoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The vision tower's encoder layers (`model.model.vision_tower.encoder.layers` of a CLIP tower; under
+    `.vision_model` in releases that wrap it), or None where the tower is not of that shape."""
+    tower = getattr(getattr(model, "model", model), "vision_tower", None)
+    encoder = getattr(getattr(tower, "vision_model", tower), "encoder", None)
+    return getattr(encoder, "layers", None)
+
+
+def multimodal_projector(model: nn.Module) -> nn.Module:
+    """The projector from the tower's selected features to the language model's embeddings
+    (`model.model.multi_modal_projector`): called once per prefill on [images, tokens, C_vision]."""
+    return model.model.multi_modal_projector
+
+
+def tower_queries_and_keys(attention: nn.Module, hidden) -> tuple:
+    """A CLIP encoder layer's attention (`layer.self_attn`) on its input `hidden` [B, N, C]: queries and keys
+    [B, H, N, d] as its forward computes them (`q_proj`, `k_proj`, heads of `head_dim`), and its `scale`."""
+    shape = (*hidden.shape[:-1], -1, attention.head_dim)
+    query = attention.q_proj(hidden).view(shape).transpose(1, 2)
+    key = attention.k_proj(hidden).view(shape).transpose(1, 2)
+    return query, key, attention.scale
 
 
 def text_config(model: nn.Module):

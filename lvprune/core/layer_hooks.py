@@ -4,7 +4,8 @@
 on its decoder layers: before each layer the hook hands it the rotary tables of the rows still present; after
 a stage layer it runs the stage pruner (before the first layer, for a stage after layer 0); before each
 attention module, with `layer_inputs` (for a press that reads the layer's input, `CachePress.reads_layer_input`),
-it keeps that input for the press. Every hook
+it keeps that input for the press. A pruner that reads or rewrites the vision tower's features (VisionZip) puts
+its own hooks there (`attach_to(model, keep_ratios)`, removed with the others). Every hook
 reads the call's `PruningState` from the forward's keyword arguments (`lvprune_state`); without one, they do
 nothing. `detach()` restores the stock model.
 """
@@ -72,9 +73,10 @@ def _before_first_layer(stage, module, args, kwargs):
 
 class LayerHooks:
     """Hooks and attention implementation of lvprune on `model`; `pruner` gives the stage layers (may be None);
-    `layer_inputs`: keep each attention module's input for the press (`PruningState.layer_input`)."""
+    `layer_inputs`: keep each attention module's input for the press (`PruningState.layer_input`); `keep_ratios`:
+    the stages' ratios the calls apply (default: the pruner's own)."""
 
-    def __init__(self, model: nn.Module, pruner=None, layer_inputs: bool = False):
+    def __init__(self, model: nn.Module, pruner=None, layer_inputs: bool = False, keep_ratios=None):
         backbone = backbone_for(model.config)  # refuses a family lvprune does not reproduce
         reason = unsupported_attention(model)
         if reason is not None:
@@ -82,6 +84,7 @@ class LayerHooks:
                              "reproduces causal full attention only.")
         self.vision_ids = backbone.vision_token_ids(model.config)
         self.model, self.pruner, self.layer_inputs = model, pruner, layer_inputs
+        self.keep_ratios = keep_ratios if keep_ratios is not None or pruner is None else pruner.config.keep_ratios
         self.base_attention = text_attention(model)
         self.handles = []
 
@@ -89,6 +92,8 @@ class LayerHooks:
         attention.register()
         if self.base_attention == attention.NAME:
             raise RuntimeError("lvprune is already attached to this model; detach it first.")
+        if hasattr(self.pruner, "attach_to"):  # hooks of its own, before the language model (may refuse)
+            self.handles += self.pruner.attach_to(self.model, self.keep_ratios)
         set_text_attention(self.model, attention.NAME)
         rotary = rotary_embedding(self.model) if self.layer_inputs else None
         layers = decoder_layers(self.model)

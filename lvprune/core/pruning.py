@@ -59,7 +59,7 @@ class Pruning:
                              f"model's depth ({self.num_layers} layers, 0-based): it would prune nothing.")
         self.cache_kwarg = cache_kwarg(model)
         layer_inputs = self.press is not None and self.press.reads_layer_input
-        self.hooks = LayerHooks(model, pruner, layer_inputs=layer_inputs)
+        self.hooks = LayerHooks(model, pruner, layer_inputs=layer_inputs, keep_ratios=keep_ratios)
         self.handles = []
 
     def attach(self) -> "Pruning":

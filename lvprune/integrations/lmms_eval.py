@@ -7,8 +7,10 @@
 
 `pretrained` is the base (a folder or a Hub id); `pruner` an LVPruning pruner (optional), `keep_ratios` its
 inference ratios (`0.5:0.3:0.1`). Any registered method (`lvprune.methods`) by name: `method` a stage pruner
-(`fastv`, `dart`, `divprune`, `pdrop`, `random`; `lvpruning` is `pruner`), `press` a cache press (`plphp`, `kvpress`), each method's options
-prefixed by its name (`fastv_after_layer`, `kvpress_compression_ratio`, ...). PLPHP's settings are those every
+(`fastv`, `dart`, `divprune`, `visionzip`, `pdrop`, `random`; `lvpruning` is `pruner`), `press` a cache press (`plphp`, `kvpress`), each method's options
+prefixed by its name (`fastv_after_layer`, `kvpress_compression_ratio`, ...); `keep=64` sets a one-stage method's
+budget as vision tokens per image, as the papers state it (`64 / 576` for LLaVA-1.5), where every image becomes
+the same number of tokens. PLPHP's settings are those every
 lvprune command line uses (`plphp_r`, `plphp_delta_r`, `plphp_alpha`, `plphp_beta`, `plphp_start_layer`,
 `plphp_allocation`, `plphp_queries`): any one turns PLPHP on, the rest from `PLPHPPress`. `dtype` (`float32`,
 `bfloat16`, ...) and `device` (`cpu`, `cuda`, ...). lmms-eval finds the model through the `lmms_eval.models`
@@ -29,6 +31,7 @@ from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
 from lvprune.data.llava_format import IGNORE_INDEX
+from lvprune.families import backbone_for
 from lvprune.methods import build
 from lvprune.methods import method as registered
 from lvprune.methods.plphp import PLPHPOptions
@@ -72,10 +75,39 @@ def _value(text):
         return text
 
 
+def tokens_per_image(base_config) -> int:
+    """The vision tokens every image of this base becomes; refused where the count depends on the image's size."""
+    backbone = backbone_for(base_config)
+    sizes = [(336, 336), (672, 336), (224, 448)]
+    counts = {backbone.vision_cost(base_config, size, 1).tokens_per_image for size in sizes} \
+        if backbone.vision_cost is not None else set()
+    if len(counts) != 1:
+        raise ValueError(f"lvprune model_args: keep= is a count per image, and {backbone.family} turns images of "
+                         "different sizes into different counts; pass the method's NAME_keep_ratio instead.")
+    return counts.pop()
+
+
+def _keep_as_ratio(base_config, method: str | None, options: dict) -> None:
+    """`keep=K` (vision tokens per image) as the one-stage method's `NAME_keep_ratio` (K / tokens per image)."""
+    keep = _value(options.pop("keep"))
+    if method is None or "keep_ratio" not in registered(method).options():
+        raise ValueError(f"lvprune model_args: keep= is the budget of a one-stage method (method=divprune, "
+                         f"visionzip, fastv or dart), not of {method or 'no method'}; a multi-stage one takes "
+                         "NAME_keep_ratios.")
+    if f"{method}_keep_ratio" in options:
+        raise ValueError(f"lvprune model_args: pass keep= or {method}_keep_ratio=, not both.")
+    tokens = tokens_per_image(base_config)
+    if not isinstance(keep, int) or not 0 <= keep <= tokens:
+        raise ValueError(f"lvprune model_args: keep={keep!r} must be a whole number of tokens in 0..{tokens}.")
+    options[f"{method}_keep_ratio"] = keep / tokens
+
+
 def parse_methods(base_config, pruner, method: str | None, press: str | None, options: dict):
-    """The stage pruner and the cache press the model_args name (`method=`, `press=`, `NAME_option=`); PLPHP from
-    its `plphp_*` fields alone too. Options of no named method are refused, naming what is accepted."""
+    """The stage pruner and the cache press the model_args name (`method=`, `press=`, `NAME_option=`, `keep=`);
+    PLPHP from its `plphp_*` fields alone too. Options of no named method are refused, naming what is accepted."""
     options = dict(options)
+    if "keep" in options:
+        _keep_as_ratio(base_config, method, options)
     plphp = {key: options.pop(key) for key in list(options) if key.startswith("plphp_")}
     stage = None
     if method == "lvpruning":

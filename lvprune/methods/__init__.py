@@ -6,6 +6,7 @@
 | `random`    | stage       | `random_pruning.py` | nothing: uniform random (a control)                      |
 | `fastv`     | stage       | `fastv.py`          | the last prompt token's attention at layer K             |
 | `divprune`  | stage (0)   | `divprune.py`       | diversity of the input embeddings, before the LLM        |
+| `visionzip` | stage (0)   | `visionzip.py`      | the tower's CLS attention, the rest merged (LLaVA-1.5)   |
 | `pdrop`     | stage       | `pyramid_drop.py`   | the last token's attention in the next layer, 3 stages   |
 | `dart`      | stage       | `dart.py`           | duplication: least like a few key-norm pivots, layer 2   |
 | `plphp`     | cache press | `plphp.py`          | per layer class, per KV head attention                   |
@@ -108,6 +109,12 @@ def _divprune(base_config, *, keep_ratio: float = 0.1):
     return DivPrunePruner(base_config, keep_ratio=keep_ratio)
 
 
+def _visionzip(base_config, *, keep_ratio: float = 64 / 576, contextual_share: float = 10 / 64):
+    from lvprune.methods.visionzip import VisionZipPruner
+
+    return VisionZipPruner(base_config, keep_ratio=keep_ratio, contextual_share=contextual_share)
+
+
 def _dart(base_config, *, after_layer: int = 2, keep_ratio: float = 0.222, pivot_image: int = 4, pivot_text: int = 4):
     from lvprune.methods.dart import DARTPruner
 
@@ -146,6 +153,9 @@ register(Method("fastv", "stage", "lvprune.methods.fastv", _fastv,
 register(Method("divprune", "stage", "lvprune.methods.divprune", _divprune,
                 "before the language model: the most diverse input embeddings (greedy max-min cosine distance)",
                 "https://arxiv.org/abs/2503.02175"))
+register(Method("visionzip", "stage", "lvprune.methods.visionzip", _visionzip,
+                "VisionZip, before the language model: the tower's CLS-attended tokens, the rest merged into a few",
+                "https://arxiv.org/abs/2412.04467"))
 register(Method("dart", "stage", "lvprune.methods.dart", _dart,
                 "DART: pivots by key norm, then the vision tokens least like each pivot", "https://arxiv.org/abs/2502.11494"))
 register(Method("pdrop", "stage", "lvprune.methods.pyramid_drop", _pyramid_drop,
