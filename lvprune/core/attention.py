@@ -189,10 +189,9 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
     ahead_cos, ahead_sin = (t.float() for t in rotary(query, ahead))  # [1, F, D]
     ahead_norm = (ahead_cos.square() + ahead_sin.square()).sqrt()
     ahead_cos, ahead_sin = ahead_cos / ahead_norm, ahead_sin / ahead_norm
-    # The last prompt token's angle: its sample's last real row (rows keep their order; a pruned batch may pad
-    # any row, the last included).
-    last = (valid.long() * torch.arange(1, valid.shape[1] + 1, device=valid.device)).argmax(-1)  # [B]
-    last_cos, last_sin = (t[torch.arange(t.shape[0], device=t.device), last][:, None] for t in (cos, sin))  # [B, 1, D]
+    # The last row is each sample's last prompt token: batches are left-padded (the core refuses others) and a
+    # stage's fillers go on the left (`token_slots`).
+    last_cos, last_sin = cos[:, -1:], sin[:, -1:]  # [B, 1, D]
     mean_cos = (last_cos * ahead_cos - last_sin * ahead_sin).mean(1)  # [B, D]
     mean_sin = (last_sin * ahead_cos + last_cos * ahead_sin).mean(1)
     future_mean = rotate(mean, mean_cos[:, None], mean_sin[:, None])  # R̄μ

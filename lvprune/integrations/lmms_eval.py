@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from lvprune.data.llava_format import IGNORE_INDEX
 from lvprune.families import backbone_for
+from lvprune.flops import vision_tokens_per_image
 from lvprune.methods import build
 from lvprune.methods import method as registered
 from lvprune.methods.plphp import PLPHPOptions
@@ -76,15 +77,13 @@ def _value(text):
 
 
 def tokens_per_image(base_config) -> int:
-    """The vision tokens every image of this base becomes; refused where the count depends on the image's size."""
+    """The vision tokens every image of this base becomes (a family whose images are all the tower's tile:
+    `Backbone.typical_image_size` None); refused where the count depends on the image's size."""
     backbone = backbone_for(base_config)
-    sizes = [(336, 336), (672, 336), (224, 448)]
-    counts = {backbone.vision_cost(base_config, size, 1).tokens_per_image for size in sizes} \
-        if backbone.vision_cost is not None else set()
-    if len(counts) != 1:
+    if backbone.typical_image_size is not None:
         raise ValueError(f"lvprune model_args: keep= is a count per image, and {backbone.family} turns images of "
                          "different sizes into different counts; pass the method's NAME_keep_ratio instead.")
-    return counts.pop()
+    return vision_tokens_per_image(base_config)
 
 
 def _keep_as_ratio(base_config, method: str | None, options: dict) -> None:

@@ -42,6 +42,7 @@ from torch import nn
 from lvprune.core.contract import multimodal_projector, tower_queries_and_keys, vision_encoder_layers
 from lvprune.core.protocols import StagePruner
 from lvprune.core.stages import StageSchedule
+from lvprune.flops import vision_tokens_per_image
 
 CONTEXTUAL_SHARE = 10 / 64  # the official settings' split: 54 + 10 of 64, 108 + 20 of 128, 162 + 30 of 192
 
@@ -111,15 +112,14 @@ class VisionZipPruner(StagePruner):
     """VisionZip: one stage after layer 0 keeping, per image, its dominant and (merged) contextual tokens,
     `round(keep_ratio × N)` rows in all."""
 
-    inputs = ("vision_valid", "keep_ratio")
+    inputs = ("vision_valid",)  # the ratio is fixed when the hooks attach: the tower runs before the stage
 
     def __init__(self, base_config, keep_ratio: float = 64 / 576, contextual_share: float = CONTEXTUAL_SHARE):
         reason = unsupported(base_config)
         if reason is not None:
             raise ValueError(f"VisionZip cannot run on this model: {reason}.")
         super().__init__(StageSchedule.for_base(base_config, [0], [keep_ratio]))
-        vision = base_config.vision_config
-        self.tokens = (vision.image_size // vision.patch_size) ** 2  # patches per image
+        self.tokens = vision_tokens_per_image(base_config)  # patches per image (CLS dropped by "default")
         self.feature_layer = base_config.vision_feature_layer
         self.contextual_share = contextual_share
         self._ratio = keep_ratio  # the ratio the attached model's calls apply (`attach_to`)
@@ -167,14 +167,14 @@ class VisionZipPruner(StagePruner):
 
     # ---------------------------------------------------------------- the stage
 
-    def forward(self, stage, vision, text, text_mask, vision_valid=None, keep_ratio=None, **_):
-        if vision_valid is None or keep_ratio is None:
-            raise RuntimeError("VisionZipPruner needs the core's vision_valid and keep_ratio: run it through "
-                               "lvprune.pruning().")
+    def forward(self, stage, vision, text, text_mask, vision_valid=None, **_):
+        if vision_valid is None:
+            raise RuntimeError("VisionZipPruner needs the core's vision_valid: run it through lvprune.pruning().")
         score = torch.full(vision.shape[:2], -1.0, device=vision.device)
-        if not bool(vision_valid.any()):
+        present = int(vision_valid.sum())  # the stage's one host read
+        if present == 0:
             return self.as_gamma(score)
-        if self._scores is None or self._scores.numel() != int(vision_valid.sum()):
+        if self._scores is None or self._scores.numel() != present:
             raise RuntimeError("VisionZip's tower hooks did not see this call's images: attach it with "
                                "lvprune.pruning(model, pruner) (or LVPruningForTraining), which installs them.")
         score[vision_valid] = self._scores.flatten().to(score.device)  # images in prompt order, row-major
