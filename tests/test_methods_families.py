@@ -75,8 +75,8 @@ def stage_method(name, base, pruner, keep_all=False):
     elif name == "divprune":
         made, ratios = build(name, base.config, keep_ratio=0.3), [0.3]
     elif name == "visionzip":
-        if base.config.model_type != "llava":
-            pytest.skip("VisionZip needs LLaVA-1.5's CLIP layout; the refusal: test_visionzip.py")
+        if base.config.model_type not in ("llava", "llava_next"):
+            pytest.skip("VisionZip needs a CLIP tower's CLS token (LLaVA-1.5, -NeXT); the refusal: test_visionzip.py")
         made, ratios = build(name, base.config, keep_ratio=0.5), [0.5]
     elif name == "pdrop":
         made, ratios = build(name, base.config), [0.5, 0.25, 0.125]

@@ -24,9 +24,9 @@ def models():
     return tiny_model("llava", attn="eager", **CONFIG), tiny_model("llava", **CONFIG)
 
 
-def official(model, pixel_values, dominant_num, contextual_num):
-    """The official forward on the stock tower: (tokens [I, 1 + D + C, C], dominant patch indices [I, D],
-    target patch indices [I, C]). `dominant_num` excludes the CLS token, as `apply_info` passes it."""
+def tower_outputs(model, pixel_values):
+    """The stock tower's feature layer on [T, 3, H, W] tiles: attention weights [T, H, 1 + N, 1 + N], hidden
+    states [T, 1 + N, C] and the keys averaged over heads [T, 1 + N, d] (`CLIPAttention_forward`'s metric)."""
     tower, layer = model.model.vision_tower, model.config.vision_feature_layer
     heads = model.config.vision_config.num_attention_heads
     recorded = {}
@@ -37,7 +37,17 @@ def official(model, pixel_values, dominant_num, contextual_num):
     handle.remove()
     keys = recorded["keys"]
     metric = keys.view(*keys.shape[:2], heads, -1).transpose(1, 2).mean(1)  # raw_key_states.mean(1)
-    attn_weights, hidden_states = outs.attentions[layer], outs.hidden_states[layer]
+    return outs.attentions[layer], outs.hidden_states[layer], metric
+
+
+def official(model, pixel_values, dominant_num, contextual_num):
+    """The official forward on the stock tower: (tokens [I, 1 + D + C, C], dominant patch indices [I, D],
+    target patch indices [I, C]). `dominant_num` excludes the CLS token, as `apply_info` passes it."""
+    return official_zip(*tower_outputs(model, pixel_values), dominant_num, contextual_num)
+
+
+def official_zip(attn_weights, hidden_states, metric, dominant_num, contextual_num):
+    """`CLIPVisionTower_VisionZip.forward` after its tower call, transcribed (see `official`)."""
     # ---- as in clip_encoder.py
     cls_idx = 0
     cls_attention = attn_weights[:, :, cls_idx, cls_idx + 1:]
@@ -119,7 +129,7 @@ def test_the_language_model_receives_the_official_tokens_at_their_patches(models
     assert image == 3
 
 
-@pytest.mark.parametrize("model_type", sorted(set(supported()) - {"llava"}))
+@pytest.mark.parametrize("model_type", sorted(set(supported()) - {"llava", "llava_next"}))
 def test_families_without_a_cls_tower_are_refused_with_the_reason(model_type):
     config = supported()[model_type].tiny_config()
     with pytest.raises(ValueError, match="VisionZip cannot run on this model: VisionZip ranks by the CLS token's "
@@ -141,3 +151,68 @@ def test_it_splits_the_budget_as_the_official_settings():
     for kept, contextual in [(64, 10), (128, 20), (192, 30)]:
         assert split(576, kept / 576) == (kept - contextual, contextual)
     assert split(576, 1 / 576) == (1, 0) and split(576, 0.0) == (0, 0)
+
+
+# ------------------------------------------------------------------------------ LLaVA-NeXT: every tile zipped
+
+NEXT_SIZES = [[16, 24], [24, 16], [16, 32]]  # (h, w): 1x2, 2x1 and 1x2 grids of 16-px tiles (4x4 patches each)
+
+
+def grid_rows(size, grid_shape, side=4):
+    """Where each grid patch lands in an image's packed rows, re-derived from `unpad_image`'s rule (the padding
+    to the pinpoint is cut evenly from both ends of the longer side), and the rows' count: ({(tile, patch): row
+    after the base tile's}, rows incl. one newline each)."""
+    tiles_h, tiles_w = grid_shape
+    height, width = tiles_h * side, tiles_w * side
+    (h, w), top, left = size, 0, 0
+    if w / h > width / height:
+        top = (height - int(round(h * (width / w), 7))) // 2
+    else:
+        left = (width - int(round(w * (height / h), 7))) // 2
+    rows, cols = height - 2 * top, width - 2 * left
+    where = {}
+    for r in range(top, top + rows):
+        for c in range(left, left + cols):
+            tile = 1 + (r // side) * tiles_w + c // side
+            where[(tile, (r % side) * side + c % side)] = (r - top) * (cols + 1) + (c - left)
+    return where, rows * (cols + 1)
+
+
+@pytest.mark.parametrize("keep_ratio", [0.5, 0.25])
+def test_llava_next_zips_each_tile_over_the_patches_that_reach_the_language_model(keep_ratio):
+    stock = tiny_model("llava_next", attn="eager", vision_layers=3, vision_feature_layer=-2)
+    base = tiny_model("llava_next", vision_layers=3, vision_feature_layer=-2)
+    generator = torch.Generator().manual_seed(4)
+    vision = {"pixel_values": torch.randn(3, 3, 3, 16, 16, generator=generator),
+              "image_sizes": torch.tensor(NEXT_SIZES)}
+    batch = family_batch(stock, [1, 2], [5, 7], seed=2, vision=vision)
+    attn, hidden_states, metric = tower_outputs(stock, vision["pixel_values"].flatten(0, 1))
+    with lvprune.pruning(base, build("visionzip", base.config, keep_ratio=keep_ratio)):
+        hidden, positions = language_model_input(base, batch)
+    placeholders = [(b, int(p)) for b in range(2)
+                    for p in (batch["input_ids"][b] == base.config.image_token_id).nonzero()[:, 0]]
+    start = 0
+    for image, size in enumerate(NEXT_SIZES):
+        where, grid_count = grid_rows(size, (1, 2) if size[1] > size[0] else (2, 1))
+        b, first = placeholders[start]
+        expected = {}  # prompt position -> the token the language model must receive there
+        for tile in range(3):
+            flat = image * 3 + tile
+            present = list(range(16)) if tile == 0 else sorted(p for t, p in where if t == tile)
+            keep = [0] + [p + 1 for p in present]  # CLS + the tile's patches with a row
+            dominant, contextual = split(len(present), keep_ratio)
+            saved, dominant_idx, target_idx = official_zip(attn[flat:flat + 1][:, :, keep][:, :, :, keep],
+                                                           hidden_states[flat:flat + 1, keep],
+                                                           metric[flat:flat + 1, keep], dominant, contextual)
+            with torch.no_grad():
+                tokens = stock.model.multi_modal_projector(saved[0, 1:])
+            for local, token in zip(dominant_idx[0].tolist() + target_idx[0].tolist(), tokens):
+                patch = present[local]
+                row = patch if tile == 0 else 16 + where[(tile, patch)]
+                expected[first + row] = token
+        rows = ((positions[b] >= first) & (positions[b] < first + 16 + grid_count)).nonzero()[:, 0]
+        assert sorted(expected) == positions[b, rows].tolist(), f"image {image}"  # newlines and the rest dropped
+        torch.testing.assert_close(hidden[b, rows], torch.stack([expected[p] for p in sorted(expected)]),
+                                   atol=1e-5, rtol=1e-5)
+        start += 16 + grid_count
+    assert start == len(placeholders)

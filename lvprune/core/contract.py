@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 
+import torch
 from torch import nn
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
@@ -133,6 +134,26 @@ def multimodal_projector(model: nn.Module) -> nn.Module:
     """The projector from the tower's selected features to the language model's embeddings
     (`model.model.multi_modal_projector`): called once per prefill on [images, tokens, C_vision]."""
     return model.model.multi_modal_projector
+
+
+def anyres_rows(model: nn.Module, image_sizes, tiles: int, tokens: int) -> list[torch.Tensor]:
+    """LLaVA-NeXT: which tile patch each of an image's vision rows carries, per image: [rows_i] long, the flat
+    index `tile * tokens + patch` into the projector's [tiles, tokens, C] output, -1 on an `image_newline` row.
+
+    The stock packing itself (`pack_image_features`: the base tile, then the grid of tiles laid out, unpadded to
+    the image's aspect ratio, one newline a row) applied to the indices, so the layout is the model's own.
+    image_sizes [images, 2] (height, width); `tiles` is the tiles of all images together.
+    """
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    counts = [image_size_to_num_patches(image_size=size, grid_pinpoints=model.config.image_grid_pinpoints,
+                                        patch_size=model.config.vision_config.image_size) for size in image_sizes]
+    if sum(counts) != tiles:
+        raise ValueError(f"image_sizes give {sum(counts)} tiles, the tower ran on {tiles}")
+    index = torch.arange(tiles * tokens, dtype=torch.float64).view(tiles, tokens, 1)  # exact below 2**53
+    packed, _ = model.model.pack_image_features(list(index.split(counts)), image_sizes, "default",
+                                                image_newline=torch.tensor([-1.0], dtype=torch.float64))
+    return [rows[:, 0].long() for rows in packed]
 
 
 def tower_queries_and_keys(attention: nn.Module, hidden) -> tuple:

@@ -43,11 +43,16 @@ def check_generate(model, kwargs: dict) -> None:
 
 
 class CheckedGenerate:
-    """`model.generate` while lvprune is attached: the stock method, after `check_generate`."""
+    """`model.generate` while lvprune is attached: the stock method, after `check_generate`. `read_call`, where
+    given, sees the call's keyword inputs first: `generate` may run the vision tower before the model's first
+    forward (transformers >= 5.2x encodes images up front), so a pruner whose hooks sit on the tower and need an
+    input the tower is not given (LLaVA-NeXT's `image_sizes`) reads it here."""
 
-    def __init__(self, model):
-        self.model, self.stock = model, model.generate
+    def __init__(self, model, read_call=None):
+        self.model, self.stock, self.read_call = model, model.generate, read_call
 
     def __call__(self, *args, **kwargs):
         check_generate(self.model, kwargs)
+        if self.read_call is not None:
+            self.read_call(kwargs)
         return self.stock(*args, **kwargs)

@@ -27,7 +27,9 @@ counts` (host ints): DART keeps its pivots and an equal share per pivot.
 A stage after layer 0 acts before the first decoder layer, on the merged input embeddings: pruning before the
 language model is a stage like any other (positions kept, the same removal and masked forward). A pruner that
 reads or rewrites the vision tower's features before that (VisionZip merges tokens there) defines
-`attach_to(model, keep_ratios) -> handles`: its own forward hooks, registered and removed with lvprune's.
+`attach_to(model, keep_ratios) -> handles`: its own forward hooks, registered and removed with lvprune's; one that
+needs a call input the tower is not given (LLaVA-NeXT's `image_sizes`) defines `read_call(inputs)`, which
+`generate` calls first (it may run the tower before the model's first forward).
 
 Everything else (counts, the protected last prompt token, removing rows and their rotary tables, the masked
 training forward, the stats) is the core's. A new one is a subclass of `StagePruner` that overrides `forward`:

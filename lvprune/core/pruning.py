@@ -70,7 +70,7 @@ class Pruning:
         self.handles.append(self.model.register_forward_pre_hook(self._before_call, with_kwargs=True))
         self.handles.append(self.model.register_forward_hook(self._after_call, with_kwargs=True))
         # generate() settings a pruned cache cannot honour are refused before generation starts.
-        self.model.generate = CheckedGenerate(self.model)
+        self.model.generate = CheckedGenerate(self.model, getattr(self.hooks.pruner, "read_call", None))
         self.model.lvprune = self
         return self
 

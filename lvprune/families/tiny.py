@@ -109,17 +109,18 @@ def vision_tokens_per_image(model, vision_inputs: dict) -> list[int]:
     return [len(f) for f in features]
 
 
-def family_batch(model, images_per_sample, text_lengths, *, padding_side="left", seed=0) -> dict:
+def family_batch(model, images_per_sample, text_lengths, *, padding_side="left", seed=0, vision=None) -> dict:
     """A padded batch of random prompts for `model` of any supported family: sample b holds
     `images_per_sample[b]` images, each a block of placeholders placed among `text_lengths[b]` random text
-    tokens, plus the family's vision inputs (`pixel_values`, `image_sizes`, `image_grid_thw`, ...) and
-    per-token inputs (`mm_token_type_ids`)."""
+    tokens, plus the family's vision inputs (`pixel_values`, `image_sizes`, `image_grid_thw`, ...; `vision`
+    gives them instead of the family's random images) and per-token inputs (`mm_token_type_ids`)."""
     from lvprune.families import TINY_FIRST_TEXT_ID, backbone_for
 
     backbone = backbone_for(model.config)
     generator = torch.Generator().manual_seed(seed)
     total = sum(images_per_sample)
-    vision = backbone.random_images(model.config, total, generator) if total else {}
+    if vision is None:
+        vision = backbone.random_images(model.config, total, generator) if total else {}
     per_image = iter(vision_tokens_per_image(model, vision) if total else [])
     image_id = backbone.vision_token_ids(model.config)[0]
     rows = []

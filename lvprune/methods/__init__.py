@@ -6,7 +6,7 @@
 | `random`    | stage       | `random_pruning.py` | nothing: uniform random (a control)                      |
 | `fastv`     | stage       | `fastv.py`          | the last prompt token's attention at layer K             |
 | `divprune`  | stage (0)   | `divprune.py`       | diversity of the input embeddings, before the LLM        |
-| `visionzip` | stage (0)   | `visionzip.py`      | the tower's CLS attention, the rest merged (LLaVA-1.5)   |
+| `visionzip` | stage (0)   | `visionzip.py`      | the tower's CLS attention, the rest merged (LLaVA, -NeXT)  |
 | `pdrop`     | stage       | `pyramid_drop.py`   | the last token's attention in the next layer, 3 stages   |
 | `dart`      | stage       | `dart.py`           | duplication: least like a few key-norm pivots, layer 2   |
 | `plphp`     | cache press | `plphp.py`          | per layer class, per KV head attention                   |

@@ -25,9 +25,19 @@ target rows, at their original positions, as every lvprune stage does. Where thi
 - rows keep their prompt positions (the official build repacks the sequence, as lvprune's stages do not);
 - the layer is the model's `vision_feature_layer` (the official code reads layer −2, LLaVA-1.5's).
 
-Supported where those inputs exist: LLaVA-1.5 (a CLIP tower with a CLS token, one integer feature layer, the
-"default" select strategy, one projector call on [images, N, C]); elsewhere `VisionZipPruner` refuses, naming
-what is missing.
+LLaVA-NeXT (official: `visionzip/llava_arch.py`, `prepare_inputs_labels_for_multimodal_visionzip` and
+`restore_image_features_sorted`): every tile, the base view and each grid tile, is zipped on its own with the
+same budget rule, as the official code runs the tower on all of them. The official build then lays the grid's
+dominant tokens out without unpadding and without newlines, its contextual tokens and CLS tokens after them;
+here the stock packing stays (`contract.anyres_rows`), so:
+- a tile's patches that unpadding cuts have no row: the tile is zipped over the patches that reach the language
+  model (n of them: `round(keep_ratio × n)` kept), and the cut ones neither rank, nor merge, nor are targets;
+- `image_newline` rows are dropped, as the official build has none in a tiled image (at `keep_ratio` 1 every
+  row stays: the stock model).
+
+Supported where those inputs exist: LLaVA-1.5 and LLaVA-NeXT with a CLIP tower (a CLS token), one integer
+feature layer, the "default" select strategy and one projector call on [tiles, N, C]; elsewhere
+`VisionZipPruner` refuses, naming what is missing.
 
     with lvprune.pruning(model, VisionZipPruner(model.config, keep_ratio=64 / 576)):
         model.generate(**inputs)
@@ -39,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lvprune.core.contract import multimodal_projector, tower_queries_and_keys, vision_encoder_layers
+from lvprune.core.contract import anyres_rows, multimodal_projector, tower_queries_and_keys, vision_encoder_layers
 from lvprune.core.protocols import StagePruner
 from lvprune.core.stages import StageSchedule
-from lvprune.flops import vision_tokens_per_image
+from lvprune.families.llava import tile_features
 
 CONTEXTUAL_SHARE = 10 / 64  # the official settings' split: 54 + 10 of 64, 108 + 20 of 128, 162 + 30 of 192
 
@@ -50,10 +60,11 @@ CONTEXTUAL_SHARE = 10 / 64  # the official settings' split: 54 + 10 of 64, 108 +
 def unsupported(base_config) -> str | None:
     """Why VisionZip cannot run on a base of this config, or None where it can."""
     vision = getattr(base_config, "vision_config", None)
-    if base_config.model_type != "llava" or getattr(vision, "model_type", None) != "clip_vision_model":
+    tower = getattr(vision, "model_type", None)
+    if base_config.model_type not in ("llava", "llava_next") or tower != "clip_vision_model":
         return (f"VisionZip ranks by the CLS token's attention inside a CLIP tower whose features reach the "
-                f"language model one row per patch (LLaVA-1.5); {base_config.model_type!r} with a "
-                f"{getattr(vision, 'model_type', None)!r} tower has no such token or layout")
+                f"language model one row per patch (LLaVA-1.5, LLaVA-NeXT); {base_config.model_type!r} with a "
+                f"{tower!r} tower has no such token or layout")
     if not isinstance(base_config.vision_feature_layer, int):
         return "VisionZip reads one tower layer; this config concatenates several (vision_feature_layer is a list)"
     if base_config.vision_feature_layer >= 0:
@@ -109,8 +120,8 @@ def contextual_tokens(features: torch.Tensor, targets: torch.Tensor, assign: tor
 
 
 class VisionZipPruner(StagePruner):
-    """VisionZip: one stage after layer 0 keeping, per image, its dominant and (merged) contextual tokens,
-    `round(keep_ratio × N)` rows in all."""
+    """VisionZip: one stage after layer 0 keeping, per tile (an image, or one of LLaVA-NeXT's tiles), its dominant
+    and (merged) contextual tokens, `round(keep_ratio × n)` rows of its n patches that reach the language model."""
 
     inputs = ("vision_valid",)  # the ratio is fixed when the hooks attach: the tower runs before the stage
 
@@ -119,51 +130,108 @@ class VisionZipPruner(StagePruner):
         if reason is not None:
             raise ValueError(f"VisionZip cannot run on this model: {reason}.")
         super().__init__(StageSchedule.for_base(base_config, [0], [keep_ratio]))
-        self.tokens = vision_tokens_per_image(base_config)  # patches per image (CLS dropped by "default")
+        self.tokens = tile_features(base_config, check=True)  # patches per tile (CLS dropped by "default")
+        self.anyres = base_config.model_type == "llava_next"
         self.feature_layer = base_config.vision_feature_layer
         self.contextual_share = contextual_share
         self._ratio = keep_ratio  # the ratio the attached model's calls apply (`attach_to`)
-        self._pending = None  # (attention [I, N], metric [I, N, d]) of the tower call in flight
-        self._scores = None  # [I, N]: 2 dominant, 1 target, 0 merged or dropped, for the stage
+        self._layout = None  # LLaVA-NeXT: (image_sizes) -> rows per image (`contract.anyres_rows`), bound in attach_to
+        self._image_sizes = None  # LLaVA-NeXT: the call's image_sizes [images, 2]
+        self._pending = None  # (attention [T, N], metric [T, N, d]) of the tower call in flight
+        self._scores = None  # [rows]: 2 dominant, 1 target, 0 merged, dropped or newline, the images' rows in order
+        self._images = None  # per image: (its vision rows, the rows it keeps), for `stage_counts`
 
     def stage_counts(self, num_vision: list[int], ratio: float) -> list[int]:
-        """Each image keeps `dominant + contextual` rows of its N (a sample of m images: m times that)."""
-        return [n // self.tokens * sum(split(self.tokens, ratio, self.contextual_share)) for n in num_vision]
+        """A sample keeps the rows its images keep (`ratio` >= 1: every row, newlines included)."""
+        images = self._images or []  # the latest tower call's (a call without images consumes none)
+        if ratio >= 1:
+            return list(num_vision)
+        counts, walk = [], iter(images)
+        for n in num_vision:
+            rows = kept = 0
+            while rows < n:
+                more, keep = next(walk)
+                rows, kept = rows + more, kept + keep
+            counts.append(kept)
+        return counts
 
     # ---------------------------------------------------------------- the tower's hooks
 
     def attach_to(self, model: nn.Module, keep_ratios) -> list:
         """Hooks on the feature layer's attention and on the projector, merging for the stage's ratio
-        `keep_ratios[0]` (the tower runs before the stage, so the split is fixed here); the caller removes them."""
+        `keep_ratios[0]` (the tower runs before the stage, so the split is fixed here), and on LLaVA-NeXT one on
+        the model's forward for the call's `image_sizes`; the caller removes them."""
         self._ratio = float(keep_ratios[0])
         layers = vision_encoder_layers(model)
         if layers is None:
             raise ValueError(f"VisionZip cannot find {type(model).__name__}'s CLIP encoder layers.")
         attention = layers[self.feature_layer].self_attn
-        return [attention.register_forward_pre_hook(self._read_layer, with_kwargs=True),
-                multimodal_projector(model).register_forward_hook(self._merge)]
+        handles = [attention.register_forward_pre_hook(self._read_layer, with_kwargs=True),
+                   multimodal_projector(model).register_forward_hook(self._merge)]
+        if self.anyres:
+            self._layout = lambda sizes, tiles: anyres_rows(model, sizes, tiles, self.tokens)
+            handles.append(model.register_forward_pre_hook(lambda module, args, kwargs: self.read_call(kwargs),
+                                                           with_kwargs=True))
+        return handles
+
+    def read_call(self, inputs: dict) -> None:
+        """A forward's or `generate`'s keyword inputs, before the tower runs: LLaVA-NeXT's `image_sizes`."""
+        if self.anyres and inputs.get("pixel_values") is not None:
+            self._image_sizes = inputs.get("image_sizes")
 
     def _read_layer(self, module, args, kwargs):
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # [I, 1 + N, C]
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # [T, 1 + N, C]
         with torch.no_grad():
             query, key, scale = tower_queries_and_keys(module, hidden)
             self._pending = cls_attention(query, key, scale), key[:, :, 1:].float().mean(1)
 
+    def _rows(self, tiles: int) -> list[torch.Tensor]:
+        """Per image, the flat tile-patch index of each of its vision rows (-1: a newline)."""
+        if not self.anyres:
+            return list(torch.arange(tiles * self.tokens).view(tiles, self.tokens))
+        if self._image_sizes is None:
+            raise RuntimeError("VisionZip on LLaVA-NeXT reads the call's image_sizes: pass them to the model.")
+        sizes, self._image_sizes = self._image_sizes, None
+        return self._layout(sizes, tiles)
+
     def _merge(self, module, args, output):
-        features = args[0]  # [I, N, C_vision]: the feature layer's patches
+        features = args[0]  # [T, N, C_vision]: the feature layer's patches of every tile
         if self._pending is None or features.shape[:2] != (self._pending[0].shape[0], self.tokens):
-            raise RuntimeError(f"VisionZip expected the projector to receive [images, {self.tokens}, C] right after "
+            raise RuntimeError(f"VisionZip expected the projector to receive [tiles, {self.tokens}, C] right after "
                                f"the tower, got {tuple(features.shape)}.")
-        attention, metric = self._pending
-        self._pending = None
-        dominant, contextual = split(self.tokens, self._ratio, self.contextual_share)
-        top, targets, assign = zip_plan(attention, metric, dominant, contextual)
-        scores = attention.new_zeros(attention.shape)
-        self._scores = scores.scatter(1, top, 2.0).scatter(1, targets, 1.0)
+        (attention, metric), self._pending = self._pending, None
+        rows = [r.to(features.device) for r in self._rows(features.shape[0])]
+        flat = torch.cat(rows)
+        present = torch.zeros(attention.numel(), dtype=torch.bool, device=features.device)
+        present = present.scatter(0, flat[flat >= 0], True).view(attention.shape)  # patches with a row
+        scores, output = attention.new_zeros(attention.shape), output.clone()
+        sizes = present.sum(1)
+        for size in sizes.unique().tolist():  # tiles with as many patches left run together
+            tiles = (sizes == size).nonzero()[:, 0]
+            self._zip(module, tiles, present[tiles].nonzero()[:, 1].view(len(tiles), size), features, attention,
+                      metric, scores, output)
+        packed = [torch.where(r >= 0, scores.flatten()[r.clamp(min=0)], 0.0) for r in rows]
+        self._scores = torch.cat(packed)
+        self._images = list(zip([len(r) for r in rows], [int((p > 0).sum()) for p in packed]))
+        return output
+
+    def _zip(self, projector, tiles, patches, features, attention, metric, scores, output) -> None:
+        """VisionZip on `tiles` [g] over their `patches` [g, s] (tile-local indices, index order): marks `scores`
+        [T, N] and writes the targets' merged projections into `output` [T, N, C_out], both in place."""
+        if patches.shape[1] == 0:
+            return
+        dominant, contextual = split(patches.shape[1], self._ratio, self.contextual_share)
+        top, targets, assign = zip_plan(attention[tiles].gather(1, patches),
+                                        metric[tiles].gather(1, patches[..., None].expand(-1, -1, metric.shape[-1])),
+                                        dominant, contextual)
+        marks = scores[tiles].scatter(1, patches.gather(1, top), 2.0)
+        scores[tiles] = marks.scatter(1, patches.gather(1, targets), 1.0)
         if contextual == 0:
-            return output
-        merged = module.forward(contextual_tokens(features, targets, assign))  # `forward`: not this hook again
-        return output.scatter(1, targets[..., None].expand(-1, -1, output.shape[-1]), merged.to(output.dtype))
+            return
+        own = features[tiles].gather(1, patches[..., None].expand(-1, -1, features.shape[-1]))  # [g, s, C]
+        merged = projector.forward(contextual_tokens(own, targets, assign))  # `forward`: not this hook again
+        where = patches.gather(1, targets)[..., None].expand(-1, -1, output.shape[-1])
+        output[tiles] = output[tiles].scatter(1, where, merged.to(output.dtype))
 
     # ---------------------------------------------------------------- the stage
 
@@ -177,6 +245,6 @@ class VisionZipPruner(StagePruner):
         if self._scores is None or self._scores.numel() != present:
             raise RuntimeError("VisionZip's tower hooks did not see this call's images: attach it with "
                                "lvprune.pruning(model, pruner) (or LVPruningForTraining), which installs them.")
-        score[vision_valid] = self._scores.flatten().to(score.device)  # images in prompt order, row-major
+        score[vision_valid] = self._scores.to(score.device)  # images in prompt order, rows as packed
         self._scores = None
         return self.as_gamma(score)
