@@ -1,11 +1,11 @@
-"""Scoring generated answers with torchmetrics: exact-match accuracy and yes/no F1."""
+"""Scoring generated answers with torchmetrics: exact-match accuracy, yes/no F1 and item F1 of list answers."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
 import torch
-from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy
+from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MultilabelF1Score
 
 YES, NO = "yes", "no"
 
@@ -61,3 +61,30 @@ def chance_accuracy(answers: list[str], types: list[str]) -> float:
         by_type[t].append(normalize(a))
     hits = sum(max(group.count(a) for a in set(group)) for group in by_type.values())
     return hits / max(len(answers), 1)
+
+
+def items(text: str, separator: str = ", ") -> set[str]:
+    """The items a list answer names ("red in the north, blue in the centre" -> two), empty ones dropped."""
+    return {item.strip() for item in normalize(text).split(separator) if item.strip()}
+
+
+def item_f1(predictions: list[str], answers: list[str], separator: str = ", ") -> float:
+    """Micro F1 of the items the predictions name against the answers' (torchmetrics `MultilabelF1Score`, one
+    label per distinct item): 2 × matched / (predicted + true), over all answers. NaN when there is none."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"{len(predictions)} predictions for {len(answers)} answers.")
+    if not answers:
+        return float("nan")
+    predicted, true = [items(p, separator) for p in predictions], [items(a, separator) for a in answers]
+    labels = {item: i for i, item in enumerate(sorted(set().union(*predicted, *true)))}
+    if not labels:
+        return float("nan")
+
+    def matrix(sets):
+        rows = torch.zeros(len(sets), len(labels), dtype=torch.long)
+        for row, found in enumerate(sets):
+            rows[row, [labels[item] for item in found]] = 1
+        return rows
+
+    metric = MultilabelF1Score(num_labels=len(labels), average="micro")
+    return float(metric(matrix(predicted), matrix(true)))
