@@ -63,7 +63,8 @@ class World2Config:
 
     image_size, object_size: as the first world's (`ShapesConfig`); small objects make fine detail matter.
     max_images: most images a multi-image prompt holds (2..4). turns: questions a record asks (> 1: a
-    conversation). tasks: the first turn's tasks, balanced.
+    conversation). tasks: the first turn's tasks, balanced; later turns ask those of them the record's number of
+    images allows.
     """
 
     image_size: int = 96
@@ -173,17 +174,20 @@ def answer_for(task: str, named: str, scenes: list[list[dict]]) -> str:
     return ordinal(int(counts[1] > counts[0]))
 
 
-def later_turn(rng: random.Random, scenes: list[list[dict]], asked: set) -> dict:
-    """Another question about the same scenes, of a task their number allows, not asked before in the record."""
+def later_turn(rng: random.Random, scenes: list[list[dict]], asked: set, tasks: tuple[str, ...] = TASKS) -> dict:
+    """Another question about the same scenes, of one of `tasks` their number allows (any such task where none
+    of `tasks` is), not asked before in the record."""
+    one = ("single", "list") if len(scenes) == 1 else ("which", "images", "compare")
+    allowed = tuple(t for t in one if t in tasks) or one
     for _ in range(50):
         if len(scenes) == 1:
-            task = rng.choice(("single", "list"))
+            task = rng.choice(allowed)
             if task == "list":
                 turn = {"task": "list", "question": QUESTIONS["list"], "answer": list_answer(scenes[0])}
             else:
                 turn = {"task": "single", **ask_about(rng, scenes[0], rng.choice(QUESTION_TYPES))}
         else:
-            task = rng.choice(("which", "images", "compare"))
+            task = rng.choice(allowed)
             present = sorted({o["colour"] for scene in scenes for o in scene})
             named = rng.choice(present if rng.random() < 0.7 else list(COLOURS))
             answer = answer_for(task, named, scenes)
@@ -218,7 +222,7 @@ def generate_split(split: str, n: int, config: World2Config):
         scenes, turn = first_turn(rng, task, option, config)
         qa = [turn]
         while len(qa) < config.turns:
-            qa.append(later_turn(rng, scenes, {t["question"] for t in qa}))
+            qa.append(later_turn(rng, scenes, {t["question"] for t in qa}, config.tasks))
         record_id = f"{split}-{i:06d}"
         paths = [f"images/{split}/{record_id}-{k}.png" for k in range(len(scenes))]
         record = {"id": record_id, "image": paths if len(paths) > 1 else paths[0],

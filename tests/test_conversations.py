@@ -1,0 +1,81 @@
+"""Conversations answered from the cache, turn by turn, held to a fresh prefill of the same history."""
+
+import pytest
+import torch
+
+import lvprune
+from lvprune.bench.conversations import (
+    Conversation, _images, _prompt, answer_conversation, load_conversations, score_conversations,
+)
+from lvprune.families import backbone_for
+from lvprune.methods.plphp import PLPHPPress
+from lvprune_shapes.reference import load_reference
+from lvprune_shapes.reference.cache import SHIPPED_DIR
+from lvprune_shapes.world2 import World2Config, make_world2_dataset
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_reference(SHIPPED_DIR)
+
+
+@pytest.fixture(scope="module")
+def conversations(tmp_path_factory):
+    # The shipped (first-world) base knows the first world's words: conversations of its questions, 3 turns.
+    folder = tmp_path_factory.mktemp("world2")
+    paths = make_world2_dataset(folder, {"test": 12}, World2Config(turns=3, tasks=("single",)))
+    return load_conversations(paths["test"], folder)
+
+
+def answers_by_prefill(model, processor, conversation):
+    """Each turn answered by prefilling the whole history afresh (no cache carried between turns)."""
+    backbone, tokenizer, answers = backbone_for(model.config), processor.tokenizer, []
+    images = _images(conversation, blank=False)
+    for _ in conversation.turns:
+        inputs = _prompt(conversation, answers, images, processor, backbone)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return answers
+
+
+def test_answers_from_the_cache_equal_a_fresh_prefill_of_the_history(shipped, conversations):
+    model, processor = shipped
+    said = [answer_conversation(model, processor, c) for c in conversations]
+    assert said == [answers_by_prefill(model, processor, c) for c in conversations]
+    scores = score_conversations(conversations, said)
+    assert scores["by_task"]["single"] >= 0.9  # the shipped base answers the first world's questions (94%)
+
+
+def test_a_press_keeping_every_slot_answers_as_the_stock_model(shipped, conversations):
+    model, processor = shipped
+    stock = [answer_conversation(model, processor, c) for c in conversations[:4]]
+    with lvprune.pruning(model, press=PLPHPPress(r=1.0, delta_r=0.0)):
+        kept = [answer_conversation(model, processor, c) for c in conversations[:4]]
+        assert model.pruning_stats.kv_cache_fraction == 1.0
+    assert kept == stock
+
+
+def test_scores_per_task_and_turn():
+    conversations = [
+        Conversation("a", ("x.png",), ({"task": "list", "question": "q", "answer": "red in the north, blue in the west"},
+                                       {"task": "single", "question": "q2", "answer": "yes"})),
+        Conversation("b", ("y.png", "z.png"), ({"task": "which", "question": "q", "answer": "the first"},
+                                                {"task": "which", "question": "q2", "answer": "the second"})),
+    ]
+    predictions = [["red in the north, green in the east", "yes"], ["the first", "the first"]]
+    scores = score_conversations(conversations, predictions)
+    assert scores["by_task"] == pytest.approx({"list": 2 * 1 / (2 + 2), "single": 1.0, "which": 0.5})
+    assert scores["by_turn"] == pytest.approx({1: (0.5 + 1.0) / 2, 2: (1.0 + 0.0) / 2})
+    assert scores["overall"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    with pytest.raises(ValueError):
+        score_conversations(conversations, predictions[:1])
+
+
+def test_first_world_records_are_refused_naming_the_generator(tmp_path):
+    from lvprune_shapes.dataset import make_shapes_dataset
+
+    paths = make_shapes_dataset(tmp_path, {"test": 2})
+    with pytest.raises(ValueError, match="make_shapes --world 2"):
+        load_conversations(paths["test"], tmp_path)
