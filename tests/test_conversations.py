@@ -27,23 +27,30 @@ def conversations(tmp_path_factory):
     return load_conversations(paths["test"], folder)
 
 
-def answers_by_prefill(model, processor, conversation):
-    """Each turn answered by prefilling the whole history afresh (no cache carried between turns)."""
+def answers_by_prefill(model, processor, conversation, prompts):
+    """Each turn's full prompt (the cached path's ids) prefilled afresh with the images, no cache carried."""
     backbone, tokenizer, answers = backbone_for(model.config), processor.tokenizer, []
-    images = _images(conversation, blank=False)
-    for _ in conversation.turns:
-        inputs = _prompt(conversation, answers, images, processor, backbone)
+    pixels = _prompt(conversation, _images(conversation, blank=False), processor, backbone)["pixel_values"]
+    for ids in prompts:
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+            out = model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids[None]), pixel_values=pixels,
+                                 max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id,
+                                 suppress_tokens=list(backbone.vision_token_ids(model.config)))
+        answers.append(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip())
     return answers
 
 
 def test_answers_from_the_cache_equal_a_fresh_prefill_of_the_history(shipped, conversations):
     model, processor = shipped
-    said = [answer_conversation(model, processor, c) for c in conversations]
-    assert said == [answers_by_prefill(model, processor, c) for c in conversations]
+    said = []
+    for conversation in conversations:
+        answers, prompts = answer_conversation(model, processor, conversation, return_ids=True)
+        assert answers == answers_by_prefill(model, processor, conversation, prompts), conversation.id
+        # each turn's prompt is the chat so far: the previous prompt, the answer, the next question
+        text = processor.tokenizer.decode(prompts[-1])
+        assert all(t["question"] in text for t in conversation.turns) and all(a in text for a in answers[:-1])
+        said.append(answers)
     scores = score_conversations(conversations, said)
     assert scores["by_task"]["single"] >= 0.9  # the shipped base answers the first world's questions (94%)
 
@@ -59,7 +66,8 @@ def test_a_press_keeping_every_slot_answers_as_the_stock_model(shipped, conversa
 
 def test_scores_per_task_and_turn():
     conversations = [
-        Conversation("a", ("x.png",), ({"task": "list", "question": "q", "answer": "red in the north, blue in the west"},
+        Conversation("a", ("x.png",), ({"task": "list", "question": "q",
+                                        "answer": "red in the north, blue in the west"},
                                        {"task": "single", "question": "q2", "answer": "yes"})),
         Conversation("b", ("y.png", "z.png"), ({"task": "which", "question": "q", "answer": "the first"},
                                                 {"task": "which", "question": "q2", "answer": "the second"})),

@@ -61,15 +61,9 @@ def _images(conversation: Conversation, blank: bool) -> list[Image.Image]:
     return [Image.new("RGB", image.size, BLANK_COLOUR) for image in images] if blank else images
 
 
-def _prompt(conversation: Conversation, answers: list[str], images, processor, backbone) -> dict:
-    """The chat up to the next question's generation prompt: the turns answered so far with `answers` (the
-    model's own), then the next question. -> model inputs, a batch of one."""
-    turns = []
-    for k, turn in enumerate(conversation.turns[: len(answers) + 1]):
-        tags = "<image>\n" * len(images) if k == 0 else ""
-        turns.append({"from": "human", "value": tags + turn["question"]})
-        if k < len(answers):
-            turns.append({"from": "gpt", "value": answers[k]})
+def _prompt(conversation: Conversation, images, processor, backbone) -> dict:
+    """The first turn's prompt (images, question, generation prompt) as model inputs, a batch of one."""
+    turns = [{"from": "human", "value": "<image>\n" * len(images) + conversation.turns[0]["question"]}]
     out = processor.apply_chat_template(to_messages(turns, images), add_generation_prompt=True, tokenize=True,
                                         return_dict=True, return_tensors=None)
     inputs = model_inputs(out, processor, backbone, with_images=True)
@@ -77,32 +71,49 @@ def _prompt(conversation: Conversation, answers: list[str], images, processor, b
     return {k: v[None] if k in per_token else v for k, v in inputs.items()}
 
 
+SENTINEL = "\u241e"  # stands for an answer where the template is rendered to find what follows one
+
+
+def continuation(conversation: Conversation, turn: int, processor) -> list[int]:
+    """The tokens that follow the answer to turn `turn - 1` up to turn `turn`'s generation prompt (the end of the
+    assistant's turn, the next question), as the chat template renders them."""
+    turns = []
+    for k, item in enumerate(conversation.turns[: turn + 1]):
+        turns.append({"from": "human", "value": item["question"]})
+        if k < turn:
+            turns.append({"from": "gpt", "value": SENTINEL})
+    text = processor.apply_chat_template(to_messages(turns), add_generation_prompt=True, tokenize=False)
+    return processor.tokenizer(text.rsplit(SENTINEL, 1)[1], add_special_tokens=False)["input_ids"]
+
+
 @torch.no_grad()
 def answer_conversation(model, processor, conversation: Conversation, *, blank: bool = False,
-                        max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Greedy answers to every turn, each generated from the cache the turns before left (the model's own
-    answers in the history). Each turn's prompt must extend the previous turn's text, which the chat templates
-    of LLaVA-format processors do; otherwise a ValueError says so."""
+                        max_new_tokens: int = MAX_NEW_TOKENS, return_ids: bool = False):
+    """Greedy answers to every turn, each generated from the cache the turns before left: the next question's
+    tokens (`continuation`) follow the model's own generated answer, whatever it is, as a chat server appends
+    them. Vision placeholders are never generated. With `return_ids`, also each turn's full input ids."""
     tokenizer, backbone = processor.tokenizer, backbone_for(model.config)
-    images, answers, cache, seen = _images(conversation, blank), [], None, None
-    for _ in conversation.turns:
-        inputs = _prompt(conversation, answers, images, processor, backbone)
+    if backbone.token_inputs:
+        raise ValueError(f"conversations are answered from the cache on families without per-token inputs; "
+                         f"{backbone.family} has {backbone.token_inputs}.")
+    eos = tokenizer.eos_token_id
+    inputs = _prompt(conversation, _images(conversation, blank), processor, backbone)
+    answers, prompts = [], []
+    for turn in range(len(conversation.turns)):
         ids = inputs["input_ids"]
-        if seen is not None:
-            if not torch.equal(ids[0, : seen.shape[1]], seen[0]):
-                raise ValueError(f"conversation {conversation.id}: the chat template renders the history (the "
-                                 "model's answer included) otherwise than it was generated, so the next turn cannot "
-                                 "be answered from the cache.")
-            inputs = {k: v for k, v in inputs.items() if k not in backbone.image_inputs}  # the images are cached
-            inputs[cache_kwarg(model)] = cache
+        prompts.append(ids[0])
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = out.sequences[0, ids.shape[1]:]
-        answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-        # The cache holds every token but the last generated; the next prompt re-renders the answer through the
-        # template, and must start with exactly those tokens.
-        cache, seen = output_cache(out), out.sequences[:, :-1]
-    return answers
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                             suppress_tokens=list(backbone.vision_token_ids(model.config)))
+        answers.append(tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        if turn + 1 < len(conversation.turns):
+            sequence, follow = out.sequences[0], continuation(conversation, turn + 1, processor)
+            if int(sequence[-1]) == eos and follow[:1] == [eos]:
+                follow = follow[1:]  # the model ended its turn itself
+            ids = torch.cat([sequence, torch.tensor(follow, dtype=sequence.dtype, device=sequence.device)])[None]
+            # The images are in the cache: the next call carries only the new tokens' ids beyond it.
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), cache_kwarg(model): output_cache(out)}
+    return (answers, prompts) if return_ids else answers
 
 
 def score_conversations(conversations: list[Conversation], predictions: list[list[str]]) -> dict:

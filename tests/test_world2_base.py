@@ -1,0 +1,100 @@
+"""The second base's supervision, held to the rendered images: each target points at the pixels it names."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lvprune_shapes.dataset import COLOURS, POSITIONS
+from lvprune_shapes.reference.model import build_reference_model
+from lvprune_shapes.reference.world2 import World2BaseConfig, World2TrainingSet, make_world2_base_data
+
+CONFIG = World2BaseConfig(image_size=108, patch_size=6, num_layers=3, hidden_size=32, num_heads=2, num_kv_heads=2,
+                          vision_hidden_size=16, train_records=25, test_records=1)
+GRID = CONFIG.image_size // CONFIG.patch_size
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("world2-base")
+    processor, paths = make_world2_base_data(folder, CONFIG)
+    model = build_reference_model(CONFIG, processor)
+    data = World2TrainingSet(paths["train"], processor, model.config.image_token_id)
+    records = json.loads(paths["train"][0].read_text())
+    return processor, model.config.image_token_id, data, records, paths["train"][1]
+
+
+def shown(folder, record, image: int, colour: str) -> set[int]:
+    """Patches of the record's image (read back from its PNG) that show `colour` on a quarter of their pixels."""
+    names = record["image"] if isinstance(record["image"], list) else [record["image"]]
+    pixels = np.asarray(Image.open(folder / names[image]).convert("RGB"))
+    hit = (pixels == np.asarray(COLOURS[colour], dtype=np.uint8)).all(-1)
+    per_patch = hit.reshape(GRID, CONFIG.patch_size, GRID, CONFIG.patch_size).sum(axis=(1, 3)).reshape(-1)
+    return set(np.nonzero(per_patch >= CONFIG.patch_size ** 2 / 4)[0].tolist())
+
+
+def patches_of(keys, ids, image_token_id):
+    """(image, patch) of each key position (prompt position of a vision row)."""
+    vision = (ids == image_token_id).nonzero()[:, 0].tolist()
+    return [divmod(vision.index(k), GRID * GRID) for k in keys]
+
+
+def test_naming_words_attend_to_the_pixels_of_what_they_name(world):
+    processor, image_token_id, data, records, folder = world
+    checked = 0
+    for record, example in zip(records, data.examples):
+        ids = torch.as_tensor(example["input_ids"])
+        grounding, naming = example["targets"]
+        rows = dict(grounding)
+        for row, _, _, _ in naming:
+            word = processor.tokenizer.decode(ids[row])
+            if word not in COLOURS:
+                continue  # a cell ("in the north?"): its object's colour is read below through the list rows
+            keys = rows[row]
+            images = range(len(record["scenes"]))
+            want = {(i, p) for i in images for p in shown(folder, record, i, word)}
+            assert set(patches_of(keys, ids, image_token_id)) == want if want else keys == [0], (record["id"], word)
+            checked += 1
+    assert checked > 20
+
+
+def test_list_answers_attend_to_each_next_object_then_the_sink(world):
+    processor, image_token_id, data, records, folder = world
+    tokenizer, checked = processor.tokenizer, 0
+    for record, example in zip(records, data.examples):
+        ids = torch.as_tensor(example["input_ids"])
+        for row, keys in example["targets"][0]:
+            following, here = tokenizer.decode(ids[row + 1]), tokenizer.decode(ids[row])
+            if following in COLOURS:  # predicting an item's colour: its patches show that colour
+                assert {p for _, p in patches_of(keys, ids, image_token_id)} <= shown(folder, record, 0, following)
+                checked += 1
+            elif following in POSITIONS and here == " ":  # predicting its cell: the patches lie in that cell
+                cell = POSITIONS.index(following)
+                for _, patch in patches_of(keys, ids, image_token_id):
+                    row_, col = divmod(patch, GRID)
+                    assert (row_ * 3 // GRID, col * 3 // GRID) == divmod(cell, 3), record["id"]
+                checked += 1
+            elif here in POSITIONS and following == "</s>":  # the last item named: nothing is next
+                assert keys == [0]
+    assert checked > 20
+
+
+def test_alignment_words_name_each_patch_and_its_image(world):
+    processor, _, data, records, folder = world
+    batch = data.collate(data.examples[:6])
+    convert = processor.tokenizer.convert_tokens_to_ids
+    image = 0
+    for record in records[:6]:
+        for k, scene in enumerate(record["scenes"]):
+            words = batch["alignment_words"][image]  # [V, 3]
+            assert set(words[:, 2].tolist()) == {convert(["first", "second", "third", "fourth"][k])}
+            for obj in scene:
+                for patch in shown(folder, record, k, obj["colour"]) & {
+                        p for p in range(GRID * GRID)
+                        if (p // GRID * 3 // GRID) * 3 + (p % GRID * 3 // GRID) == POSITIONS.index(obj["position"])}:
+                    assert batch["on_object"][image, patch]
+                    assert words[patch, :2].tolist() == convert([obj["colour"], obj["position"]])
+            image += 1
+    assert image == len(batch["pixel_values"])
