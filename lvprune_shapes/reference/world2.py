@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from lvprune.data import LlavaCollator, load_llava_dataset
-from lvprune_shapes.dataset import COLOURS, NUMBERS, POSITIONS
+from lvprune_shapes.dataset import COLOURS, POSITIONS
 from lvprune_shapes.processor import build_processor
 from lvprune_shapes.reference.config import ReferenceConfig
 from lvprune_shapes.reference.grounding import GroundingProbe
