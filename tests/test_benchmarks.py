@@ -46,3 +46,27 @@ def test_data_scale_benchmark_checks_once_and_reuses(capsys, tmp_path):
     assert len(list((tmp_path / "checks-24").iterdir())) == 1, "one check kept per data file"
     out = capsys.readouterr().out
     assert "| 24 |" in out and "LLaVA-1.5 mix (665,298 records), extrapolated from 24" in out
+
+
+def test_vision_attention_says_where_deep_layers_reattend():
+    from vision_attention import reattends
+
+    assert reattends([0.9, 0.5, 0.1, 0.3]) == (True, 2, 3)  # 0.1 -> 0.3: 3x and +0.2
+    assert reattends([0.9, 0.5, 0.1, 0.14]) == (False, 2, 3)  # 1.4x
+    assert reattends([0.9, 0.2, 0.1, 0.16]) == (True, 2, 3)  # 1.6x and +0.06
+    assert reattends([0.9, 0.2, 0.02, 0.04]) == (False, 2, 3)  # 2x but +0.02
+    assert reattends([0.5, 0.4, 0.3, 0.2]) == (False, 3, 3)  # falls to the last layer
+
+
+def test_vision_attention_groups_world_2_prompts_by_task(capsys, tmp_path):
+    from vision_attention import main
+
+    from lvprune_shapes.reference.cache import SHIPPED_DIR
+    from lvprune_shapes.world2 import World2Config, make_world2_dataset
+
+    paths = make_world2_dataset(tmp_path, {"test": 6}, World2Config(tasks=("single",)))
+    main(["--base", str(SHIPPED_DIR), "--data", str(paths["test"]), "--image_folder", str(tmp_path),
+          "--records", "6", "--figure", str(tmp_path / "va.png")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| single |")]
+    values = [float(v) for v in lines[0].split("|")[2:6]]
+    assert len(lines) == 1 and all(0 < v <= 1 for v in values) and (tmp_path / "va.png").stat().st_size > 0
