@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from lvprune.data import LlavaCollator, load_llava_dataset
+from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.dataset import COLOURS, POSITIONS
 from lvprune_shapes.processor import build_processor
 from lvprune_shapes.reference.config import ReferenceConfig
@@ -299,3 +300,40 @@ def _train_language_side(model, data: World2TrainingSet, config: World2BaseConfi
             probe.remove()
     model.requires_grad_(True)
     return history
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "reference-base-v2"
+
+
+@dataclass
+class World2BaseCommand:
+    """`python -m lvprune_shapes.reference.world2 --out DIR`: train the second base (the shipped one's recipe by
+    default) and write it, its report and its checksums to DIR."""
+
+    out: str | None = doc(None, "the base's folder (required); its data go beside it, in <out>-data")
+    steps: int = doc(1000, "language-model steps of batch 8")
+    learning_rate: float = doc(1.5e-3, "peak learning rate of the language model and projector")
+    train_records: int = doc(3000, "training records (conversations of 3 turns about 1-4 images)")
+    test_records: int = doc(300, "test conversations the report scores")
+    seed: int = doc(0, "seed of the data and the weights")
+
+
+def main(argv=None) -> None:
+    import dataclasses
+
+    from lvprune_shapes.reference.cache import write_checksums
+
+    args = parse(World2BaseCommand, argv, prog="python -m lvprune_shapes.reference.world2")
+    if args.out is None:
+        raise SystemExit("python -m lvprune_shapes.reference.world2: --out DIR is required")
+    config = World2BaseConfig(**{k: v for k, v in dataclasses.asdict(args).items() if k != "out"})
+    out = Path(args.out)
+    report = train_world2_base(out, config, data_dir=out.parent / f"{out.name}-data")
+    write_checksums(out)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
