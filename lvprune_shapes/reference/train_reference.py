@@ -70,11 +70,14 @@ def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: 
     return loss, parts
 
 
-def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig, progress: bool = True) -> list[float]:
-    """Stage 2: the projector and the language model learn the answers (the tower stays frozen)."""
+def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig, progress: bool = True, *,
+                        loss_fn=reference_loss, head_outputs: int = LAYOUT_OUTPUTS) -> list[float]:
+    """Stage 2: the projector and the language model learn the answers (the tower stays frozen). `loss_fn(model,
+    probes, batch, config, head)` gives (loss, parts); `head` is a Linear(hidden_size, head_outputs), thrown
+    away afterwards (the second world's base passes its own loss and layout head)."""
     model.model.vision_tower.requires_grad_(False).eval()
     torch.manual_seed(config.seed)
-    cell_head = torch.nn.Linear(config.hidden_size, LAYOUT_OUTPUTS)  # thrown away afterwards
+    cell_head = torch.nn.Linear(config.hidden_size, head_outputs)  # thrown away afterwards
     params = [p for p in model.parameters() if p.requires_grad] + list(cell_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
@@ -86,7 +89,7 @@ def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig,
         with tqdm(range(config.steps), desc="language model", disable=not progress) as bar:
             for _ in bar:
                 index = torch.randint(len(data), (config.batch_size,), generator=generator).tolist()
-                loss, parts = reference_loss(model, probes, data.collate([data[i] for i in index]), config, cell_head)
+                loss, parts = loss_fn(model, probes, data.collate([data[i] for i in index]), config, cell_head)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step(), schedule.step(), optimizer.zero_grad()

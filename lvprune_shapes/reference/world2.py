@@ -24,17 +24,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from lvprune.data import LlavaCollator, load_llava_dataset
 from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.dataset import COLOURS, POSITIONS
 from lvprune_shapes.processor import build_processor
 from lvprune_shapes.reference.config import ReferenceConfig
-from lvprune_shapes.reference.grounding import GroundingProbe
 from lvprune_shapes.reference.model import build_reference_model
 from lvprune_shapes.reference.targets import answer_spans, object_patches, patch_labels
+from lvprune_shapes.reference.train_reference import train_language_side
 from lvprune_shapes.reference.vision import pretrain_vision_tower
 from lvprune_shapes.world2 import ORDINALS, World2Config, make_world2_dataset, vocabulary
 
@@ -258,7 +256,7 @@ def train_world2_base(out_dir: str | Path, config: World2BaseConfig | None = Non
                                    batch_size=config.vision_batch_size, learning_rate=config.vision_learning_rate,
                                    seed=config.seed, progress=progress)
     middle = time.perf_counter()
-    history = _train_language_side(model, data, config, progress)
+    history = train_language_side(model, data, config, progress, loss_fn=world2_loss, head_outputs=sum(LAYOUT))
     end = time.perf_counter()
     model.eval()
     report = {"config": asdict(config), "vision_seconds": round(middle - start, 1),
@@ -272,34 +270,6 @@ def train_world2_base(out_dir: str | Path, config: World2BaseConfig | None = Non
     processor.save_pretrained(out_dir)
     (out_dir / "reference_report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
-
-
-def _train_language_side(model, data: World2TrainingSet, config: World2BaseConfig, progress: bool) -> list[float]:
-    model.model.vision_tower.requires_grad_(False).eval()
-    torch.manual_seed(config.seed)
-    layout_head = torch.nn.Linear(config.hidden_size, sum(LAYOUT))  # thrown away afterwards
-    params = [p for p in model.parameters() if p.requires_grad] + list(layout_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
-    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    probes = (GroundingProbe(model, config.grounding_layer), GroundingProbe(model, config.grounding_layer + 1))
-    model.model.language_model.train(), model.model.multi_modal_projector.train()
-    history = []
-    try:
-        with tqdm(range(config.steps), desc="language model", disable=not progress, mininterval=10) as bar:
-            for _ in bar:
-                index = torch.randint(len(data), (config.batch_size,), generator=generator).tolist()
-                loss, parts = world2_loss(model, probes, data.collate([data[i] for i in index]), config, layout_head)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step(), schedule.step(), optimizer.zero_grad()
-                history.append(loss.item())
-                bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-    finally:
-        for probe in probes:
-            probe.remove()
-    model.requires_grad_(True)
-    return history
 
 
 # ---------------------------------------------------------------------------------------------------- command line
