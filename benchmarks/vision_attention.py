@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lvprune.bench.conversations import _images, _prompt, load_conversations
+from lvprune.bench.conversations import conversation_images, first_prompt, load_conversations
 from lvprune.bench.harness import load_base
 from lvprune.bench.questions import load_questions, single_prompt
 from lvprune.families import backbone_for
@@ -54,8 +54,8 @@ def prompts_by_group(model, processor, config) -> dict[str, list[dict]]:
     if records and "task" in records[0].get("qa", [{}])[0]:
         backbone = backbone_for(model.config)
         for conversation in load_conversations(config.data, config.image_folder, config.records):
-            images = _images(conversation, blank=False)
-            groups[conversation.task].append(_prompt(conversation, images, processor, backbone))
+            images = conversation_images(conversation, blank=False)
+            groups[conversation.task].append(first_prompt(conversation, images, processor, backbone))
     else:
         for question in load_questions(config.data, config.image_folder, config.records):
             groups[question.type].append(single_prompt(question, processor))

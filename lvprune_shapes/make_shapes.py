@@ -55,9 +55,9 @@ def main(argv=None) -> None:
         sys.exit("python -m lvprune_shapes.make_shapes: --out DIR is required")
     sizes = {"train": settings.train, "validation": settings.validation, "test": settings.test}
     sizes = {split: n for split, n in sizes.items() if n > 0}
-    start = time.perf_counter()
     if settings.world not in (1, 2):
         sys.exit(f"python -m lvprune_shapes.make_shapes: --world must be 1 or 2, got {settings.world}")
+    start = time.perf_counter()
     print(f"writing world {settings.world}'s {sum(sizes.values())} records and their images to {settings.out} ...")
     if settings.world == 1:
         paths = make_shapes_dataset(settings.out, sizes, settings.shapes())

@@ -5,7 +5,7 @@ import torch
 
 import lvprune
 from lvprune.bench.conversations import (
-    Conversation, _images, _prompt, answer_conversation, load_conversations, score_conversations,
+    Conversation, answer_conversation, conversation_images, first_prompt, load_conversations, score_conversations,
 )
 from lvprune.families import backbone_for
 from lvprune.methods.plphp import PLPHPPress
@@ -30,7 +30,7 @@ def conversations(tmp_path_factory):
 def answers_by_prefill(model, processor, conversation, prompts):
     """Each turn's full prompt (the cached path's ids) prefilled afresh with the images, no cache carried."""
     backbone, tokenizer, answers = backbone_for(model.config), processor.tokenizer, []
-    pixels = _prompt(conversation, _images(conversation, blank=False), processor, backbone)["pixel_values"]
+    pixels = first_prompt(conversation, conversation_images(conversation), processor, backbone)["pixel_values"]
     for ids in prompts:
         with torch.no_grad():
             out = model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids[None]), pixel_values=pixels,

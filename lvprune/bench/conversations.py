@@ -56,12 +56,13 @@ def load_conversations(json_path, image_folder, limit: int | None = None) -> lis
     return conversations
 
 
-def _images(conversation: Conversation, blank: bool) -> list[Image.Image]:
+def conversation_images(conversation: Conversation, blank: bool = False) -> list[Image.Image]:
+    """The conversation's images, in tag order (blank ones of the same sizes with `blank`)."""
     images = [load_image(path, conversation.id) for path in conversation.images]
     return [Image.new("RGB", image.size, BLANK_COLOUR) for image in images] if blank else images
 
 
-def _prompt(conversation: Conversation, images, processor, backbone) -> dict:
+def first_prompt(conversation: Conversation, images, processor, backbone) -> dict:
     """The first turn's prompt (images, question, generation prompt) as model inputs, a batch of one."""
     turns = [{"from": "human", "value": "<image>\n" * len(images) + conversation.turns[0]["question"]}]
     out = processor.apply_chat_template(to_messages(turns, images), add_generation_prompt=True, tokenize=True,
@@ -97,7 +98,7 @@ def answer_conversation(model, processor, conversation: Conversation, *, blank: 
         raise ValueError(f"conversations are answered from the cache on families without per-token inputs; "
                          f"{backbone.family} has {backbone.token_inputs}.")
     eos = tokenizer.eos_token_id
-    inputs = _prompt(conversation, _images(conversation, blank), processor, backbone)
+    inputs = first_prompt(conversation, conversation_images(conversation, blank), processor, backbone)
     answers, prompts = [], []
     for turn in range(len(conversation.turns)):
         ids = inputs["input_ids"]

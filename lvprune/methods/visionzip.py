@@ -212,7 +212,8 @@ class VisionZipPruner(StagePruner):
                       metric, scores, output)
         packed = [torch.where(r >= 0, scores.flatten()[r.clamp(min=0)], 0.0) for r in rows]
         self._scores = torch.cat(packed)
-        self._images = list(zip([len(r) for r in rows], [int((p > 0).sum()) for p in packed]))
+        kept = torch.stack([(p > 0).sum() for p in packed]).tolist()  # one host read for every image
+        self._images = list(zip([len(r) for r in rows], kept))
         return output
 
     def _zip(self, projector, tiles, patches, features, attention, metric, scores, output) -> None:

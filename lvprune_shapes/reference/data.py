@@ -30,6 +30,17 @@ def make_reference_data(data_dir: str | Path, config: ReferenceConfig):
     return processor, {"train": (train["train"], data_dir / "train"), "test": (test["test"], data_dir / "test")}
 
 
+def encoded_split(split: tuple, processor) -> tuple[list, object, int, int]:
+    """(records, the loader's encoded dataset, image size, patch size) of a `(json, image folder)` split of a
+    reference world, whose every record must load."""
+    json_path, image_folder = split
+    dataset, stats = load_llava_dataset(json_path, image_folder, processor)
+    records = json.loads(Path(json_path).read_text())
+    if stats.kept != len(records):
+        raise ValueError(f"{json_path}: {stats.summary()}; every record of a reference world should load.")
+    return records, dataset, processor.image_processor.crop_size["height"], processor.patch_size
+
+
 class ShapesTrainingSet(torch.utils.data.Dataset):
     """The encoded training records of a shapes split, each with `patch_labels` [2, V] and `grounding` rows.
 
@@ -37,13 +48,7 @@ class ShapesTrainingSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, split: tuple, processor, image_token_id: int):
-        json_path, image_folder = split
-        dataset, stats = load_llava_dataset(json_path, image_folder, processor)
-        records = json.loads(Path(json_path).read_text())
-        if stats.kept != len(records):
-            raise ValueError(f"{json_path}: {stats.summary()}; every shapes record should load.")
-        size = processor.image_processor.crop_size["height"]
-        patch = processor.patch_size
+        records, dataset, size, patch = encoded_split(split, processor)
         self.records, self.examples = records, []
         for record, example in zip(records, dataset):
             ids, labels = torch.as_tensor(example["input_ids"]), torch.as_tensor(example["labels"])

@@ -61,10 +61,16 @@ def reference_loss(model, probes: tuple[GroundingProbe, GroundingProbe], batch: 
         "cells": lambda: layout_loss(cell_head(copy_probe.captured["hidden"][rows[:, 0], rows[:, 1]]),
                                      batch["named_cells"]),
     }
+    return weighted_sum(answer, terms, config)
+
+
+def weighted_sum(answer: torch.Tensor, terms: dict, config, skip=()) -> tuple[torch.Tensor, dict]:
+    """`answer` + Σ `config.<name>_weight` × `terms[name]()` (a term is not computed at weight 0 or in `skip`);
+    -> (loss, {"answer" and each term's name: float})."""
     loss, parts = answer, {"answer": answer.item()}
     for name, term in terms.items():
         weight = getattr(config, f"{name}_weight")
-        value = term() if weight else answer.new_zeros(())
+        value = term() if weight and name not in skip else answer.new_zeros(())
         loss = loss + weight * value
         parts[name] = value.item()
     return loss, parts

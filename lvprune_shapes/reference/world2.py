@@ -25,20 +25,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lvprune.data import LlavaCollator, load_llava_dataset
+from lvprune.data import LlavaCollator
 from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.dataset import COLOURS, POSITIONS
 from lvprune_shapes.processor import build_processor
 from lvprune_shapes.reference.config import ReferenceConfig
+from lvprune_shapes.reference.data import encoded_split
 from lvprune_shapes.reference.model import build_reference_model
 from lvprune_shapes.reference.targets import answer_spans, object_patches, patch_labels
-from lvprune_shapes.reference.train_reference import train_language_side
+from lvprune_shapes.reference.train_reference import train_language_side, weighted_sum
 from lvprune_shapes.reference.vision import pretrain_vision_tower
 from lvprune_shapes.world2 import ORDINALS, World2Config, make_world2_dataset, vocabulary
 
 MAX_IMAGES = len(ORDINALS)
 # layout head: 9 cells (BCE), named count 0..9, 4 images (BCE), images holding one 0..4, per image 0..3 (x 4)
 LAYOUT = (len(POSITIONS), 10, MAX_IMAGES, MAX_IMAGES + 1, MAX_IMAGES * 4)
+LAYOUT_TARGET = (len(POSITIONS), 1, MAX_IMAGES, 1, MAX_IMAGES)  # 0/1 cells, count, 0/1 images, holders, counts
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def named(turn: dict, word: str, scenes: list[list[dict]]) -> list[tuple[int, di
 
 
 def layout_target(pairs: list[tuple[int, dict]]) -> torch.Tensor:
-    """[sum(LAYOUT)]: cells (0/1), count, images (0/1), images holding one, per-image counts (class indices for
+    """[sum(LAYOUT_TARGET)]: cells (0/1), count, images (0/1), images holding one, per-image counts (class indices for
     the cross-entropy parts; see `layout_loss`)."""
     cells, images, per_image = torch.zeros(len(POSITIONS)), torch.zeros(MAX_IMAGES), torch.zeros(MAX_IMAGES)
     for i, o in pairs:
@@ -100,9 +102,9 @@ def layout_target(pairs: list[tuple[int, dict]]) -> torch.Tensor:
 
 
 def layout_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """logits [R, sum(LAYOUT)] against `layout_target` rows [R, 9 + 1 + 4 + 1 + 4]."""
+    """logits [R, sum(LAYOUT)] against `layout_target` rows [R, sum(LAYOUT_TARGET)]."""
     cells, count, images, holders, per_image = logits.split(LAYOUT, dim=-1)
-    t_cells, t_count, t_images, t_holders, t_per = target.split((9, 1, 4, 1, 4), dim=-1)
+    t_cells, t_count, t_images, t_holders, t_per = target.split(LAYOUT_TARGET, dim=-1)
     return (F.binary_cross_entropy_with_logits(cells, t_cells) + F.cross_entropy(count, t_count[:, 0].long())
             + F.binary_cross_entropy_with_logits(images, t_images) + F.cross_entropy(holders, t_holders[:, 0].long())
             + F.cross_entropy(per_image.reshape(-1, 4), t_per.reshape(-1).long()))
@@ -151,12 +153,7 @@ class World2TrainingSet(torch.utils.data.Dataset):
     """The encoded training records of a world-2 split with their per-image patch labels and turn targets."""
 
     def __init__(self, split: tuple, processor, image_token_id: int):
-        json_path, image_folder = split
-        dataset, stats = load_llava_dataset(json_path, image_folder, processor)
-        records = json.loads(Path(json_path).read_text())
-        if stats.kept != len(records):
-            raise ValueError(f"{json_path}: {stats.summary()}; every world-2 record should load.")
-        size, patch = processor.image_processor.crop_size["height"], processor.patch_size
+        records, dataset, size, patch = encoded_split(split, processor)
         self.examples = []
         for record, example in zip(records, dataset):
             ids, labels = torch.as_tensor(example["input_ids"]), torch.as_tensor(example["labels"])
@@ -182,7 +179,8 @@ class World2TrainingSet(torch.utils.data.Dataset):
     def collate(self, examples: list[dict]) -> dict:
         """The collator's batch plus `on_object` [I, V] and `alignment_words` [I, V, 3] over the batch's I images
         (colour, cell, image ordinal), `grounding_rows` [G, 2] / `grounding_targets` [G, N], and per naming row
-        (R): `naming_rows` [R, 2], `answer_words` [R], `layout` [R, 19], `copy_rows` [S, 2], `copy_keys` [S]."""
+        (R): `naming_rows` [R, 2], `answer_words` [R], `layout` [R, sum(LAYOUT_TARGET)]; per answer position of
+        those turns (S): `copy_rows` [S, 2], `copy_keys` [S]."""
         batch = self.collator([{k: e[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
                                for e in examples])
         labels = torch.cat([e["patch_labels"] for e in examples])  # [I, 2, V]
@@ -207,7 +205,7 @@ class World2TrainingSet(torch.utils.data.Dataset):
                 copy_keys += [row] * len(answer_rows)
         batch["grounding_rows"], batch["grounding_targets"] = torch.tensor(rows), torch.stack(targets)
         batch["naming_rows"], batch["answer_words"] = torch.tensor(naming).view(-1, 2), torch.tensor(words)
-        batch["layout"] = torch.stack(layouts) if layouts else torch.zeros(0, 19)
+        batch["layout"] = torch.stack(layouts) if layouts else torch.zeros(0, sum(LAYOUT_TARGET))
         batch["copy_rows"], batch["copy_keys"] = torch.tensor(copy_rows).view(-1, 2), torch.tensor(copy_keys)
         return batch
 
@@ -229,14 +227,8 @@ def world2_loss(model, probes, batch: dict, config: World2BaseConfig, layout_hea
         "cells": lambda: layout_loss(layout_head(copy_probe.captured["hidden"][naming[:, 0], naming[:, 1]]),
                                      batch["layout"]),
     }
-    loss, parts = out.loss, {"answer": out.loss.item()}
-    for name, term in terms.items():
-        weight = getattr(config, f"{name}_weight")
-        empty = name in ("early_answer", "copy", "cells") and len(naming) == 0
-        value = term() if weight and not empty else out.loss.new_zeros(())
-        loss = loss + weight * value
-        parts[name] = value.item()
-    return loss, parts
+    # a batch without a naming word (lists only) has nothing for the terms read at one
+    return weighted_sum(out.loss, terms, config, skip=("early_answer", "copy", "cells") if len(naming) == 0 else ())
 
 
 def train_world2_base(out_dir: str | Path, config: World2BaseConfig | None = None, *,
