@@ -64,7 +64,8 @@ class World2Config:
     image_size, object_size: as the first world's (`ShapesConfig`); small objects make fine detail matter.
     max_images: most images a multi-image prompt holds (2..4). turns: questions a record asks (> 1: a
     conversation). tasks: the first turn's tasks, balanced; later turns ask those of them the record's number of
-    images allows.
+    images allows. turns_at_most: `turns` is a ceiling, not a count: a record stops asking where 50 draws find
+    no new question about its scenes (two images hold a dozen; a training set wants as many as there are).
     """
 
     image_size: int = 96
@@ -73,6 +74,7 @@ class World2Config:
     turns: int = 1
     tasks: tuple[str, ...] = TASKS
     seed: int = 0
+    turns_at_most: bool = False
 
     def __post_init__(self):
         if not 2 <= self.max_images <= len(ORDINALS):
@@ -196,7 +198,7 @@ def later_turn(rng: random.Random, scenes: list[list[dict]], asked: set, tasks: 
             turn = {"task": task, "question": QUESTIONS[task].format(colour=named), "answer": answer}
         if turn["question"] not in asked:
             return turn
-    raise RuntimeError("no new question about these scenes")  # 50 draws over dozens of questions: unreachable
+    raise LookupError("no new question about these scenes")  # a dozen questions for two images, 50 draws
 
 
 def conversations_for(qa: list[dict], images: int) -> list[dict]:
@@ -221,8 +223,12 @@ def generate_split(split: str, n: int, config: World2Config):
     for i, (task, option) in enumerate(plan_split(rng, n, config)):
         scenes, turn = first_turn(rng, task, option, config)
         qa = [turn]
-        while len(qa) < config.turns:
-            qa.append(later_turn(rng, scenes, {t["question"] for t in qa}, config.tasks))
+        try:
+            while len(qa) < config.turns:
+                qa.append(later_turn(rng, scenes, {t["question"] for t in qa}, config.tasks))
+        except LookupError:
+            if not config.turns_at_most:
+                raise
         record_id = f"{split}-{i:06d}"
         paths = [f"images/{split}/{record_id}-{k}.png" for k in range(len(scenes))]
         record = {"id": record_id, "image": paths if len(paths) > 1 else paths[0],

@@ -69,6 +69,22 @@ def test_a_record_shows_its_images_and_asks_new_questions(conversations):
             assert len({o["position"] for o in scene}) == len(scene)  # one object per cell
 
 
+def test_turns_at_most_asks_every_new_question_it_finds_up_to_the_ceiling():
+    exact, ceiling = World2Config(turns=12), World2Config(turns=12, turns_at_most=True)
+    with pytest.raises(LookupError, match="no new question"):  # two images hold about a dozen questions
+        [record for record, _ in generate_split("train", 60, exact)]
+    records = [record for record, _ in generate_split("train", 60, ceiling)]
+    turns = Counter(len(r["qa"]) for r in records)
+    assert max(turns) == 12 and min(turns) < 12, turns  # single images reach the ceiling, pairs stop short
+    assert all(len(r["qa"]) == 12 for r in records if len(r["scenes"]) == 1)
+    for record in records:
+        assert len({t["question"] for t in record["qa"]}) == len(record["qa"])
+        assert [t["answer"] for t in record["qa"]] == [answer_from_scenes(t["question"], record["scenes"])
+                                                       for t in record["qa"]], record["id"]
+    plan = [r["task"] for r, _ in generate_split("train", 60, World2Config(turns=1))]
+    assert [r["task"] for r in records] == plan  # the tasks are planned before any scene is drawn
+
+
 def test_first_turns_are_balanced_within_each_task():
     config = World2Config()
     records = [record for record, _ in generate_split("train", 300, config)]
