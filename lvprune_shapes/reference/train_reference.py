@@ -77,10 +77,13 @@ def weighted_sum(answer: torch.Tensor, terms: dict, config, skip=()) -> tuple[to
 
 
 def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig, progress: bool = True, *,
-                        loss_fn=reference_loss, head_outputs: int = LAYOUT_OUTPUTS) -> list[float]:
+                        loss_fn=reference_loss, head_outputs: int = LAYOUT_OUTPUTS,
+                        micro_batch_size: int | None = None) -> list[float]:
     """Stage 2: the projector and the language model learn the answers (the tower stays frozen). `loss_fn(model,
     probes, batch, config, head)` gives (loss, parts); `head` is a Linear(hidden_size, head_outputs), thrown
-    away afterwards (the second world's base passes its own loss and layout head)."""
+    away afterwards (the second world's base passes its own loss and layout head). `micro_batch_size`: a step's
+    batch is run in chunks of this many examples, each chunk's loss weighted by its share of the batch (None:
+    the batch at once)."""
     model.model.vision_tower.requires_grad_(False).eval()
     torch.manual_seed(config.seed)
     cell_head = torch.nn.Linear(config.hidden_size, head_outputs)  # thrown away afterwards
@@ -95,12 +98,19 @@ def train_language_side(model, data: ShapesTrainingSet, config: ReferenceConfig,
         with tqdm(range(config.steps), desc="language model", disable=not progress) as bar:
             for _ in bar:
                 index = torch.randint(len(data), (config.batch_size,), generator=generator).tolist()
-                loss, parts = loss_fn(model, probes, data.collate([data[i] for i in index]), config, cell_head)
-                loss.backward()
+                chunk = micro_batch_size or len(index)
+                step_loss, step_parts = 0.0, {}
+                for start in range(0, len(index), chunk):
+                    part = index[start : start + chunk]
+                    loss, parts = loss_fn(model, probes, data.collate([data[i] for i in part]), config, cell_head)
+                    share = len(part) / len(index)
+                    (loss * share).backward()
+                    step_loss += loss.item() * share
+                    step_parts = {k: step_parts.get(k, 0.0) + v * share for k, v in parts.items()}
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step(), schedule.step(), optimizer.zero_grad()
-                history.append(loss.item())
-                bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+                history.append(step_loss)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in step_parts.items()})
     finally:
         for probe in probes:
             probe.remove()
@@ -123,7 +133,8 @@ def train_reference(out_dir: str | Path, config: ReferenceConfig | None = None, 
     model = build_reference_model(config, processor)
     data = ShapesTrainingSet(paths["train"], processor, model.config.image_token_id)
     start = time.perf_counter()
-    vision = pretrain_vision_tower(model.model.vision_tower, *data.vision_inputs(), steps=config.vision_steps, batch_size=config.vision_batch_size,
+    vision = pretrain_vision_tower(model.model.vision_tower, *data.vision_inputs(), steps=config.vision_steps,
+                                   batch_size=config.vision_batch_size,
                                    learning_rate=config.vision_learning_rate, seed=config.seed, progress=progress)
     middle = time.perf_counter()
     language = train_language_side(model, data, config, progress)
