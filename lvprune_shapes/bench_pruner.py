@@ -17,6 +17,7 @@ from pathlib import Path
 from lvprune.training import TrainConfig, train
 from lvprune.utils.atomic_files import write_folder
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
+from lvprune_shapes.world2 import World2Config, make_world2_dataset
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lvprune" / "bench-pruners"
 # The main job's recipe (configs/default.yaml): 600 steps of 8 on 4800 single-question records.
@@ -34,24 +35,30 @@ def training_config(base_dir: Path, data: tuple[Path, Path], output_dir: Path, *
 
 
 def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_size: int, image_size: int,
-                 cache_dir: str | Path | None = None, seed: int = 0) -> Path:
+                 cache_dir: str | Path | None = None, seed: int = 0, world: int = 1) -> Path:
     """The folder of a pruner trained on the base at `base_dir`: from the cache if there, else trained now
-    (a few minutes for the reference base) through `lvprune.training` and saved there."""
+    (a few minutes for the reference base) through `lvprune.training` and saved there. `world` 2 trains on the
+    second world's conversations (3 turns about 1-4 images) instead of single questions."""
     base_dir = Path(base_dir)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
     recipe = training_config(base_dir, (Path("train.json"), Path(".")), Path("run"),
                              per_device_batch_size=per_device_batch_size, seed=seed)
     described = {**dataclasses.asdict(recipe), "base_model": None, "train_records": train_records,
-                 "image_size": image_size}
+                 "image_size": image_size, **({"world": world} if world != 1 else {})}
     folder = cache / f"pruner-{_digest(base_dir, described)}"
     if (folder / "config.json").is_file():
         return folder
-    print(f"training a pruner for {base_dir} on {train_records} shapes records (cached in {folder})", flush=True)
+    print(f"training a pruner for {base_dir} on {train_records} records of world {world} (cached in {folder})",
+          flush=True)
 
     def write(staging: Path) -> None:
         with tempfile.TemporaryDirectory(dir=staging.parent) as work:
-            paths = make_shapes_dataset(Path(work) / "data", {"train": train_records},
-                                        ShapesConfig(image_size=image_size, seed=seed))
+            if world == 2:
+                paths = make_world2_dataset(Path(work) / "data", {"train": train_records},
+                                            World2Config(image_size=image_size, turns=3, seed=seed))
+            else:
+                paths = make_shapes_dataset(Path(work) / "data", {"train": train_records},
+                                            ShapesConfig(image_size=image_size, seed=seed))
             run = training_config(base_dir, (paths["train"], Path(work) / "data"), Path(work) / "run",
                                   per_device_batch_size=per_device_batch_size, seed=seed)
             train(run)

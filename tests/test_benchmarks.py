@@ -88,3 +88,33 @@ def test_vision_attention_groups_world_2_prompts_by_task(capsys, tmp_path):
         per_prompt.append([float(a[0, :, -1, vision].sum(-1).mean()) for a in attentions])
     expected = torch.tensor(per_prompt).mean(0).tolist()
     assert values == pytest.approx(expected, abs=0.006)
+
+
+def test_world2_bench_scores_each_method_per_task_from_its_cache(capsys, tmp_path):
+    from world2_bench import main
+
+    from lvprune.bench.conversations import evaluate_conversations, load_conversations
+    from lvprune.bench.harness import load_base
+    from lvprune_shapes.reference.cache import SHIPPED_DIR
+
+    main(["--base", str(SHIPPED_DIR), "--tasks", "single", "--conversations", "4", "--kv_samples", "2",
+          "--timing_runs", "1", "--timing_repeats", "1", "--decode_tokens", "2", "--cache_dir", str(tmp_path),
+          "--figures", str(tmp_path / "figures")])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "figures" / "world2_bench.json").read_text())["rows"]}
+    assert (tmp_path / "figures" / "world2_bench.png").stat().st_size > 0
+    assert "lvpruning-0.5" not in rows and {"unpruned", "random", "fastv", "pdrop", "plphp"} <= set(rows)
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("world2-test")]
+    model, processor = load_base(SHIPPED_DIR)
+    stock = evaluate_conversations(model, processor, folder / "test.json", folder, progress=False)
+    assert rows["unpruned"]["by_task"] == stock["by_task"] and rows["unpruned"]["kv"] == 1.0
+    # FastV (after layer 2 of 4) keeps a tenth of the 256 vision rows in layers 2-3: the KV held, by counting slots
+    from lvprune.bench.conversations import conversation_images, first_prompt
+    from lvprune.families import backbone_for
+
+    fractions = []
+    for conversation in load_conversations(folder / "test.json", folder)[:2]:
+        ids = first_prompt(conversation, conversation_images(conversation), processor,
+                           backbone_for(model.config))["input_ids"]
+        length = ids.shape[1]
+        fractions.append((2 * length + 2 * (length - 256 + 25.6)) / (4 * length))
+    assert rows["fastv"]["kv"] == pytest.approx(sum(fractions) / 2, abs=0.003)

@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from lvprune.core.contract import text_config
 from lvprune.core.protocols import CachePress
 from lvprune.core.pruning import Pruning
 from lvprune.methods import build, visionzip
+from lvprune.methods.lvpruning.config import scaled_after_layers
 from lvprune.methods.plphp import PLPHPPress
 
 METHOD_NAMES = ("unpruned", "random", "fastv", "dart", "divprune-0.1", "divprune-0.475", "visionzip-0.1",
@@ -69,28 +71,32 @@ class Method:
         return Pruning(model, self.pruner, keep_ratios=self.keep_ratios, press=self.press)
 
 
-def build_methods(model, pruner, *, plphp: PLPHPPress | None = None, fastv_layer: int = 2, seed: int = 0,
+def build_methods(model, pruner=None, *, plphp: PLPHPPress | None = None, fastv_layer: int = 2, seed: int = 0,
                   kvpress: tuple[str, ...] = ()) -> list[Method]:
     """The benchmark's rows, in `METHOD_NAMES` order, for `model` and a trained LVPruning `pruner` (the methods
-    from `lvprune.methods`' registry), then the `kvpress` scorers' rows."""
+    from `lvprune.methods`' registry), then the `kvpress` scorers' rows. Without a pruner, the training-free
+    rows only, their stages at the paper's layers scaled to the base's depth (`scaled_after_layers`)."""
     plphp = plphp or PLPHPPress(queries="last")
     reference = schedule(REFERENCE_RHO)
-    stages = dict(after_layers=list(pruner.config.after_layers), keep_ratios=reference, seed=seed)
+    depth = text_config(model).num_hidden_layers
+    after_layers = list(pruner.config.after_layers) if pruner is not None else scaled_after_layers(depth)
+    stages = dict(after_layers=after_layers, keep_ratios=reference, seed=seed)
     methods = [
         Method("unpruned"),
         Method("random", build("random", model.config, **stages)),
         Method("fastv", build("fastv", model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
         Method("dart", build("dart", model.config, after_layer=fastv_layer, keep_ratio=reference[-1])),
     ]
-    depth = pruner.config.num_hidden_layers
-    before_llm = (reference[-1], layer_averaged_ratio(pruner.config.after_layers, reference, depth))
+    before_llm = (reference[-1], layer_averaged_ratio(after_layers, reference, depth))
     for ratio in before_llm:
         methods.append(Method(f"divprune-{ratio:g}", build("divprune", model.config, keep_ratio=ratio)))
     if visionzip.unsupported(model.config) is None:
         methods += [Method(f"visionzip-{ratio:g}", build("visionzip", model.config, keep_ratio=ratio))
                     for ratio in before_llm]
-    stage_wise = dict(after_layers=list(pruner.config.after_layers), keep_ratios=reference)
+    stage_wise = dict(after_layers=after_layers, keep_ratios=reference)
     methods += [Method("pdrop", build("pdrop", model.config, **stage_wise)), Method("plphp", press=plphp)]
+    if pruner is None:
+        return methods + [kvpress_method(model, name, plphp) for name in kvpress]
     pruner = build("lvpruning", model.config, pruner=pruner)
     methods += [Method(f"lvpruning-{rho:g}", pruner, tuple(schedule(rho))) for rho in RHOS]
     methods.append(Method(f"lvpruning-{REFERENCE_RHO:g}+plphp", pruner, tuple(reference), plphp))
