@@ -11,7 +11,8 @@ each task, the overall mean of the task scores, the KV cache held after the firs
 unpruned cache (mean over `--kv_samples` prompts of 1-4 images), and the answer-decode time (ms a token, batch
 1, on a four-image prompt; methods take turns, the fastest of `--timing_repeats` counts, median over rounds).
 The stage methods run at LVPruning ρ 0.5's schedule (ratios 0.5, 0.3, 0.1) at the paper's layers scaled to the
-base's depth; PLPHP with its defaults. Writes world2_bench.md / .json / .png (score per task, a bar per
+base's depth; PLPHP with its defaults, and at one rate in every layer (`plphp-uniform`, Δr 0: what its
+multi-image claim rests on is the difference). Writes world2_bench.md / .json / .png (score per task, a bar per
 method) into `--figures`.
 """
 
@@ -31,7 +32,7 @@ from lvprune.bench import profile
 from lvprune.bench.conversations import (answer_conversation, conversation_images, first_prompt, load_conversations,
                                          score_conversations)
 from lvprune.bench.harness import load_base
-from lvprune.bench.methods import build_methods
+from lvprune.bench.methods import Method, build_methods
 from lvprune.families import backbone_for
 from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.bench import DEFAULT_CACHE_DIR, image_size
@@ -50,6 +51,9 @@ class World2BenchConfig:
     seed: int = doc(7, "seed of the test conversations (the base's report used seed 0's test split)")
     tasks: list[str] = doc(list(TASKS), "the first turns' tasks")
     kvpress: list[str] = doc([], "kvpress scorers to add as rows (needs kvpress)")
+    uniform_rate: float | None = doc(None, "plphp-uniform's rate (none: PLPHP's base rate r; set it to match "
+                                     "PLPHP's KV held, which the layer-adaptive rates move)")
+    methods: list[str] = doc([], "only these rows (none: every one)")
     kv_samples: int = doc(20, "first prompts whose KV cache is measured")
     timing_runs: int = doc(3, "timing rounds (methods take turns each round)")
     timing_repeats: int = doc(3, "runs per method per round, the fastest counts")
@@ -99,6 +103,11 @@ def run(config: World2BenchConfig) -> list[dict]:
                                   Path(config.cache_dir) / "bench-pruners")
     pruner = LVPrunerModel.from_pretrained(pruner_dir).eval() if pruner_dir else None
     methods = build_methods(model, pruner, plphp=PLPHPPress(), kvpress=tuple(config.kvpress))
+    # PLPHP's claim (its gain is largest on multi-image tasks) is its layer-adaptive rate: the same press at one rate
+    methods.insert(next(i for i, m in enumerate(methods) if m.name == "plphp") + 1,
+                   Method("plphp-uniform", press=PLPHPPress(delta_r=0.0, r=config.uniform_rate or PLPHPPress().r)))
+    if config.methods:
+        methods = [m for m in methods if m.name in config.methods]
     backbone = backbone_for(model.config)
     prompts = [first_prompt(c, conversation_images(c), processor, backbone)
                for c in conversations[: config.kv_samples]]
@@ -155,16 +164,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
     tasks = list(rows[0]["by_task"])
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(tasks)), 4.5))
+    colours = plt.get_cmap("tab20").colors
+    fig, ax = plt.subplots(figsize=(max(9, 1.8 * len(tasks)) + 2.5, 4.5))
     for i, row in enumerate(rows):
         xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(tasks))]
-        ax.bar(xs, [100 * row["by_task"][t] for t in tasks], width,
+        ax.bar(xs, [100 * row["by_task"][t] for t in tasks], width, color=colours[i % len(colours)],
                label=f"{row['method']} (KV {100 * row['kv']:.0f}%)")
     ax.set_xticks(range(len(tasks)), [t + (" (item F1)" if t == "list" else "") for t in tasks])
     ax.set_ylabel("score (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("Second reference world: each task answered from the pruned cache, 3-turn conversations")
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.set_title("World 2: each task answered from the pruned cache (3-turn conversations)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -118,3 +118,17 @@ def test_world2_bench_scores_each_method_per_task_from_its_cache(capsys, tmp_pat
         length = ids.shape[1]
         fractions.append((2 * length + 2 * (length - 256 + 25.6)) / (4 * length))
     assert rows["fastv"]["kv"] == pytest.approx(sum(fractions) / 2, abs=0.003)
+
+
+def test_a_world_2_pruner_trains_on_conversations_and_caches_apart(tmp_path):
+    from lvprune.methods.lvpruning.modules import LVPrunerModel
+    from lvprune_shapes.bench_pruner import bench_pruner
+    from lvprune_shapes.reference.cache import SHIPPED_DIR
+
+    folder = bench_pruner(SHIPPED_DIR, train_records=16, per_device_batch_size=8, image_size=96, world=2,
+                          cache_dir=tmp_path)
+    assert json.loads((folder / "training_config.json").read_text())["world"] == 2
+    assert LVPrunerModel.from_pretrained(folder).config.num_hidden_layers == 4
+    again = bench_pruner(SHIPPED_DIR, train_records=16, per_device_batch_size=8, image_size=96, world=2,
+                         cache_dir=tmp_path)
+    assert again == folder and len(list(tmp_path.iterdir())) == 1  # cached, not retrained
