@@ -9,7 +9,8 @@ pruner trained on this base) answers fresh test conversations of world 2 (`lvpru
 questions, which image / how many images / compare two, and list answers (item F1). Per method: the score of
 each task, the overall mean of the task scores, the KV cache held after the first prompt's prefill as % of the
 unpruned cache (mean over `--kv_samples` prompts of 1-4 images), and the answer-decode time (ms a token, batch
-1, on a four-image prompt; methods take turns, the fastest of `--timing_repeats` counts, median over rounds).
+1, on a four-image prompt; `lvprune.bench.harness.time_methods`: methods take turns, the fastest of
+`--timing_repeats` counts, median over rounds; the json has the prefill ms too).
 The stage methods run at LVPruning ρ 0.5's schedule (ratios 0.5, 0.3, 0.1) at the paper's layers scaled to the
 base's depth; PLPHP with its defaults, and at one rate in every layer (`plphp-uniform`, Δr 0: what its
 multi-image claim rests on is the difference). Writes world2_bench.md / .json / .png (score per task, a bar per
@@ -31,7 +32,7 @@ from lvprune import PLPHPPress
 from lvprune.bench import profile
 from lvprune.bench.conversations import (answer_conversation, conversation_images, first_prompt, load_conversations,
                                          score_conversations)
-from lvprune.bench.harness import load_base
+from lvprune.bench.harness import load_base, time_methods
 from lvprune.bench.methods import Method, build_methods
 from lvprune.families import backbone_for
 from lvprune.utils.command_line import doc, parse
@@ -55,7 +56,7 @@ class World2BenchConfig:
                                      "PLPHP's KV held, which the layer-adaptive rates move)")
     methods: list[str] = doc([], "only these rows (none: every one)")
     kv_samples: int = doc(20, "first prompts whose KV cache is measured")
-    timing_runs: int = doc(3, "timing rounds (methods take turns each round)")
+    timing_runs: int = doc(3, "timing rounds (methods take turns each round; `harness.time_methods`)")
     timing_repeats: int = doc(3, "runs per method per round, the fastest counts")
     decode_tokens: int = doc(16, "tokens the decode timing generates")
     figures: str | None = doc("docs/figures", "where world2_bench.md/.json/.png go (none: print only)")
@@ -73,33 +74,33 @@ def test_conversations(config: World2BenchConfig, size: int):
     return load_conversations(folder / "test.json", folder)
 
 
-def kv_fraction(model, method, prompts: list[dict], unpruned: list[int]) -> float:
-    """Mean over prompts of the KV bytes held after the prefill, as a fraction of the unpruned prefill's."""
+@torch.no_grad()
+def kv_fraction(model, method, prompts: list[dict]) -> float:
+    """Mean over prompts of the KV bytes held after the prefill as a fraction of the unpruned cache's (the
+    pruning stats' own `kv_cache_fraction`; 1 for the stock model)."""
     with method.applied(model):
-        held = [profile.kv_cache_bytes(model, inputs) for inputs in prompts]
-    return statistics.mean(h / u for h, u in zip(held, unpruned))
-
-
-def decode_ms(methods, model, inputs: dict, config: World2BenchConfig) -> dict[str, float]:
-    """Median over rounds of each method's fastest decode ms/token on `inputs`; methods take turns each round."""
-    samples = {m.name: [] for m in methods}
-    for _ in tqdm(range(config.timing_runs), desc="timing rounds", leave=False):
-        for method in methods:
-            with method.applied(model):
-                samples[method.name].append(profile.decode_ms_per_token(model, inputs, config.decode_tokens,
-                                                                        runs=config.timing_repeats))
-    return {name: statistics.median(values) for name, values in samples.items()}
+        if method.stock:
+            return 1.0
+        fractions = []
+        for inputs in prompts:
+            profile.prefill(model, inputs)
+            fractions.append(model.pruning_stats.kv_cache_fraction)
+    return statistics.mean(fractions)
 
 
 def run(config: World2BenchConfig) -> list[dict]:
     from lvprune.methods.lvpruning.modules import LVPrunerModel
 
+    if not (Path(config.base) / "config.json").is_file():
+        raise SystemExit(f"{config.base}: no base there. The second base is not shipped yet: train one with "
+                         "`python -m lvprune_shapes.reference.world2 --out DIR` and pass --base DIR.")
     model, processor = load_base(config.base)
-    conversations = test_conversations(config, image_size(config.base))
+    size = image_size(config.base)
+    conversations = test_conversations(config, size)
     pruner_dir = config.pruner
     if pruner_dir == "train":
         pruner_dir = bench_pruner(config.base, train_records=config.pruner_records, per_device_batch_size=8,
-                                  image_size=image_size(config.base), world=2, cache_dir=config.cache_dir and
+                                  image_size=size, world=2, cache_dir=config.cache_dir and
                                   Path(config.cache_dir) / "bench-pruners")
     pruner = LVPrunerModel.from_pretrained(pruner_dir).eval() if pruner_dir else None
     methods = build_methods(model, pruner, plphp=PLPHPPress(), kvpress=tuple(config.kvpress))
@@ -111,7 +112,6 @@ def run(config: World2BenchConfig) -> list[dict]:
     backbone = backbone_for(model.config)
     prompts = [first_prompt(c, conversation_images(c), processor, backbone)
                for c in conversations[: config.kv_samples]]
-    unpruned = [profile.kv_cache_bytes(model, inputs) for inputs in prompts]
     widest = max(conversations, key=lambda c: len(c.images))
     rows = []
     for method in tqdm(methods, desc="methods"):
@@ -120,14 +120,14 @@ def run(config: World2BenchConfig) -> list[dict]:
             said = [answer_conversation(model, processor, c) for c in tqdm(conversations, desc=method.name,
                                                                            leave=False)]
         scores = score_conversations(conversations, said)
-        rows.append({"method": method.name, **scores, "kv": kv_fraction(model, method, prompts, unpruned),
+        rows.append({"method": method.name, **scores, "kv": kv_fraction(model, method, prompts),
                      "seconds": round(time.perf_counter() - start, 1)})
         print(f"{method.name}: overall {100 * scores['overall']:.1f}, "
               + ", ".join(f"{t} {100 * v:.1f}" for t, v in scores["by_task"].items()), flush=True)
-    timings = decode_ms(methods, model, first_prompt(widest, conversation_images(widest), processor, backbone),
-                        config)
+    timings = time_methods(methods, model, first_prompt(widest, conversation_images(widest), processor, backbone),
+                           config)
     for row in rows:
-        row["decode_ms_per_token"] = timings[row["method"]]
+        row.update(timings[row["method"]])
     table = markdown(rows, len(conversations))
     print(table)
     if config.figures:

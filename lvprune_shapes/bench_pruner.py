@@ -44,7 +44,7 @@ def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_s
     recipe = training_config(base_dir, (Path("train.json"), Path(".")), Path("run"),
                              per_device_batch_size=per_device_batch_size, seed=seed)
     described = {**dataclasses.asdict(recipe), "base_model": None, "train_records": train_records,
-                 "image_size": image_size, **({"world": world} if world != 1 else {})}
+                 "image_size": image_size, **({"world": world} if world != 1 else {})}  # world 1's digests as before
     folder = cache / f"pruner-{_digest(base_dir, described)}"
     if (folder / "config.json").is_file():
         return folder

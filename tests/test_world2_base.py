@@ -98,3 +98,26 @@ def test_alignment_words_name_each_patch_and_its_image(world):
                     assert words[patch, :2].tolist() == convert([obj["colour"], obj["position"]])
             image += 1
     assert image == len(batch["pixel_values"])
+
+
+def test_a_step_run_one_example_at_a_time_is_the_step_run_at_once(world):
+    """Micro-batches accumulate the batch's gradient: the same loss, the same update (read off the next loss)."""
+    import dataclasses
+
+    from lvprune_shapes.reference.train_reference import train_language_side
+
+    processor, _, data, _, _ = world
+
+    def loss_fn(model, probes, batch, config, head):
+        # the first 5 positions precede any right padding, so an example's loss does not depend on its batch
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"]).logits
+        loss = logits[:, :5].pow(2).mean()
+        return loss, {"answer": loss.item()}
+
+    config = dataclasses.replace(CONFIG, steps=2, batch_size=4, warmup_steps=0)
+    histories = [train_language_side(build_reference_model(config, processor), data, config, progress=False,
+                                     loss_fn=loss_fn, micro_batch_size=chunk) for chunk in (None, 1, 3)]
+    assert histories[1] == pytest.approx(histories[0], rel=1e-4)
+    assert histories[2] == pytest.approx(histories[0], rel=1e-4)
+    assert histories[0][1] != pytest.approx(histories[0][0], rel=1e-3)  # the first step moved the weights

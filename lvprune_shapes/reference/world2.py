@@ -57,12 +57,13 @@ class World2BaseConfig(ReferenceConfig):
     image_size: int = 108
     num_layers: int = 8
     train_records: int = 3000
-    test_records: int = 500
+    test_records: int = 300
     turns: int = 12
     test_turns: int = 3
     max_images: int = 4
-    steps: int = 2000
-    batch_size: int = 8
+    steps: int = 1150
+    batch_size: int = 6
+    learning_rate: float = 1.5e-3
     micro_batch_size: int = 1
 
     def __post_init__(self):
@@ -289,15 +290,17 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "reference-base-v
 
 @dataclass
 class World2BaseCommand:
-    """`python -m lvprune_shapes.reference.world2 --out DIR`: train the second base (the shipped one's recipe by
+    """`python -m lvprune_shapes.reference.world2 --out DIR`: train the second base (`World2BaseConfig`'s recipe by
     default) and write it, its report and its checksums to DIR."""
 
     out: str | None = doc(None, "the base's folder (required); its data go beside it, in <out>-data")
-    steps: int = doc(1150, "language-model steps")
-    batch_size: int = doc(6, "examples a step (run one at a time, see World2BaseConfig.micro_batch_size)")
-    learning_rate: float = doc(1.5e-3, "peak learning rate of the language model and projector")
-    train_records: int = doc(3000, "training records (up to 12 questions about 1-4 images)")
-    test_records: int = doc(300, "test conversations the report scores")
+    steps: int = doc(World2BaseConfig.steps, "language-model steps")
+    batch_size: int = doc(World2BaseConfig.batch_size, "examples a step (run one at a time: micro_batch_size)")
+    learning_rate: float = doc(World2BaseConfig.learning_rate, "peak learning rate of the language model and "
+                               "projector")
+    train_records: int = doc(World2BaseConfig.train_records, "training records (up to 12 questions about 1-4 "
+                             "images)")
+    test_records: int = doc(World2BaseConfig.test_records, "test conversations the report scores")
     seed: int = doc(0, "seed of the data and the weights")
 
 
