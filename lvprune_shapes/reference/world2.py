@@ -56,12 +56,12 @@ class World2BaseConfig(ReferenceConfig):
 
     image_size: int = 108
     num_layers: int = 8
-    train_records: int = 3000
+    train_records: int = 6000
     test_records: int = 300
     turns: int = 12
     test_turns: int = 3
     max_images: int = 4
-    steps: int = 1150
+    steps: int = 1800
     batch_size: int = 6
     learning_rate: float = 1.5e-3
     micro_batch_size: int = 1
