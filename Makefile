@@ -1,5 +1,6 @@
 # The two quick-start commands, each setting itself up on first use:
 #   make demo    the main job: train a pruner on the shipped reference base, benchmark it, print the table
+#                (WORLD=v2: on the second reference world, configs/world2.yaml)
 #   make test    the test suite
 # Both create ./.venv with the CPU build of torch (constraints.txt) on first use. On a GPU machine:
 #   make demo CONSTRAINTS=
@@ -20,10 +21,13 @@ PYTEST_ARGS ?=
 # kvpress declares transformers<5.3, so pip cannot install it as an extra; its scorers run on lvprune's
 # transformers. Installed without its dependencies (its runtime ones first); KVPRESS= skips it.
 KVPRESS ?= kvpress==0.5.5
+WORLD ?= 1
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lvprune-installed
 CONSTRAINT_FLAG := $(foreach file,$(CONSTRAINTS),-c $(file))
+DEMO_CONFIG = $(if $(filter 1 v1,$(WORLD)),,$(if $(filter 2 v2,$(WORLD)),--config configs/world2.yaml,\
+	$(error WORLD=$(WORLD): the reference world is 1 (the default) or v2)))
 
 .PHONY: demo test install clean-venv
 
@@ -38,7 +42,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/accelerate launch --config_file configs/accelerate/single.yaml train/train.py
+	$(BIN)/accelerate launch --config_file configs/accelerate/single.yaml train/train.py $(DEMO_CONFIG)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest tests/ -p no:cacheprovider $(PYTEST_ARGS)

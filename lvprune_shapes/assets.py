@@ -4,6 +4,7 @@ supported family and a synthetic shapes VQA set, each written to a folder on fir
     base_dir = materialise_tiny_base("outputs/assets")               # LLaVA-1.5: model + processor
     base_dir = materialise_tiny_base("outputs/assets", "qwen2_vl")   # another family (`tiny-random-qwen2_vl`)
     json_path, image_folder = materialise_shapes("outputs/assets", 64)
+    json_path, image_folder = materialise_world2("outputs/assets", 64, image_size=108)  # the second world
 
 Both are written into a temporary folder and renamed when complete, so concurrent or killed runs never see a
 half-written one.
@@ -20,6 +21,7 @@ from lvprune.families.tiny import tiny_llava
 from lvprune.utils.atomic_files import write_folder
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 from lvprune_shapes.processor import build_family_processor, build_processor
+from lvprune_shapes.world2 import World2Config, make_world2_dataset
 
 TINY_IMAGE_SIZE = 32  # 8 x 8 patches of 4 pixels: 64 vision tokens per image
 TINY_PATCH_SIZE = 4
@@ -86,6 +88,19 @@ def materialise_shapes(assets_dir, num_samples: int, seed: int = 0) -> tuple[Pat
     def write(folder: Path) -> None:
         print(f"generating {num_samples} synthetic shapes records into {target} (once)", flush=True)
         make_shapes_dataset(folder, {"train": num_samples}, config)
+
+    folder = _materialise(target, write)
+    return folder / "train.json", folder
+
+
+def materialise_world2(assets_dir, num_samples: int, image_size: int, seed: int = 0) -> tuple[Path, Path]:
+    """`assets_dir/world2-<n>-<size>px`: a train split of `num_samples` conversations of the second world
+    (3 turns about 1-4 images of `image_size` pixels, the base's); returns (json_path, image_folder)."""
+    target = Path(assets_dir) / f"world2-{num_samples}-{image_size}px"
+
+    def write(folder: Path) -> None:
+        print(f"generating {num_samples} world-2 conversations into {target} (once)", flush=True)
+        make_world2_dataset(folder, {"train": num_samples}, World2Config(image_size=image_size, turns=3, seed=seed))
 
     folder = _materialise(target, write)
     return folder / "train.json", folder

@@ -1,9 +1,10 @@
 """The main job (`make demo`, `accelerate launch train/train.py`): `lvprune.training` with the shapes world's names,
 then the benchmark of the exported pruner.
 
-`JobConfig` is `TrainConfig` plus what only this job has: the names `tiny-random[-<model_type>]` and `reference`
-for `base_model` and `synthetic-shapes` for `data_path`, made under `assets_dir` on first use (by the main
-process; the others wait), and `evaluate`, the benchmark after the export. Without `--config`,
+`JobConfig` is `TrainConfig` plus what only this job has: the names `tiny-random[-<model_type>]`, `reference` and
+`reference-v2` for `base_model` and `synthetic-shapes` / `synthetic-world2` for `data_path`, made under
+`assets_dir` on first use (by the main process; the others wait), and `evaluate`, the benchmark after the export
+(of the first reference world, or with `bench_world` 2 of the second: `configs/world2.yaml`). Without `--config`,
 `configs/default.yaml` is read: it is the one place that names the project's default run.
 """
 
@@ -22,7 +23,9 @@ from lvprune.utils.command_line import doc
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 TINY_RANDOM = "tiny-random"
 REFERENCE = "reference"
+REFERENCE_V2 = "reference-v2"
 SYNTHETIC_SHAPES = "synthetic-shapes"
+SYNTHETIC_WORLD2 = "synthetic-world2"
 Evaluation = Literal["none", "quick", "full"]
 
 
@@ -34,22 +37,35 @@ class JobConfig(TrainConfig, PLPHPOptions):
                                  "`tiny-random` makes a tiny random LLaVA with its processor under `assets_dir` on "
                                  "first use, `tiny-random-<model_type>` one of another family (e.g. "
                                  "tiny-random-qwen2_vl); `reference` the project's reference base (the shipped one, "
-                                 "or trained from scratch on the shapes set and cached under `assets_dir`)")
+                                 "or trained from scratch on the shapes set and cached under `assets_dir`); "
+                                 "`reference-v2` the second reference base (assets/reference-base-v2: 8 layers, "
+                                 "1-4 images a prompt)")
     data_path: str | None = doc(SYNTHETIC_SHAPES, "LLaVA-format training records (.json list or .jsonl); "
-                                "`synthetic-shapes` generates a small shapes VQA set under `assets_dir` on first use")
+                                "`synthetic-shapes` generates a small shapes VQA set under `assets_dir` on first use, "
+                                "`synthetic-world2` the second world's conversations at the base's image size")
     output_dir: str = doc("outputs/tiny-cpu", "checkpoints, logs and the final export go here")
-    synthetic_samples: int = doc(64, "records generated for `synthetic-shapes`")
+    synthetic_samples: int = doc(64, "records generated for `synthetic-shapes` / `synthetic-world2`")
     assets_dir: str = doc("outputs/assets", "where `tiny-random`, `reference` and `synthetic-shapes` are made")
     evaluate: Evaluation = doc("none", "after the export, benchmark the base and the new pruner against the other "
-                        "methods on the shapes test split: none, quick (a smoke test) or full; writes "
+                        "methods on the reference world `bench_world`: none, quick (a smoke test) or full; writes "
                         "output_dir/bench")
+    bench_world: int = doc(1, "the reference world that benchmark asks: 1 (a short question about one image: "
+                           "`lvprune_shapes.bench`) or 2 (3-turn conversations about 1-4 images, answered from the "
+                           "pruned cache, per task: `lvprune_shapes.world2_bench`)")
 
     def check(self) -> None:
         super().check()
         if self.synthetic_samples < 0:
             raise ValueError(f"synthetic_samples={self.synthetic_samples} must be >= 0.")
+        if self.bench_world not in (1, 2):
+            raise ValueError(f"bench_world={self.bench_world}: 1 (the shapes questions) or 2 (the second world's "
+                             "conversations).")
         self.plphp_press()  # checks the PLPHP fields (the benchmark's plphp rows)
         tiny_family(self.base_model)
+        if self.base_model == REFERENCE_V2:
+            from lvprune_shapes.reference.world2 import shipped_world2_base
+
+            shipped_world2_base()  # there and intact, or refused before anything runs
 
 
 def tiny_family(base_model: str) -> str | None:
@@ -69,16 +85,24 @@ def tiny_family(base_model: str) -> str | None:
 
 def prepare(config: JobConfig, accelerator) -> JobConfig:
     """The config with the shapes world's names made into folders (run by the main process first)."""
-    from lvprune_shapes.assets import materialise_shapes, materialise_tiny_base
+    from lvprune_shapes.assets import materialise_shapes, materialise_tiny_base, materialise_world2
+    from lvprune_shapes.bench import image_size
     from lvprune_shapes.reference import reference_base
+    from lvprune_shapes.reference.world2 import shipped_world2_base
 
-    changes = {}
-    if (family := tiny_family(config.base_model)) is not None:
-        changes["base_model"] = str(materialise_tiny_base(config.assets_dir, family))
-    elif config.base_model == REFERENCE:
-        changes["base_model"] = str(reference_base(Path(config.assets_dir) / "reference-base"))
+    base = config.base_model
+    if (family := tiny_family(base)) is not None:
+        base = str(materialise_tiny_base(config.assets_dir, family))
+    elif base == REFERENCE:
+        base = str(reference_base(Path(config.assets_dir) / "reference-base"))
+    elif base == REFERENCE_V2:
+        base = str(shipped_world2_base())
+    changes = {"base_model": base}
     if config.data_path == SYNTHETIC_SHAPES:
         json_path, folder = materialise_shapes(config.assets_dir, config.synthetic_samples)
+        changes.update(data_path=str(json_path), image_folder=str(folder))
+    elif config.data_path == SYNTHETIC_WORLD2:
+        json_path, folder = materialise_world2(config.assets_dir, config.synthetic_samples, image_size(base))
         changes.update(data_path=str(json_path), image_folder=str(folder))
     return dataclasses.replace(config, **changes)
 
@@ -87,6 +111,8 @@ def after_export(config: JobConfig, accelerator, base_name: str, final: Path) ->
     """`evaluate`: the shapes benchmark of the base and the exported pruner (main process), its table printed."""
     if config.evaluate == "none":
         return
+    if config.bench_world == 2:
+        return after_export_world2(config, accelerator, base_name, final)
     if accelerator.is_main_process:
         from lvprune_shapes.bench import ShapesBenchConfig, run
 
@@ -96,6 +122,22 @@ def after_export(config: JobConfig, accelerator, base_name: str, final: Path) ->
         run(ShapesBenchConfig(out=str(out), base=base_name, pruner=str(final), quick=config.evaluate == "quick",
                               cache_dir=config.assets_dir, **config.plphp_options()))
         accelerator.print((out / "results.md").read_text())
+    accelerator.wait_for_everyone()
+
+
+def after_export_world2(config: JobConfig, accelerator, base_name: str, final: Path) -> None:
+    """`evaluate` with `bench_world` 2: every method per task on fresh world-2 conversations, the exported pruner's
+    rows among them (main process), its table printed."""
+    if accelerator.is_main_process:
+        from lvprune_shapes.world2_bench import World2BenchConfig, run
+
+        out = Path(config.output_dir) / "bench"
+        quick = config.evaluate == "quick"
+        accelerator.print("benchmarking the base and the exported pruner against the other methods on world-2 "
+                          "conversations" + ("" if quick else " (about 15 minutes on 2 CPU cores)"))
+        sizes = dict(conversations=6, kv_samples=2, timing_runs=1, timing_repeats=1, decode_tokens=2) if quick else {}
+        run(World2BenchConfig(base=base_name, pruner=str(final), figures=str(out), cache_dir=config.assets_dir,
+                              **sizes), plphp=config.plphp_press())  # prints its table
     accelerator.wait_for_everyone()
 
 

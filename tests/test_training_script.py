@@ -305,3 +305,42 @@ def test_the_library_entry_point_trains_what_the_job_trains(assets, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lvprune.training", "--data_path", "x.json"], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "base_model is required" in proc.stderr
+
+
+def test_the_world_2_job_trains_on_its_conversations_and_benchmarks_its_pruner_on_them(tmp_path):
+    """`make demo WORLD=v2`'s config (here on the first reference base: the second one is a separate asset): the
+    pruner trains on world-2 conversations written at the base's image size, and the benchmark after the export
+    scores every method per task on fresh ones; its unpruned and LVPruning rows are what the stock model and the
+    serving function (`load_pruned_model`) score on the same conversations."""
+    from lvprune import PLPHPPress
+    from lvprune.bench.conversations import evaluate_conversations
+    from lvprune.bench.harness import load_base
+    from lvprune_shapes.reference.cache import SHIPPED_DIR
+
+    assets, out = tmp_path / "assets", tmp_path / "out"
+    settings = ["--config", "configs/world2.yaml", "--base_model", str(SHIPPED_DIR), "--synthetic_samples", "8",
+                "--max_steps", "2", "--per_device_batch_size", "2", "--evaluate", "quick", "--cpu_threads", "1",
+                "--assets_dir", str(assets), "--output_dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ROOT / "configs/accelerate/single.yaml"), "train/train.py", *settings], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+    train_json = assets / "world2-8-96px" / "train.json"  # the first base's 96 px
+    records = json.loads(train_json.read_text())
+    assert len(records) == 8 and all(len(r["qa"]) == 3 for r in records)
+    assert any(isinstance(r["image"], list) and len(r["image"]) > 1 for r in records)
+    assert f"data: {train_json}: kept 8 of 8 records" in proc.stdout + proc.stderr  # what it trained on
+    rows = {r["method"]: r for r in json.loads((out / "bench" / "world2_bench.json").read_text())["rows"]}
+    assert {"unpruned", "plphp", "plphp-uniform", "lvpruning-0.5", "lvpruning-0.5+plphp"} <= set(rows)
+    assert "| lvpruning-0.5 |" in proc.stdout  # the table is printed
+
+    (test_folder,) = [p for p in assets.iterdir() if p.name.startswith("world2-test-96px-6-")]
+    test = (test_folder / "test.json", test_folder)
+    model, processor = load_base(SHIPPED_DIR)
+    assert rows["unpruned"]["by_task"] == evaluate_conversations(model, processor, *test, progress=False)["by_task"]
+    for name, press in (("lvpruning-0.5", None), ("lvpruning-0.5+plphp", PLPHPPress())):
+        served = load_pruned_model(SHIPPED_DIR, out / "final", keep_ratios=[0.5, 0.3, 0.1], press=press)
+        scores = evaluate_conversations(served, processor, *test, progress=False)
+        assert rows[name]["by_task"] == scores["by_task"], name

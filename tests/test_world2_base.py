@@ -121,3 +121,22 @@ def test_a_step_run_one_example_at_a_time_is_the_step_run_at_once(world):
     assert histories[1] == pytest.approx(histories[0], rel=1e-4)
     assert histories[2] == pytest.approx(histories[0], rel=1e-4)
     assert histories[0][1] != pytest.approx(histories[0][0], rel=1e-3)  # the first step moved the weights
+
+
+def test_a_missing_or_damaged_second_base_is_refused_with_what_to_do(tmp_path):
+    from lvprune_shapes.job import JobConfig
+    from lvprune_shapes.reference.cache import write_checksums
+    from lvprune_shapes.reference.world2 import TRAIN_COMMAND, shipped_world2_base
+
+    with pytest.raises(FileNotFoundError, match="not there. Train it with") as missing:
+        shipped_world2_base(tmp_path)
+    assert TRAIN_COMMAND in str(missing.value)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    write_checksums(tmp_path)
+    assert shipped_world2_base(tmp_path) == tmp_path
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(ValueError, match="model.safetensors do not match its SHA256SUMS; restore"):
+        shipped_world2_base(tmp_path)
+    with pytest.raises(ValueError, match="bench_world=3"):
+        JobConfig(bench_world=3).check()

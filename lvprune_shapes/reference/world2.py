@@ -286,6 +286,23 @@ def train_world2_base(out_dir: str | Path, config: World2BaseConfig | None = Non
 # ---------------------------------------------------------------------------------------------------- command line
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "reference-base-v2"
+TRAIN_COMMAND = "python -m lvprune_shapes.reference.world2 --out DIR"
+
+
+def shipped_world2_base(folder: str | Path = SHIPPED_DIR) -> Path:
+    """`folder` (the shipped second base) checked against its SHA256SUMS; refuses a missing or damaged one with
+    the command that trains one (it is not rebuilt on the fly: about 100 minutes on 2 CPU cores)."""
+    from lvprune_shapes.reference.cache import CHECKSUMS, verify_checksums
+
+    folder = Path(folder)
+    if not (folder / CHECKSUMS).is_file():
+        raise FileNotFoundError(f"{folder}: the second reference base is not there. Train it with `{TRAIN_COMMAND}` "
+                                "(about 100 minutes on 2 CPU cores) and pass the folder as the base.")
+    damaged = verify_checksums(folder)
+    if damaged:
+        raise ValueError(f"{folder}: {', '.join(damaged)} do not match its {CHECKSUMS}; restore the files "
+                         f"(git checkout -- {folder}) or train the base again with `{TRAIN_COMMAND}`.")
+    return folder
 
 
 @dataclass
