@@ -260,6 +260,8 @@ def train_world2_base(out_dir: str | Path, config: World2BaseConfig | None = Non
     print(f"world 2: writing {config.train_records} + {config.test_records} records ...", flush=True)
     processor, paths = make_world2_base_data(data_dir if data_dir is not None else out_dir / "data", config)
     model = build_reference_model(config, processor)
+    print(f"world 2: encoding {config.train_records} training records with their patch labels and turn targets "
+          "(a few minutes) ...", flush=True)
     data = World2TrainingSet(paths["train"], processor, model.config.image_token_id)
     start = time.perf_counter()
     vision = pretrain_vision_tower(model.model.vision_tower, *data.vision_inputs(), steps=config.vision_steps,
