@@ -77,6 +77,25 @@ def test_conversations(config: World2BenchConfig, size: int):
     return load_conversations(folder / "test.json", folder)
 
 
+def first_prompts(conversations, processor, model) -> list[dict]:
+    """Each conversation's first prompt (its images and first question) as model inputs of batch 1."""
+    backbone = backbone_for(model.config)
+    return [first_prompt(c, conversation_images(c), processor, backbone) for c in conversations]
+
+
+def measure(method, model, processor, conversations, prompts: list[dict]) -> dict:
+    """A row: `method`'s scores per task and turn (`score_conversations`), each answer generated from its pruned
+    or pressed cache; the KV held over `prompts` (`kv_fraction`); the seconds it took."""
+    start = time.perf_counter()
+    with method.applied(model):
+        said = [answer_conversation(model, processor, c) for c in tqdm(conversations, desc=method.name, leave=False)]
+    scores = score_conversations(conversations, said)
+    print(f"{method.name}: overall {100 * scores['overall']:.1f}, "
+          + ", ".join(f"{t} {100 * v:.1f}" for t, v in scores["by_task"].items()), flush=True)
+    return {"method": method.name, **scores, "kv": kv_fraction(model, method, prompts),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 @torch.no_grad()
 def kv_fraction(model, method, prompts: list[dict]) -> float:
     """Mean over prompts of the KV bytes held after the prefill as a fraction of the unpruned cache's (the
@@ -118,23 +137,10 @@ def run(config: World2BenchConfig, plphp: PLPHPPress | None = None) -> list[dict
                    Method("plphp-uniform", press=uniform))
     if config.methods:
         methods = [m for m in methods if m.name in config.methods]
-    backbone = backbone_for(model.config)
-    prompts = [first_prompt(c, conversation_images(c), processor, backbone)
-               for c in conversations[: config.kv_samples]]
+    prompts = first_prompts(conversations[: config.kv_samples], processor, model)
+    rows = [measure(method, model, processor, conversations, prompts) for method in tqdm(methods, desc="methods")]
     widest = max(conversations, key=lambda c: len(c.images))
-    rows = []
-    for method in tqdm(methods, desc="methods"):
-        start = time.perf_counter()
-        with method.applied(model):
-            said = [answer_conversation(model, processor, c) for c in tqdm(conversations, desc=method.name,
-                                                                           leave=False)]
-        scores = score_conversations(conversations, said)
-        rows.append({"method": method.name, **scores, "kv": kv_fraction(model, method, prompts),
-                     "seconds": round(time.perf_counter() - start, 1)})
-        print(f"{method.name}: overall {100 * scores['overall']:.1f}, "
-              + ", ".join(f"{t} {100 * v:.1f}" for t, v in scores["by_task"].items()), flush=True)
-    timings = time_methods(methods, model, first_prompt(widest, conversation_images(widest), processor, backbone),
-                           config)
+    timings = time_methods(methods, model, first_prompts([widest], processor, model)[0], config)
     for row in rows:
         row.update(timings[row["method"]])
     table = markdown(rows, len(conversations))

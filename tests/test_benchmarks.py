@@ -132,3 +132,32 @@ def test_a_world_2_pruner_is_recorded_as_such_and_reused_from_its_cache(tmp_path
     again = bench_pruner(SHIPPED_DIR, train_records=16, per_device_batch_size=8, image_size=96, world=2,
                          cache_dir=tmp_path)
     assert again == folder and len(list(tmp_path.iterdir())) == 1  # cached, not retrained
+
+
+def test_the_plphp_sweep_on_world_2_scores_each_setting_as_the_served_press_does(capsys, tmp_path):
+    """`plphp_sweep.py --world 2`: a row per (start layer, r, Δr) with the thresholds it measured; its scores per
+    task are what `load_pruned_model` with that press scores on the same conversations."""
+    from plphp_sweep import main
+
+    from lvprune import PLPHPPress, load_pruned_model
+    from lvprune.bench.conversations import evaluate_conversations
+    from lvprune.bench.harness import load_base
+    from lvprune_shapes.reference.cache import SHIPPED_DIR
+
+    main(["--world", "2", "--base", str(SHIPPED_DIR), "--test_records", "4", "--start_layers", "1",
+          "--rates", "0.2", "0.1", "--cache_dir", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("| start layer"))
+    (row,) = [line for line in lines if line.startswith("| 1 |")]
+    cells = dict(zip([c.strip() for c in header.split("|")[1:-1]], [c.strip() for c in row.split("|")[1:-1]]))
+    assert "LVP 0.5 + plphp all" not in cells  # no pruner given: PLPHP alone
+    press = PLPHPPress(r=0.2, delta_r=0.1, alpha=float(cells["alpha"]), beta=float(cells["beta"]), start_layer=1)
+    assert press.beta < press.alpha
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("world2-test")]
+    _, processor = load_base(SHIPPED_DIR)
+    served = evaluate_conversations(load_pruned_model(SHIPPED_DIR, press=press), processor, folder / "test.json",
+                                    folder, progress=False)
+    for task, score in served["by_task"].items():
+        assert float(cells[f"plphp {task}"]) == pytest.approx(100 * score, abs=0.051), task
+    assert float(cells["plphp all"]) == pytest.approx(100 * served["overall"], abs=0.051)
+    assert 0 < float(cells["plphp KV"].rstrip("%")) < 100
