@@ -140,3 +140,18 @@ def test_a_missing_or_damaged_second_base_is_refused_with_what_to_do(tmp_path):
         shipped_world2_base(tmp_path)
     with pytest.raises(ValueError, match="bench_world=3"):
         JobConfig(bench_world=3).check()
+
+
+def test_a_colour_naming_more_objects_than_the_count_classes_is_counted_in_the_last_one():
+    """A colour can name 20 objects over four images of five; the count head has LAYOUT[1] classes (the last one is
+    "that many or more"), the per-image counts 4 (the last "3 or more"): the loss takes any prompt."""
+    from lvprune_shapes.reference.world2 import LAYOUT, LAYOUT_TARGET, layout_loss, layout_target
+
+    pairs = [(i, {"position": POSITIONS[k], "colour": "red"}) for i in range(4) for k in range(5)]
+    target = layout_target(pairs)
+    cells, count, images, holders, per_image = target.split(LAYOUT_TARGET)
+    assert cells.tolist() == [1.0] * 5 + [0.0] * (len(POSITIONS) - 5) and count.item() == LAYOUT[1] - 1
+    assert images.tolist() == [1.0] * 4 and holders.item() == 4 and per_image.tolist() == [3.0] * 4
+    assert layout_target(pairs[:3])[len(POSITIONS)].item() == 3  # below the last class: the count itself
+    loss = layout_loss(torch.zeros(2, sum(LAYOUT)), torch.stack([target, layout_target(pairs[:3])]))
+    assert torch.isfinite(loss)

@@ -110,13 +110,15 @@ def named(turn: dict, word: str, scenes: list[list[dict]]) -> list[tuple[int, di
 
 def layout_target(pairs: list[tuple[int, dict]]) -> torch.Tensor:
     """[sum(LAYOUT_TARGET)]: cells (0/1), count, images (0/1), images holding one, per-image counts (class indices for
-    the cross-entropy parts; see `layout_loss`)."""
+    the cross-entropy parts; see `layout_loss`). The count's classes end at "LAYOUT[1] - 1 or more" (a colour can
+    name up to 20 objects over four images; 6,000 records hold such a prompt), the per-image counts' at "3 or more"."""
     cells, images, per_image = torch.zeros(len(POSITIONS)), torch.zeros(MAX_IMAGES), torch.zeros(MAX_IMAGES)
     for i, o in pairs:
         cells[POSITIONS.index(o["position"])] = 1
         images[i] = 1
         per_image[i] += 1
-    return torch.cat([cells, torch.tensor([float(len(pairs))]), images, images.sum()[None], per_image.clamp(max=3)])
+    count = torch.tensor([float(min(len(pairs), LAYOUT[1] - 1))])
+    return torch.cat([cells, count, images, images.sum()[None], per_image.clamp(max=3)])
 
 
 def layout_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
