@@ -95,12 +95,14 @@ def materialise_shapes(assets_dir, num_samples: int, seed: int = 0) -> tuple[Pat
 
 def materialise_world2(assets_dir, num_samples: int, image_size: int, seed: int = 0) -> tuple[Path, Path]:
     """`assets_dir/world2-<n>-<size>px`: a train split of `num_samples` conversations of the second world
-    (3 turns about 1-4 images of `image_size` pixels, the base's); returns (json_path, image_folder)."""
+    (up to 3 turns about 1-4 images of `image_size` pixels, the base's); returns (json_path, image_folder)."""
     target = Path(assets_dir) / f"world2-{num_samples}-{image_size}px"
 
     def write(folder: Path) -> None:
         print(f"generating {num_samples} world-2 conversations into {target} (once)", flush=True)
-        make_world2_dataset(folder, {"train": num_samples}, World2Config(image_size=image_size, turns=3, seed=seed))
+        # up to 3 turns: some scenes hold fewer distinct questions, and exactly 3 would refuse them
+        make_world2_dataset(folder, {"train": num_samples},
+                            World2Config(image_size=image_size, turns=3, turns_at_most=True, seed=seed))
 
     folder = _materialise(target, write)
     return folder / "train.json", folder

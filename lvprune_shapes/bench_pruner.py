@@ -38,7 +38,7 @@ def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_s
                  cache_dir: str | Path | None = None, seed: int = 0, world: int = 1) -> Path:
     """The folder of a pruner trained on the base at `base_dir`: from the cache if there, else trained now
     (a few minutes for the reference base) through `lvprune.training` and saved there. `world` 2 trains on the
-    second world's conversations (3 turns about 1-4 images) instead of single questions."""
+    second world's conversations (up to 3 turns about 1-4 images) instead of single questions."""
     base_dir = Path(base_dir)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
     recipe = training_config(base_dir, (Path("train.json"), Path(".")), Path("run"),
@@ -55,7 +55,8 @@ def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_s
         with tempfile.TemporaryDirectory(dir=staging.parent) as work:
             if world == 2:
                 paths = make_world2_dataset(Path(work) / "data", {"train": train_records},
-                                            World2Config(image_size=image_size, turns=3, seed=seed))
+                                            World2Config(image_size=image_size, turns=3, turns_at_most=True,
+                                                         seed=seed))
             else:
                 paths = make_shapes_dataset(Path(work) / "data", {"train": train_records},
                                             ShapesConfig(image_size=image_size, seed=seed))

@@ -329,7 +329,8 @@ def test_the_world_2_job_trains_on_its_conversations_and_benchmarks_its_pruner_o
 
     train_json = assets / "world2-8-96px" / "train.json"  # the first base's 96 px
     records = json.loads(train_json.read_text())
-    assert len(records) == 8 and all(len(r["qa"]) == 3 for r in records)
+    assert len(records) == 8 and {len(r["qa"]) for r in records} <= {1, 2, 3} and any(len(r["qa"]) == 3
+                                                                                   for r in records)
     assert any(isinstance(r["image"], list) and len(r["image"]) > 1 for r in records)
     assert f"data: {train_json}: kept 8 of 8 records" in proc.stdout + proc.stderr  # what it trained on
     rows = {r["method"]: r for r in json.loads((out / "bench" / "world2_bench.json").read_text())["rows"]}
