@@ -7,7 +7,8 @@ For each record's first prompt (images and question) it measures, at every decod
 mass the queries (`--queries last`: the last prompt token, as the paper; `all`: every prompt token) put on the
 vision tokens, averaged over heads (`lvprune.methods.plphp.vision_attention_profile`). It prints the per-layer
 mean per task (world 2) or question type (world 1) and says whether deep layers *re-attend*: after the layer of
-least vision attention (from layer 1 on), some later layer attends at least 1.5 times as much and 0.05 more.
+least vision attention (from layer 1 on, or any dip before a last layer that looks away again), some later layer
+attends at least 1.5 times as much and 0.05 more.
 PLPHP's layer-adaptive rates rest on that pattern; where it is absent there is nothing to allocate between layers.
 """
 
@@ -39,12 +40,20 @@ class VisionAttentionConfig:
 
 
 def reattends(profile: list[float]) -> tuple[bool, int, int]:
-    """(re-attends, layer of least attention from layer 1 on, the most attentive layer after it)."""
+    """(re-attends, the dip, the most attentive layer after it). A dip is any layer from 1 on: where some dip is
+    followed by a layer attending 1.5 times as much and 0.05 more, the one with the largest rise; else the layer of
+    least attention. A last layer that looks away again (world 2's does) does not hide a rise before it."""
+
+    def after(low: int) -> int:
+        return max(range(low + 1, len(profile)), key=profile.__getitem__) if low < len(profile) - 1 else low
+
+    rises = [(profile[after(low)] - profile[low], low) for low in range(1, len(profile) - 1)
+             if profile[after(low)] >= 1.5 * profile[low] and profile[after(low)] >= profile[low] + 0.05]
+    if rises:
+        low = max(rises)[1]
+        return True, low, after(low)
     low = min(range(1, len(profile)), key=profile.__getitem__)
-    if low == len(profile) - 1:
-        return False, low, low
-    high = max(range(low + 1, len(profile)), key=profile.__getitem__)
-    return profile[high] >= 1.5 * profile[low] and profile[high] >= profile[low] + 0.05, low, high
+    return False, low, after(low)
 
 
 def prompts_by_group(model, processor, config) -> dict[str, list[dict]]:

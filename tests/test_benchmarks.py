@@ -56,6 +56,8 @@ def test_vision_attention_says_where_deep_layers_reattend():
     assert reattends([0.9, 0.2, 0.1, 0.16]) == (True, 2, 3)  # 1.6x and +0.06
     assert reattends([0.9, 0.2, 0.02, 0.04]) == (False, 2, 3)  # 2x but +0.02
     assert reattends([0.5, 0.4, 0.3, 0.2]) == (False, 3, 3)  # falls to the last layer
+    assert reattends([0.6, 0.8, 0.4, 0.9, 0.3]) == (True, 2, 3)  # a rise, then the last layer looks away
+    assert reattends([0.6, 0.3, 0.5, 0.2, 0.7, 0.1]) == (True, 3, 4)  # of two rises, the larger (+0.5)
 
 
 def test_vision_attention_groups_world_2_prompts_by_task(capsys, tmp_path):
