@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -73,9 +74,10 @@ def sweep_world2(args: SweepConfig) -> None:
     print(f"unpruned: {100 * unpruned['overall']:.1f}; vision attention per layer "
           f"{suggest_thresholds(profile)['per_layer_mean']}")
     methods = ["plphp"] + (["LVP 0.5 + plphp"] if pruner else [])
-    print("| start layer | alpha | beta | r | Δr | " + " | ".join(f"{m} {c}" for m in methods
-                                                               for c in (*tasks, "all", "KV")) + " |")
-    print("| ---: " * (5 + len(methods) * (len(tasks) + 2)) + "|")
+    table = ["| start layer | alpha | beta | r | Δr | " + " | ".join(f"{m} {c}" for m in methods
+                                                                 for c in (*tasks, "all", "KV")) + " |",
+             "| ---: " * (5 + len(methods) * (len(tasks) + 2)) + "|"]
+    print("\n".join(table), flush=True)
     for start, (r, delta_r), allocation in itertools.product(args.start_layers, rate_pairs(args), args.allocations):
         thresholds = suggest_thresholds(profile, start)
         plphp = PLPHPPress(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"],
@@ -88,8 +90,14 @@ def sweep_world2(args: SweepConfig) -> None:
         for row in rows:
             cells += [f"{100 * row['by_task'][t]:.1f}" for t in tasks]
             cells += [f"{100 * row['overall']:.1f}", f"{row['kv']:.0%}"]
-        print(f"| {start} | {plphp.alpha} | {plphp.beta} | {r} | {delta_r} | " + " | ".join(cells) + " |",
-              flush=True)
+        table.append(f"| {start} | {plphp.alpha} | {plphp.beta} | {r} | {delta_r} | " + " | ".join(cells) + " |")
+        print(table[-1], flush=True)
+    if args.out:  # the table as printed, with the unpruned scores it is read against
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text(f"unpruned: {100 * unpruned['overall']:.1f} over {len(conversations)} "
+                                        "conversations\n\n" + "\n".join(table) + "\n")
+        print(f"wrote {out / 'results.md'}")
 
 
 def main(argv=None) -> None:
