@@ -54,6 +54,16 @@ def rate_pairs(args: SweepConfig) -> list[tuple[float, float]]:
     return list(zip(args.rates[::2], args.rates[1::2])) or list(PAPER_RATES)
 
 
+def save_table(out: str | None, intro: str, table: list[str]) -> None:
+    """The sweep's table as printed, under `intro` (the unpruned score it is read against), in out/plphp_sweep.md
+    (no `out`: printed only)."""
+    if out:
+        path = Path(out) / "plphp_sweep.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(intro + "\n\n" + "\n".join(table) + "\n")
+        print(f"wrote {path}")
+
+
 def sweep_world2(args: SweepConfig) -> None:
     """The sweep on world 2's conversations (`lvprune_shapes.world2_bench`), a row per setting."""
     from lvprune_shapes.bench import image_size
@@ -71,8 +81,9 @@ def sweep_world2(args: SweepConfig) -> None:
                                            queries=PLPHPPress().queries)
     unpruned = measure(Method("unpruned"), model, processor, conversations, prompts)
     tasks = list(unpruned["by_task"])
-    print(f"unpruned: {100 * unpruned['overall']:.1f}; vision attention per layer "
-          f"{suggest_thresholds(profile)['per_layer_mean']}")
+    intro = (f"unpruned: {100 * unpruned['overall']:.1f} over {len(conversations)} conversations; vision attention "
+             f"per layer {suggest_thresholds(profile)['per_layer_mean']}")
+    print(intro)
     methods = ["plphp"] + (["LVP 0.5 + plphp"] if pruner else [])
     table = ["| start layer | alpha | beta | r | Δr | " + " | ".join(f"{m} {c}" for m in methods
                                                                  for c in (*tasks, "all", "KV")) + " |",
@@ -92,12 +103,7 @@ def sweep_world2(args: SweepConfig) -> None:
             cells += [f"{100 * row['overall']:.1f}", f"{row['kv']:.0%}"]
         table.append(f"| {start} | {plphp.alpha} | {plphp.beta} | {r} | {delta_r} | " + " | ".join(cells) + " |")
         print(table[-1], flush=True)
-    if args.out:  # the table as printed, with the unpruned scores it is read against
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.md").write_text(f"unpruned: {100 * unpruned['overall']:.1f} over {len(conversations)} "
-                                        "conversations\n\n" + "\n".join(table) + "\n")
-        print(f"wrote {out / 'results.md'}")
+    save_table(args.out, intro, table)
 
 
 def main(argv=None) -> None:
@@ -116,11 +122,11 @@ def main(argv=None) -> None:
         batches = prompt_batches(questions[:PROFILE_QUESTIONS], processor, batch_size=16)
         profile = vision_attention_profile(model, batches)
     unpruned = measure_method(Method("unpruned"), model, processor, questions, config)
-    print(f"unpruned: accuracy {100 * unpruned['accuracy']:.1f}; vision attention per layer "
-          f"{suggest_thresholds(profile)['per_layer_mean']}")
-    print("| start layer | alpha | beta | r | Δr | allocation | PLPHP acc. | PLPHP KV | LVP 0.5 + PLPHP acc. | "
-          "LVP 0.5 + PLPHP KV |")
-    print("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    intro = (f"unpruned: accuracy {100 * unpruned['accuracy']:.1f}; vision attention per layer "
+             f"{suggest_thresholds(profile)['per_layer_mean']}")
+    table = ["| start layer | alpha | beta | r | Δr | allocation | PLPHP acc. | PLPHP KV | LVP 0.5 + PLPHP acc. | "
+             "LVP 0.5 + PLPHP KV |", "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    print(intro + "\n" + "\n".join(table), flush=True)
     for start, (r, delta_r), allocation in itertools.product(args.start_layers, rate_pairs(args), args.allocations):
         thresholds = suggest_thresholds(profile, start)
         plphp = PLPHPPress(r=r, delta_r=delta_r, alpha=thresholds["alpha"], beta=thresholds["beta"],
@@ -129,8 +135,10 @@ def main(argv=None) -> None:
         for method in (Method("plphp", press=plphp), Method("both", pruner, tuple(schedule(REFERENCE_RHO)), plphp)):
             row = measure_method(method, model, processor, questions, config)
             cells += [f"{100 * row['accuracy']:.1f}", f"{row['kv_cache_bytes'] / unpruned['kv_cache_bytes']:.0%}"]
-        print(f"| {start} | {plphp.alpha:.3f} | {plphp.beta:.3f} | {r} | {delta_r} | {allocation} | "
-              + " | ".join(cells) + " |", flush=True)
+        table.append(f"| {start} | {plphp.alpha:.3f} | {plphp.beta:.3f} | {r} | {delta_r} | {allocation} | "
+                     + " | ".join(cells) + " |")
+        print(table[-1], flush=True)
+    save_table(args.out, intro, table)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@
 For each record's first prompt (images and question) it measures, at every decoder layer, v_l: the attention
 mass the queries (`--queries last`: the last prompt token, as the paper; `all`: every prompt token) put on the
 vision tokens, averaged over heads (`lvprune.methods.plphp.vision_attention_profile`). It prints the per-layer
-mean per task (world 2) or question type (world 1) and says whether deep layers *re-attend*: after the layer of
-least vision attention (from layer 1 on, or any dip before a last layer that looks away again), some later layer
-attends at least 1.5 times as much and 0.05 more.
+mean per task (world 2) or question type (world 1) and says whether deep layers *re-attend*: after
+some layer from 1 on (a dip), a later layer attends at least 1.5 times as much and 0.05 more (`reattends`; a last
+layer that looks away again does not hide it).
 PLPHP's layer-adaptive rates rest on that pattern; where it is absent there is nothing to allocate between layers.
 """
 
@@ -40,20 +40,19 @@ class VisionAttentionConfig:
 
 
 def reattends(profile: list[float]) -> tuple[bool, int, int]:
-    """(re-attends, the dip, the most attentive layer after it). A dip is any layer from 1 on: where some dip is
-    followed by a layer attending 1.5 times as much and 0.05 more, the one with the largest rise; else the layer of
-    least attention. A last layer that looks away again (world 2's does) does not hide a rise before it."""
+    """(re-attends, dip, peak). A dip is any layer from 1 on, its peak the most attentive layer after it (the dip
+    itself if last); the profile re-attends where some peak attends at least 1.5 times as much as its dip and 0.05
+    more, and the largest such rise is named (else the least attentive layer from 1 on). A last layer that looks
+    away again, as the second base's does, does not hide a rise before it."""
 
-    def after(low: int) -> int:
-        return max(range(low + 1, len(profile)), key=profile.__getitem__) if low < len(profile) - 1 else low
+    def peak(dip: int) -> int:
+        later = range(dip + 1, len(profile))
+        return max(later, key=profile.__getitem__) if later else dip
 
-    rises = [(profile[after(low)] - profile[low], low) for low in range(1, len(profile) - 1)
-             if profile[after(low)] >= 1.5 * profile[low] and profile[after(low)] >= profile[low] + 0.05]
-    if rises:
-        low = max(rises)[1]
-        return True, low, after(low)
-    low = min(range(1, len(profile)), key=profile.__getitem__)
-    return False, low, after(low)
+    rises = [(profile[peak(d)] - profile[d], d) for d in range(1, len(profile))
+             if profile[peak(d)] >= 1.5 * profile[d] and profile[peak(d)] >= profile[d] + 0.05]
+    dip = max(rises)[1] if rises else min(range(1, len(profile)), key=profile.__getitem__)
+    return bool(rises), dip, peak(dip)
 
 
 def prompts_by_group(model, processor, config) -> dict[str, list[dict]]:

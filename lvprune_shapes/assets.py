@@ -21,7 +21,7 @@ from lvprune.families.tiny import tiny_llava
 from lvprune.utils.atomic_files import write_folder
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
 from lvprune_shapes.processor import build_family_processor, build_processor
-from lvprune_shapes.world2 import World2Config, make_world2_dataset
+from lvprune_shapes.world2 import make_world2_dataset, pruner_training_world
 
 TINY_IMAGE_SIZE = 32  # 8 x 8 patches of 4 pixels: 64 vision tokens per image
 TINY_PATCH_SIZE = 4
@@ -100,9 +100,7 @@ def materialise_world2(assets_dir, num_samples: int, image_size: int, seed: int 
 
     def write(folder: Path) -> None:
         print(f"generating {num_samples} world-2 conversations into {target} (once)", flush=True)
-        # up to 3 turns: some scenes hold fewer distinct questions, and exactly 3 would refuse them
-        make_world2_dataset(folder, {"train": num_samples},
-                            World2Config(image_size=image_size, turns=3, turns_at_most=True, seed=seed))
+        make_world2_dataset(folder, {"train": num_samples}, pruner_training_world(image_size, seed))
 
     folder = _materialise(target, write)
     return folder / "train.json", folder

@@ -17,7 +17,7 @@ from pathlib import Path
 from lvprune.training import TrainConfig, train
 from lvprune.utils.atomic_files import write_folder
 from lvprune_shapes.dataset import ShapesConfig, make_shapes_dataset
-from lvprune_shapes.world2 import World2Config, make_world2_dataset
+from lvprune_shapes.world2 import make_world2_dataset, pruner_training_world
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lvprune" / "bench-pruners"
 # The main job's recipe (configs/default.yaml): 600 steps of 8 on 4800 single-question records.
@@ -55,8 +55,7 @@ def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_s
         with tempfile.TemporaryDirectory(dir=staging.parent) as work:
             if world == 2:
                 paths = make_world2_dataset(Path(work) / "data", {"train": train_records},
-                                            World2Config(image_size=image_size, turns=3, turns_at_most=True,
-                                                         seed=seed))
+                                            pruner_training_world(image_size, seed))
             else:
                 paths = make_shapes_dataset(Path(work) / "data", {"train": train_records},
                                             ShapesConfig(image_size=image_size, seed=seed))

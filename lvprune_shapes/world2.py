@@ -89,6 +89,12 @@ class World2Config:
         return ShapesConfig(image_size=self.image_size, object_size=self.object_size, seed=self.seed)
 
 
+def pruner_training_world(image_size: int, seed: int = 0) -> World2Config:
+    """The conversations a pruner trains on (the main job's, the benchmark's `--pruner train`): up to 3 turns about
+    1-4 images, as many as each scene holds (some hold fewer than 3 distinct questions; exactly 3 refuses them)."""
+    return World2Config(image_size=image_size, turns=3, turns_at_most=True, seed=seed)
+
+
 def vocabulary() -> list[str]:
     """The first world's words plus this one's questions and answers, sorted."""
     words = set(first_world_vocabulary()) | set(ORDINALS) | {"List", "every", "object", "in", "the"}

@@ -149,7 +149,7 @@ def test_the_plphp_sweep_on_world_2_scores_each_setting_as_the_served_press_does
     main(["--world", "2", "--base", str(SHIPPED_DIR), "--test_records", "4", "--start_layers", "1",
           "--rates", "0.2", "0.1", "--cache_dir", str(tmp_path), "--out", str(tmp_path / "sweep")])
     lines = capsys.readouterr().out.splitlines()
-    written = (tmp_path / "sweep" / "results.md").read_text().splitlines()
+    written = (tmp_path / "sweep" / "plphp_sweep.md").read_text().splitlines()
     assert [line for line in written if line.startswith("|")] == [line for line in lines if line.startswith("|")]
     header = next(line for line in lines if line.startswith("| start layer"))
     (row,) = [line for line in lines if line.startswith("| 1 |")]
