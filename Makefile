@@ -1,6 +1,6 @@
 # The two quick-start commands, each setting itself up on first use:
 #   make demo    the main job: train a pruner on the shipped reference base, benchmark it, print the table
-#                (WORLD=v2: on the second reference world, configs/world2.yaml; hours on a 2-core CPU)
+#                (WORLD=v2: on the second reference world, configs/world2.yaml; 40 minutes on 2 CPU cores)
 #   make test    the test suite
 # Both create ./.venv with the CPU build of torch (constraints.txt) on first use. On a GPU machine:
 #   make demo CONSTRAINTS=

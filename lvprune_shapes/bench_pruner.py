@@ -26,23 +26,25 @@ QUICK = dict(train_records=64, per_device_batch_size=8)
 
 
 def training_config(base_dir: Path, data: tuple[Path, Path], output_dir: Path, *, per_device_batch_size: int,
-                    seed: int = 0) -> TrainConfig:
+                    gradient_accumulation_steps: int = 1, seed: int = 0) -> TrainConfig:
     """One epoch over `data` (json, image folder) at the paper's ratios and the main job's learning rate."""
     return TrainConfig(base_model=str(base_dir), data_path=str(data[0]), image_folder=str(data[1]),
-                       output_dir=str(output_dir), per_device_batch_size=per_device_batch_size, max_steps=0,
+                       output_dir=str(output_dir), per_device_batch_size=per_device_batch_size,
+                       gradient_accumulation_steps=gradient_accumulation_steps, max_steps=0,
                        num_train_epochs=1, learning_rate=1e-3, warmup_ratio=0.03, seed=seed, cpu_threads=0,
                        logging_steps=50, report_to="none")
 
 
 def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_size: int, image_size: int,
-                 cache_dir: str | Path | None = None, seed: int = 0, world: int = 1) -> Path:
+                 gradient_accumulation_steps: int = 1, cache_dir: str | Path | None = None, seed: int = 0,
+                 world: int = 1) -> Path:
     """The folder of a pruner trained on the base at `base_dir`: from the cache if there, else trained now
     (a few minutes for the reference base) through `lvprune.training` and saved there. `world` 2 trains on the
     second world's conversations (up to 3 turns about 1-4 images) instead of single questions."""
     base_dir = Path(base_dir)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
-    recipe = training_config(base_dir, (Path("train.json"), Path(".")), Path("run"),
-                             per_device_batch_size=per_device_batch_size, seed=seed)
+    batches = dict(per_device_batch_size=per_device_batch_size, gradient_accumulation_steps=gradient_accumulation_steps)
+    recipe = training_config(base_dir, (Path("train.json"), Path(".")), Path("run"), **batches, seed=seed)
     described = {**dataclasses.asdict(recipe), "base_model": None, "train_records": train_records,
                  "image_size": image_size, **({"world": world} if world != 1 else {})}  # world 1's digests as before
     folder = cache / f"pruner-{_digest(base_dir, described)}"
@@ -59,8 +61,8 @@ def bench_pruner(base_dir: str | Path, *, train_records: int, per_device_batch_s
             else:
                 paths = make_shapes_dataset(Path(work) / "data", {"train": train_records},
                                             ShapesConfig(image_size=image_size, seed=seed))
-            run = training_config(base_dir, (paths["train"], Path(work) / "data"), Path(work) / "run",
-                                  per_device_batch_size=per_device_batch_size, seed=seed)
+            run = training_config(base_dir, (paths["train"], Path(work) / "data"), Path(work) / "run", **batches,
+                                  seed=seed)
             train(run)
             shutil.copytree(Path(work) / "run" / "final", staging, dirs_exist_ok=True)
         (staging / "training_config.json").write_text(json.dumps(described, indent=1) + "\n")

@@ -134,7 +134,7 @@ def after_export_world2(config: JobConfig, accelerator, base_name: str, final: P
         out = Path(config.output_dir) / "bench"
         quick = config.evaluate == "quick"
         accelerator.print("benchmarking the base and the exported pruner against the other methods on world-2 "
-                          "conversations" + ("" if quick else " (about 15 minutes on 2 CPU cores)"))
+                          "conversations" + ("" if quick else " (about 5 minutes on 2 CPU cores)"))
         sizes = dict(conversations=6, kv_samples=2, timing_runs=1, timing_repeats=1, decode_tokens=2) if quick else {}
         run(World2BenchConfig(base=base_name, pruner=str(final), figures=str(out), cache_dir=config.assets_dir,
                               **sizes), plphp=config.plphp_press())  # prints its table

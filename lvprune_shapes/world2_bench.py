@@ -125,9 +125,10 @@ def run(config: World2BenchConfig, plphp: PLPHPPress | None = None) -> list[dict
     conversations = test_conversations(config, size)
     pruner_dir = config.pruner
     if pruner_dir == "train":
-        pruner_dir = bench_pruner(config.base, train_records=config.pruner_records, per_device_batch_size=8,
-                                  image_size=size, world=2, cache_dir=config.cache_dir and
-                                  Path(config.cache_dir) / "bench-pruners")
+        # micro-batches of one conversation, 8 to a step (configs/world2.yaml says why)
+        pruner_dir = bench_pruner(config.base, train_records=config.pruner_records, per_device_batch_size=1,
+                                  gradient_accumulation_steps=8, image_size=size, world=2,
+                                  cache_dir=config.cache_dir and Path(config.cache_dir) / "bench-pruners")
     pruner = LVPrunerModel.from_pretrained(pruner_dir).eval() if pruner_dir else None
     plphp = plphp or PLPHPPress()
     methods = build_methods(model, pruner, plphp=plphp, kvpress=tuple(config.kvpress))
