@@ -23,6 +23,16 @@ Prints a table (accuracy, KV held after the press as % of unpruned), then lvprun
 best at each of kvpress's points (lvprune's interpolated at the same KV held), and writes cache_sweep.md, .json
 (`{"results": {protocol: {method: [{budget, accuracy, kv}]}}, "matched": ...}`) and .png (accuracy against KV, a
 panel per protocol) into `--figures`. Needs kvpress (README, "Install").
+
+`--world 2` runs the protocols on the second reference world (`--base`: the shipped second base; `--pruner`: an
+LVPruning pruner trained on it, else its rows are left out), over `--test_records` fresh 3-turn conversations
+about 1-4 images (`lvprune_shapes.world2_bench`'s, seed 7), every turn answered from the cache:
+- conversation: the first prompt (images, first question) is prefilled and pressed, every later turn decoded
+  from that cache (`lvprune.bench.conversations.answer_conversation`);
+- context: the images alone are prefilled and pressed, then every question and answer (`context=True`).
+A method's score is the mean of the task scores (list answers by item F1), its KV the first prefill's; the
+default ranking's α/β come from the first prompts' expected vision attention. Writes cache_sweep_world2.md,
+.json and .png.
 """
 
 from __future__ import annotations
@@ -57,7 +67,9 @@ LVPRUNING = [0.5, 0.3, 0.1]  # ρ 0.5: the ratios the shapes benchmark's lvpruni
 class SweepConfig(ShapesBenchConfig):
     """The shapes benchmark's settings (base, cache) plus the sweep's."""
 
-    test_records: int = doc(150, "two-question test records")
+    test_records: int = doc(150, "two-question test records (world 2: 3-turn conversations)")
+    world: int = doc(1, "the reference world: 1 (two-question shapes records) or 2 (conversations about 1-4 images "
+                     "on the second base; --pruner optional)")
     budgets: list[float] = doc([0.5, 0.25, 0.1, 0.05, 0.03], "fractions of the vision slots kept")
     figures: str = doc("docs/figures", "folder for cache_sweep.md, .json and .png")
 
@@ -74,7 +86,7 @@ class RandomSlots(PLPHPPress):
 def methods_at(budget: float, pruner, thresholds: dict) -> dict:
     """name -> setting builder at vision budget `budget`: `build(text, vision)` (the prompt's text and vision slot
     counts, which kvpress's ratio as shipped depends on) returns `lvprune.pruning`'s keyword arguments.
-    `thresholds`: the default ranking's α/β."""
+    `thresholds`: the default ranking's α/β; `pruner` None leaves LVPruning's rows out."""
     from lvprune.methods.kvpress import SCORERS, KVPressScorer, scorer
 
     label = {key: cls.removesuffix("Press") for key, (cls, _) in SCORERS.items()}
@@ -98,7 +110,7 @@ def methods_at(budget: float, pruner, thresholds: dict) -> dict:
             ratio = 1 - (text + budget * vision) / (text + vision)
             return dict(press=KVPressScorer(scorer(key, ratio), scope="all"))
         methods[f"kvpress {label[key]}, as shipped"] = shipped
-    for name in (DEFAULT, "PLPHP (paper: last query)"):
+    for name in (DEFAULT, "PLPHP (paper: last query)") if pruner is not None else ():
         methods[f"LVPruning 0.5 + {name}"] = lambda text, vision, press=presses[name]: dict(
             pruner=pruner, keep_ratios=LVPRUNING, press=press)
     return methods
@@ -216,16 +228,17 @@ def measure(model, processor, items, build) -> tuple[float, float]:
     return 100 * right / len(items), 100 * sum(fractions) / len(fractions)
 
 
-def plot(results: dict, unpruned: dict, path: Path) -> None:
+def plot(results: dict, unpruned: dict, path: Path, ylabel: str = "accuracy (%)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CASES), figsize=(6 * len(CASES), 5.5), sharey=True)
-    names = list(results[CASES[0]])
+    cases = list(results)
+    fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 5.5), sharey=True)
+    names = list(results[cases[0]])
     colours = dict(zip(names, plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2]))  # one colour a method
-    for ax, case in zip(axes, CASES):
+    for ax, case in zip(axes, cases):
         for name, points in results[case].items():
             kv, acc = zip(*sorted((p["kv"], p["accuracy"]) for p in points))
             ours = name.startswith(("PLPHP", "LVPruning"))
@@ -235,15 +248,111 @@ def plot(results: dict, unpruned: dict, path: Path) -> None:
         ax.axhline(unpruned[case], color="black", linewidth=0.8, label="unpruned (100% KV)")
         ax.set(title=case, xlabel="KV cache held after the press (% of unpruned)", xlim=(0, 100))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylabel(ylabel)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=120)
 
 
+# ------------------------------------------------------------------------------------------------- world 2
+
+CASES_WORLD2 = ("conversation", "context")
+
+
+def world2_counts(model, prompts: list[dict], case: str) -> list[tuple[int, int]]:
+    """(text, vision) slots of each conversation's prefill in protocol `case`: the first prompt, or its images."""
+    from lvprune.bench.conversations import vision_prefix
+
+    image_token = model.config.image_token_id
+    counts = []
+    for inputs in prompts:
+        length = vision_prefix(inputs, model) if case == "context" else inputs["input_ids"].shape[1]
+        vision = int((inputs["input_ids"][0, :length] == image_token).sum())
+        counts.append((length - vision, vision))
+    return counts
+
+
+def measure_world2(model, processor, conversations, counts, case: str, build) -> tuple[float, float]:
+    """Score (%, mean of the task scores) and mean KV fraction (%) of one method over the conversations, every turn
+    answered from the cache of protocol `case` (`build` None: the stock model)."""
+    from lvprune.bench.conversations import answer_conversation, score_conversations
+
+    said, fractions = [], []
+    for conversation, (text, vision) in zip(conversations, counts, strict=True):
+        torch.manual_seed(0)
+        setting = build(text, vision) if build is not None else None
+        pruning = lvprune.pruning(model, **setting) if setting is not None else contextlib.nullcontext()
+        with pruning, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "this cache was pressed", UserWarning)  # the paper's ranking, measured
+            said.append(answer_conversation(model, processor, conversation, context=case == "context"))
+            fractions.append(model.pruning_stats.kv_cache_fraction if setting is not None else 1.0)
+    score = score_conversations(conversations, said)["overall"]
+    return 100 * score, 100 * sum(fractions) / len(fractions)
+
+
+def sweep_world2(args: SweepConfig) -> None:
+    """The protocols on world 2's conversations (`--world 2`; the module's docstring)."""
+    from lvprune.methods.plphp import suggest_thresholds, vision_attention_profile
+    from lvprune_shapes.reference.world2 import SHIPPED_DIR
+    from lvprune_shapes.world2_bench import World2BenchConfig, first_prompts, test_conversations
+
+    bench = World2BenchConfig(base=args.base or str(SHIPPED_DIR), conversations=args.test_records,
+                              cache_dir=args.cache_dir)
+    model, processor = load_base(bench.base)
+    pruner = lvprune.LVPrunerModel.from_pretrained(args.pruner).eval() if args.pruner else None
+    conversations = test_conversations(bench, image_size(bench.base))
+    prompts = first_prompts(conversations, processor, model)
+    counts = {case: world2_counts(model, prompts, case) for case in CASES_WORLD2}
+    print(f"{len(conversations)} conversations; vision budgets {args.budgets}", flush=True)
+    with torch.no_grad():
+        profile = vision_attention_profile(model, prompts[:PROFILE_QUESTIONS], queries="expected")
+    thresholds = suggest_thresholds(profile, start_layer=0)
+    print(f"the default ranking's thresholds on this base: alpha {thresholds['alpha']}, beta {thresholds['beta']}",
+          flush=True)
+
+    def run(case, name, build, budget=None):
+        start = time.perf_counter()
+        score, kv = measure_world2(model, processor, conversations, counts[case], case, build)
+        print(f"vision {budget} | {case} | {name}: {score:.1f} at {kv:.0f}% KV ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+        return dict(budget=budget, accuracy=score, kv=kv)
+
+    unpruned = {case: run(case, "unpruned", None)["accuracy"] for case in CASES_WORLD2}
+    results = {case: {} for case in CASES_WORLD2}
+    if pruner is not None:
+        alone = lambda text, vision: dict(pruner=pruner, keep_ratios=LVPRUNING)  # noqa: E731
+        for case in CASES_WORLD2:
+            results[case]["LVPruning 0.5"] = [run(case, "LVPruning 0.5", alone)]
+    for budget in args.budgets:
+        for name, build in methods_at(budget, pruner, thresholds).items():
+            for case in CASES_WORLD2:
+                results[case].setdefault(name, []).append(run(case, name, build, budget))
+    write_world2(Path(args.figures), dict(unpruned=unpruned, thresholds=thresholds, conversations=len(conversations),
+                                          results=results))
+
+
+def write_world2(out: Path, found: dict) -> None:
+    """cache_sweep_world2.md / .json / .png into `out`, the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    results, unpruned = found["results"], found["unpruned"]
+    versus = matched(results)
+    (out / "cache_sweep_world2.json").write_text(json.dumps({**found, "matched": versus}, indent=1) + "\n")
+    budgets = sorted({p["budget"] for rows in results.values() for points in rows.values() for p in points
+                      if p["budget"] is not None}, reverse=True)
+    table = (f"{found['conversations']} world-2 conversations; score: mean of the task scores (%)\n\n"
+             + markdown(results, unpruned, budgets) + "\n" + matched_markdown(versus))
+    (out / "cache_sweep_world2.md").write_text(table)
+    plot(results, unpruned, out / "cache_sweep_world2.png", ylabel="score (%, mean of the tasks)")
+    print(table)
+
+
 def main(argv=None) -> None:
     args = parse(SweepConfig, argv, prog="python benchmarks/cache_sweep.py")
+    if args.world == 2:
+        return sweep_world2(args)
+    if args.world != 1:
+        raise SystemExit(f"--world {args.world}: 1 or 2")
     resolved = resolve(SweepConfig(**{**args.__dict__, "out": args.out or "."}))  # trains the pruner once
     config = SweepConfig(**{**args.__dict__, "base": resolved.base, "pruner": resolved.pruner})
     model, processor = load_base(config.base)
@@ -293,7 +402,7 @@ def main(argv=None) -> None:
 def markdown(results: dict, unpruned: dict, budgets: list[float]) -> str:
     """Per protocol: a row per method, a column per vision budget, `accuracy (KV %)`."""
     lines = []
-    for case in CASES:
+    for case in results:
         lines += [f"**{case}** (unpruned {unpruned[case]:.1f} at 100% KV)", "",
                   "| method | " + " | ".join(f"vision {b:g}" for b in budgets) + " |",
                   "| --- |" + " ---: |" * len(budgets)]

@@ -2,6 +2,7 @@
 nothing pruned answers as the stock model does on the whole prompt, and a press keeping every slot changes
 nothing."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -53,3 +54,51 @@ def test_protocols_answer_as_the_stock_model_on_the_whole_prompt(reference, reco
         for press in keep_all:
             said, fraction = cache_sweep.answer(model, tokenizer, prefix, ids, pixels, dict(press=press))
             assert said == stock and fraction == pytest.approx(1.0), type(press).__name__
+
+
+@pytest.fixture(scope="module")
+def world2(tmp_path_factory):
+    """The shipped second base and 4 fresh test conversations of world 2 (world2_bench's, tasks balanced)."""
+    from lvprune_shapes.bench import image_size
+    from lvprune_shapes.reference.world2 import SHIPPED_DIR as WORLD2_BASE
+    from lvprune_shapes.world2_bench import World2BenchConfig, first_prompts, test_conversations
+
+    model, processor = load_base(WORLD2_BASE)
+    bench = World2BenchConfig(base=str(WORLD2_BASE), conversations=4, cache_dir=str(tmp_path_factory.mktemp("w2")))
+    conversations = test_conversations(bench, image_size(WORLD2_BASE))
+    return model, processor, conversations, first_prompts(conversations, processor, model)
+
+
+@pytest.mark.parametrize("case", cache_sweep.CASES_WORLD2)
+def test_world2_protocols_score_keep_all_as_unpruned_and_count_the_prefill(world2, case):
+    model, processor, conversations, prompts = world2
+    counts = cache_sweep.world2_counts(model, prompts, case)
+    whole = cache_sweep.world2_counts(model, prompts, "conversation")
+    for (text, vision), (whole_text, whole_vision), inputs in zip(counts, whole, prompts):
+        assert whole_text + whole_vision == inputs["input_ids"].shape[1]
+        assert vision == whole_vision  # every image is in the prefill, in both protocols
+        assert (text < whole_text) == (case == "context")  # the context prefill stops before the question
+    unpruned = cache_sweep.measure_world2(model, processor, conversations, counts, case, None)
+    assert unpruned[1] == 100.0
+    keep_all = cache_sweep.measure_world2(model, processor, conversations, counts, case, lambda text, vision: dict(
+        press=PLPHPPress(r=1.0, delta_r=0.0, start_layer=0)))
+    assert keep_all == pytest.approx(unpruned)
+    half = cache_sweep.measure_world2(model, processor, conversations, counts, case, lambda text, vision: dict(
+        press=PLPHPPress(r=0.5, delta_r=0.0, start_layer=0)))
+    expected = 100 * sum((t + 0.5 * v) / (t + v) for t, v in counts) / len(counts)
+    assert half[1] == pytest.approx(expected, abs=1.0)
+
+
+def test_world2_tables_and_plot_are_written(tmp_path):
+    point = lambda budget, accuracy, kv: dict(budget=budget, accuracy=accuracy, kv=kv)  # noqa: E731
+    results = {case: {"PLPHP (default: expected)": [point(0.5, 70.0, 60.0), point(0.25, 60.0, 35.0)],
+                      "kvpress SnapKV, vision": [point(0.5, 65.0, 60.0), point(0.25, 40.0, 35.0)]}
+               for case in cache_sweep.CASES_WORLD2}
+    found = dict(unpruned=dict.fromkeys(cache_sweep.CASES_WORLD2, 80.0), thresholds={}, conversations=4,
+                 results=results)
+    cache_sweep.write_world2(tmp_path, found)
+    table = (tmp_path / "cache_sweep_world2.md").read_text()
+    assert "| PLPHP (default: expected) | 70.0 (60%) | 60.0 (35%) |" in table
+    assert "| conversation | 0.25 | 35% | 40.0 (SnapKV, vision) | 60.0 (PLPHP (default: expected)) | +20.0 |" in table
+    saved = json.loads((tmp_path / "cache_sweep_world2.json").read_text())
+    assert saved["results"] == results and (tmp_path / "cache_sweep_world2.png").stat().st_size > 0

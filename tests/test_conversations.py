@@ -6,6 +6,7 @@ import torch
 import lvprune
 from lvprune.bench.conversations import (
     Conversation, answer_conversation, conversation_images, first_prompt, load_conversations, score_conversations,
+    vision_prefix,
 )
 from lvprune.families import backbone_for
 from lvprune.methods.plphp import PLPHPPress
@@ -62,6 +63,37 @@ def test_a_press_keeping_every_slot_answers_as_the_stock_model(shipped, conversa
         kept = [answer_conversation(model, processor, c) for c in conversations[:4]]
         assert model.pruning_stats.kv_cache_fraction == 1.0
     assert kept == stock
+
+
+def test_a_context_cache_made_before_the_question_answers_as_the_whole_prompt(shipped, conversations):
+    """`context=True` prefills the images alone, then the question from that cache: for the stock model the same
+    answers as the whole first prompt prefilled; a press acts on the images' prefix only (its unpruned cache is
+    the prefix's), and a press keeping every slot changes nothing."""
+    model, processor = shipped
+    backbone = backbone_for(model.config)
+    vision = list(backbone.vision_token_ids(model.config))
+    for conversation in conversations[:4]:
+        whole, prompts = answer_conversation(model, processor, conversation, return_ids=True)
+        answers, context_prompts = answer_conversation(model, processor, conversation, context=True, return_ids=True)
+        assert answers == whole and all(map(torch.equal, context_prompts, prompts))
+        inputs = first_prompt(conversation, conversation_images(conversation), processor, backbone)
+        prefix = vision_prefix(inputs, model)
+        ids = inputs["input_ids"][0]
+        assert int(ids[prefix - 1]) in vision and not torch.isin(ids[prefix:], torch.tensor(vision)).any()
+        with lvprune.pruning(model, press=PLPHPPress(r=1.0, delta_r=0.0, start_layer=0)):
+            assert answer_conversation(model, processor, conversation, context=True) == whole
+            stats = model.pruning_stats
+            assert stats.kv_cache_fraction == 1.0
+        with lvprune.pruning(model, press=PLPHPPress(r=1.0, delta_r=0.0, start_layer=0)):
+            answer_conversation(model, processor, conversation)
+            # bytes per slot are the same, so the unpruned caches are as long as what was prefilled
+            assert stats.kv_cache_bytes_unpruned * len(ids) == model.pruning_stats.kv_cache_bytes_unpruned * prefix
+        with lvprune.pruning(model, press=PLPHPPress(r=0.25, delta_r=0.0, start_layer=0)):
+            answer_conversation(model, processor, conversation, context=True)
+            pressed = model.pruning_stats
+        text = prefix - int(torch.isin(ids[:prefix], torch.tensor(vision)).sum())
+        assert pressed.kv_cache_bytes_unpruned == stats.kv_cache_bytes_unpruned
+        assert pressed.kv_cache_fraction == pytest.approx((text + 0.25 * (prefix - text)) / prefix, abs=0.02)
 
 
 def test_scores_per_task_and_turn():

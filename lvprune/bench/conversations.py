@@ -87,18 +87,37 @@ def continuation(conversation: Conversation, turn: int, processor) -> list[int]:
     return processor.tokenizer(text.rsplit(SENTINEL, 1)[1], add_special_tokens=False)["input_ids"]
 
 
+def vision_prefix(inputs: dict, model) -> int:
+    """Length of the first prompt up to its last vision token: the part of a prompt known before its question."""
+    vision = torch.isin(inputs["input_ids"][0], torch.tensor(backbone_for(model.config).vision_token_ids(model.config)))
+    return int(vision.nonzero().max()) + 1
+
+
+def prefill_context(model, inputs: dict) -> dict:
+    """Prefill `inputs`' images (the prompt up to its last vision token) alone, as a prefix cache is made before
+    the question is known; -> the first turn's inputs to generate from that cache (input_ids whole, no images)."""
+    ids, prefix = inputs["input_ids"], vision_prefix(inputs, model)
+    images = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    out = model(input_ids=ids[:, :prefix], attention_mask=torch.ones_like(ids[:, :prefix]), use_cache=True, **images)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), cache_kwarg(model): output_cache(out)}
+
+
 @torch.no_grad()
 def answer_conversation(model, processor, conversation: Conversation, *, blank: bool = False,
-                        max_new_tokens: int = MAX_NEW_TOKENS, return_ids: bool = False):
+                        max_new_tokens: int = MAX_NEW_TOKENS, return_ids: bool = False, context: bool = False):
     """Greedy answers to every turn, each generated from the cache the turns before left: the next question's
     tokens (`continuation`) follow the model's own generated answer, whatever it is, as a chat server appends
-    them. Vision placeholders are never generated. With `return_ids`, also each turn's full input ids."""
+    them. Vision placeholders are never generated. With `return_ids`, also each turn's full input ids. With
+    `context`, the images are prefilled (and pruned or pressed) before the first question is known
+    (`prefill_context`: kvpress's question-agnostic protocol); by default the first prompt is prefilled whole."""
     tokenizer, backbone = processor.tokenizer, backbone_for(model.config)
     if backbone.token_inputs:
         raise ValueError(f"conversations are answered from the cache on families without per-token inputs; "
                          f"{backbone.family} has {backbone.token_inputs}.")
     eos = tokenizer.eos_token_id
     inputs = first_prompt(conversation, conversation_images(conversation, blank), processor, backbone)
+    if context:
+        inputs = prefill_context(model, inputs)
     answers, prompts = [], []
     for turn in range(len(conversation.turns)):
         ids = inputs["input_ids"]
