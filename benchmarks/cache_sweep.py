@@ -50,6 +50,7 @@ import torch
 import lvprune
 from lvprune import PLPHPPress, families
 from lvprune.bench.harness import load_base
+from lvprune.bench.methods import RandomSlots
 from lvprune.core.contract import cache_kwarg, output_cache
 from lvprune.data.llava_format import load_image, model_inputs, to_messages
 from lvprune.utils.command_line import doc, parse
@@ -72,15 +73,6 @@ class SweepConfig(ShapesBenchConfig):
                      "on the second base; --pruner optional)")
     budgets: list[float] = doc([0.5, 0.25, 0.1, 0.05, 0.03], "fractions of the vision slots kept")
     figures: str = doc("docs/figures", "folder for cache_sweep.md, .json and .png")
-
-
-@dataclass(frozen=True)
-class RandomSlots(PLPHPPress):
-    """PLPHP's layer classes and counts, with a random choice of which vision slots each head keeps (torch's
-    generator, seeded per question)."""
-
-    def vision_scores(self, scores, vision):
-        return torch.rand(scores.shape, device=scores.device)
 
 
 def methods_at(budget: float, pruner, thresholds: dict) -> dict:

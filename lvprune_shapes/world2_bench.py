@@ -14,8 +14,9 @@ unpruned cache (mean over `--kv_samples` prompts of 1-4 images), and the answer-
 1, on a four-image prompt; `lvprune.bench.harness.time_methods`: methods take turns, the fastest of
 `--timing_repeats` counts, median over rounds; the json has the prefill ms too).
 The stage methods run at LVPruning ρ 0.5's schedule (ratios 0.5, 0.3, 0.1) at the paper's layers scaled to the
-base's depth; PLPHP with its defaults, and at one rate in every layer (`plphp-uniform`, Δr 0: what its
-multi-image claim rests on is the difference). Writes world2_bench.md / .json / .png (score per task, a bar per
+base's depth; PLPHP with its defaults, at one rate in every layer (`plphp-uniform`, Δr 0: what its
+multi-image claim rests on is the difference), and a random choice of as many slots (`plphp-random-slots`: what
+its ranking is worth). Writes world2_bench.md / .json / .png (score per task, a bar per
 method) into `--figures`.
 """
 
@@ -36,7 +37,7 @@ from lvprune.bench import profile
 from lvprune.bench.conversations import (answer_conversation, conversation_images, first_prompt, load_conversations,
                                          score_conversations)
 from lvprune.bench.harness import load_base, time_methods
-from lvprune.bench.methods import Method, build_methods
+from lvprune.bench.methods import Method, RandomSlots, build_methods
 from lvprune.families import backbone_for
 from lvprune.utils.command_line import doc, parse
 from lvprune_shapes.bench import DEFAULT_CACHE_DIR, image_size
@@ -132,10 +133,12 @@ def run(config: World2BenchConfig, plphp: PLPHPPress | None = None) -> list[dict
     pruner = LVPrunerModel.from_pretrained(pruner_dir).eval() if pruner_dir else None
     plphp = plphp or PLPHPPress()
     methods = build_methods(model, pruner, plphp=plphp, kvpress=tuple(config.kvpress))
-    # PLPHP's claim (its gain is largest on multi-image tasks) is its layer-adaptive rate: the same press at one rate
+    # PLPHP's claim (its gain is largest on multi-image tasks) is its layer-adaptive rate: the same press at one
+    # rate; its ranking's worth is the difference to a random choice of as many slots in every head.
     uniform = dataclasses.replace(plphp, delta_r=0.0, r=config.uniform_rate or plphp.r)
-    methods.insert(next(i for i, m in enumerate(methods) if m.name == "plphp") + 1,
-                   Method("plphp-uniform", press=uniform))
+    at = next(i for i, m in enumerate(methods) if m.name == "plphp") + 1
+    methods[at:at] = [Method("plphp-uniform", press=uniform),
+                      Method("plphp-random-slots", press=RandomSlots(**plphp.to_dict()))]
     if config.methods:
         methods = [m for m in methods if m.name in config.methods]
     prompts = first_prompts(conversations[: config.kv_samples], processor, model)

@@ -335,6 +335,7 @@ def test_the_world_2_job_trains_on_its_conversations_and_benchmarks_its_pruner_o
     assert f"data: {train_json}: kept 8 of 8 records" in proc.stdout + proc.stderr  # what it trained on
     rows = {r["method"]: r for r in json.loads((out / "bench" / "world2_bench.json").read_text())["rows"]}
     assert {"unpruned", "plphp", "plphp-uniform", "lvpruning-0.5", "lvpruning-0.5+plphp"} <= set(rows)
+    assert rows["plphp-random-slots"]["kv"] == pytest.approx(rows["plphp"]["kv"])  # PLPHP's counts, random slots
     assert "| lvpruning-0.5 |" in proc.stdout  # the table is printed
 
     (test_folder,) = [p for p in assets.iterdir() if p.name.startswith("world2-test-96px-6-")]

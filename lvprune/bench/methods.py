@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import torch
+
 from lvprune.core.contract import text_config
 from lvprune.core.protocols import CachePress
 from lvprune.core.pruning import Pruning
@@ -49,6 +51,15 @@ def layer_averaged_ratio(after_layers, keep_ratios, num_layers: int) -> float:
 def schedule(rho: float) -> list[float]:
     """The paper's inference ratios `[ρ, ρ−0.2, ρ−0.4]` (rounded, so 0.5 − 0.4 is exactly 0.1)."""
     return [round(rho - step, 6) for step in (0.0, 0.2, 0.4)]
+
+
+@dataclass(frozen=True)
+class RandomSlots(PLPHPPress):
+    """A control for a cache press's ranking: PLPHP's layer classes and counts, with a random choice of which
+    vision slots each head keeps (torch's generator: seed it for a repeatable choice)."""
+
+    def vision_scores(self, scores, vision):
+        return torch.rand(scores.shape, device=scores.device)
 
 
 @dataclass(frozen=True)
