@@ -320,22 +320,22 @@ def sweep_world2(args: SweepConfig) -> None:
         for name, build in methods_at(budget, pruner, thresholds).items():
             for case in CASES_WORLD2:
                 results[case].setdefault(name, []).append(run(case, name, build, budget))
-    write_world2(Path(args.figures), dict(unpruned=unpruned, thresholds=thresholds, conversations=len(conversations),
-                                          results=results))
+    write(Path(args.figures), "cache_sweep_world2", dict(unpruned=unpruned, thresholds=thresholds, results=results),
+          intro=f"{len(conversations)} world-2 conversations; score: mean of the task scores (%)\n\n",
+          ylabel="score (%, mean of the tasks)")
 
 
-def write_world2(out: Path, found: dict) -> None:
-    """cache_sweep_world2.md / .json / .png into `out`, the table printed."""
+def write(out: Path, stem: str, found: dict, intro: str = "", ylabel: str = "accuracy (%)") -> None:
+    """`stem`.json (`found` plus `matched`), .md (`intro`, then the tables) and .png into `out`; the table printed."""
     out.mkdir(parents=True, exist_ok=True)
     results, unpruned = found["results"], found["unpruned"]
     versus = matched(results)
-    (out / "cache_sweep_world2.json").write_text(json.dumps({**found, "matched": versus}, indent=1) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({**found, "matched": versus}, indent=1) + "\n")
     budgets = sorted({p["budget"] for rows in results.values() for points in rows.values() for p in points
                       if p["budget"] is not None}, reverse=True)
-    table = (f"{found['conversations']} world-2 conversations; score: mean of the task scores (%)\n\n"
-             + markdown(results, unpruned, budgets) + "\n" + matched_markdown(versus))
-    (out / "cache_sweep_world2.md").write_text(table)
-    plot(results, unpruned, out / "cache_sweep_world2.png", ylabel="score (%, mean of the tasks)")
+    table = intro + markdown(results, unpruned, budgets) + "\n" + matched_markdown(versus)
+    (out / f"{stem}.md").write_text(table)
+    plot(results, unpruned, out / f"{stem}.png", ylabel)
     print(table)
 
 
@@ -380,15 +380,7 @@ def main(argv=None) -> None:
                 results[case].setdefault(name, []).append(dict(budget=budget, accuracy=accuracy, kv=kv))
                 print(f"vision {budget:g} | {case} | {name}: {accuracy:.1f} at {kv:.0f}% KV "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
-    out = Path(config.figures)
-    out.mkdir(parents=True, exist_ok=True)
-    versus = matched(results)
-    (out / "cache_sweep.json").write_text(json.dumps(dict(unpruned=unpruned, thresholds=thresholds,
-                                                          results=results, matched=versus), indent=1))
-    table = markdown(results, unpruned, config.budgets) + "\n" + matched_markdown(versus)
-    (out / "cache_sweep.md").write_text(table)
-    plot(results, unpruned, out / "cache_sweep.png")
-    print(table)
+    write(Path(config.figures), "cache_sweep", dict(unpruned=unpruned, thresholds=thresholds, results=results))
 
 
 def markdown(results: dict, unpruned: dict, budgets: list[float]) -> str:

@@ -94,9 +94,8 @@ def test_world2_tables_and_plot_are_written(tmp_path):
     results = {case: {"PLPHP (default: expected)": [point(0.5, 70.0, 60.0), point(0.25, 60.0, 35.0)],
                       "kvpress SnapKV, vision": [point(0.5, 65.0, 60.0), point(0.25, 40.0, 35.0)]}
                for case in cache_sweep.CASES_WORLD2}
-    found = dict(unpruned=dict.fromkeys(cache_sweep.CASES_WORLD2, 80.0), thresholds={}, conversations=4,
-                 results=results)
-    cache_sweep.write_world2(tmp_path, found)
+    found = dict(unpruned=dict.fromkeys(cache_sweep.CASES_WORLD2, 80.0), thresholds={}, results=results)
+    cache_sweep.write(tmp_path, "cache_sweep_world2", found)
     table = (tmp_path / "cache_sweep_world2.md").read_text()
     assert "| PLPHP (default: expected) | 70.0 (60%) | 60.0 (35%) |" in table
     assert "| conversation | 0.25 | 35% | 40.0 (SnapKV, vision) | 60.0 (PLPHP (default: expected)) | +20.0 |" in table
