@@ -73,12 +73,18 @@ class SweepConfig(ShapesBenchConfig):
                      "on the second base; --pruner optional)")
     budgets: list[float] = doc([0.5, 0.25, 0.1, 0.05, 0.03], "fractions of the vision slots kept")
     figures: str = doc("docs/figures", "folder for cache_sweep.md, .json and .png")
+    methods: list[str] = doc([], "only the rows of these names, as the tables print them (none: every row)")
+
+    def wanted(self, name: str) -> bool:
+        """Whether row `name` runs (`--methods`)."""
+        return not self.methods or name in self.methods
 
 
-def methods_at(budget: float, pruner, thresholds: dict) -> dict:
+def methods_at(budget: float, pruner, thresholds: dict, config: SweepConfig | None = None) -> dict:
     """name -> setting builder at vision budget `budget`: `build(text, vision)` (the prompt's text and vision slot
     counts, which kvpress's ratio as shipped depends on) returns `lvprune.pruning`'s keyword arguments.
-    `thresholds`: the default ranking's α/β; `pruner` None leaves LVPruning's rows out."""
+    `thresholds`: the default ranking's α/β; `pruner` None leaves LVPruning's rows out; `config.methods` keeps
+    only the rows it names."""
     from lvprune.methods.kvpress import SCORERS, KVPressScorer, scorer
 
     label = {key: cls.removesuffix("Press") for key, (cls, _) in SCORERS.items()}
@@ -105,7 +111,7 @@ def methods_at(budget: float, pruner, thresholds: dict) -> dict:
     for name in (DEFAULT, "PLPHP (paper: last query)") if pruner is not None else ():
         methods[f"LVPruning 0.5 + {name}"] = lambda text, vision, press=presses[name]: dict(
             pruner=pruner, keep_ratios=LVPRUNING, press=press)
-    return methods
+    return {name: build for name, build in methods.items() if config is None or config.wanted(name)}
 
 
 def is_ours(name: str) -> bool:
@@ -312,12 +318,12 @@ def sweep_world2(args: SweepConfig) -> None:
 
     unpruned = {case: run(case, "unpruned", None)["accuracy"] for case in CASES_WORLD2}
     results = {case: {} for case in CASES_WORLD2}
-    if pruner is not None:
+    if pruner is not None and args.wanted("LVPruning 0.5"):
         alone = lambda text, vision: dict(pruner=pruner, keep_ratios=LVPRUNING)  # noqa: E731
         for case in CASES_WORLD2:
             results[case]["LVPruning 0.5"] = [run(case, "LVPruning 0.5", alone)]
     for budget in args.budgets:
-        for name, build in methods_at(budget, pruner, thresholds).items():
+        for name, build in methods_at(budget, pruner, thresholds, args).items():
             for case in CASES_WORLD2:
                 results[case].setdefault(name, []).append(run(case, name, build, budget))
     write(Path(args.figures), "cache_sweep_world2", dict(unpruned=unpruned, thresholds=thresholds, results=results),
@@ -368,12 +374,12 @@ def main(argv=None) -> None:
           flush=True)
     results = {case: {} for case in CASES}
     alone = lambda text, vision: dict(pruner=pruner, keep_ratios=LVPRUNING)  # noqa: E731
-    for case in CASES:
+    for case in CASES if config.wanted("LVPruning 0.5") else ():
         accuracy, kv = measure(model, processor, prepared[case], alone)
         results[case]["LVPruning 0.5"] = [dict(budget=None, accuracy=accuracy, kv=kv)]
         print(f"{case} | LVPruning 0.5: {accuracy:.1f} at {kv:.0f}% KV", flush=True)
     for budget in config.budgets:
-        for name, build in methods_at(budget, pruner, thresholds).items():
+        for name, build in methods_at(budget, pruner, thresholds, config).items():
             for case in CASES:
                 start = time.perf_counter()
                 accuracy, kv = measure(model, processor, prepared[case], build)

@@ -1,13 +1,16 @@
-"""A chat served from a cache pressed with `PLPHPPress()`'s defaults, on the shipped reference base: the second
-question's answer, decoded from the cache pressed in the first turn's prefill, is never below a random choice
-of the same slots (at the defaults, and at a budget tight enough to tell rankings apart), where the paper's
-ranking (`queries="last"`), one named option away, falls below random there."""
+"""A chat served from a cache pressed with `PLPHPPress()`'s defaults: each later question's answer, decoded from
+the cache pressed in the first turn's prefill, stays near the unpruned model at the defaults and above a random
+choice of the same slots at a budget tight enough to tell rankings apart, where the paper's ranking
+(`queries="last"`), one named option away, falls below random. On the reference base (one image, a second
+question) and on the second base (1-4 images, 3-turn conversations), where modelling the queries to come from
+every prompt row (`query_rows="all"`, kvpress's statistics: mostly vision rows) falls below random too."""
 
 import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lvprune import PLPHPPress, families
 from lvprune.bench.harness import load_base
@@ -45,12 +48,46 @@ def accuracy(second_turns, press):
 @pytest.mark.parametrize("default", [PLPHPPress(), dataclasses.replace(PLPHPPress(), r=0.1, delta_r=0.06,
                                                                        start_layer=0)],
                          ids=["defaults", "tight budget"])
-def test_a_second_turn_from_the_default_press_is_never_below_random_choice(second_turns, default):
-    assert default.queries == "expected"
+def test_a_second_turn_from_the_default_press(second_turns, default):
+    assert default.queries == "expected" and default.query_rows == "text"
     ours, kv = accuracy(second_turns, default)
+    if default.r == PLPHPPress().r:  # 86% of the cache: the unpruned model answers 96% of these
+        assert ours >= 90, ours
+        return
+    # A budget where the ranking matters (17% of the cache): random choice and the paper's ranking collapse.
     random, random_kv = accuracy(second_turns, cache_sweep.RandomSlots(**default.to_dict()))
     assert kv == pytest.approx(random_kv)  # the same slots held: the same layer classes and counts
-    assert ours >= random and ours >= 90, (ours, random)
-    if default.r < PLPHPPress().r:  # a budget where the ranking matters: the paper's collapses below random
-        paper, _ = accuracy(second_turns, dataclasses.replace(default, queries="last"))
-        assert paper < random < ours, (paper, random, ours)
+    paper, _ = accuracy(second_turns, dataclasses.replace(default, queries="last"))
+    assert paper < random < ours and ours >= 85, (paper, random, ours)
+
+
+@pytest.fixture(scope="module")
+def conversations(tmp_path_factory):
+    """The shipped second base and 40 fresh 3-turn conversations of world 2 (world2_bench's, tasks balanced),
+    with each first prompt's (text, vision) slot counts."""
+    from lvprune_shapes.bench import image_size
+    from lvprune_shapes.reference.world2 import SHIPPED_DIR as WORLD2_BASE
+    from lvprune_shapes.world2_bench import World2BenchConfig, first_prompts, test_conversations
+
+    model, processor = load_base(WORLD2_BASE)
+    bench = World2BenchConfig(base=str(WORLD2_BASE), conversations=40, cache_dir=str(tmp_path_factory.mktemp("w2")))
+    conversations = test_conversations(bench, image_size(WORLD2_BASE))
+    counts = cache_sweep.world2_counts(model, first_prompts(conversations, processor, model), "conversation")
+    return model, processor, conversations, counts
+
+
+def test_later_turns_on_the_second_base_beat_random_choice_by_the_text_rows_queries(conversations):
+    """A quarter of the vision slots from layer 0: the default above random choice of the same slots, kvpress's
+    statistics over every row (most of them vision rows) below it (150 conversations: 70.9, 59.2, 25.4)."""
+    model, processor, items, counts = conversations
+    default = PLPHPPress(r=0.25, delta_r=0.0, start_layer=0)
+
+    def score(press):
+        torch.manual_seed(0)
+        return cache_sweep.measure_world2(model, processor, items, counts, "conversation",
+                                          lambda text, vision: dict(press=press))
+
+    (ours, kv), (random, random_kv) = score(default), score(cache_sweep.RandomSlots(**default.to_dict()))
+    every_row, _ = score(dataclasses.replace(default, query_rows="all"))
+    assert kv == pytest.approx(random_kv)
+    assert every_row < random < ours, (every_row, random, ours)

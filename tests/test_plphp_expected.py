@@ -1,6 +1,8 @@
 """PLPHP with `queries="expected"`: its scores are kvpress ExpectedAttentionPress's on the stock model's layers
-(the slots' ranking is kvpress's own `score`, the layer class's attention that score before the value norms), a
-left-padded batch scores each sample as it scores alone, and the rotary rule it relies on holds in every family."""
+(the slots' ranking is kvpress's own `score`, the layer class's attention that score before the value norms), with
+the Gaussian from every row (`query_rows="all"`) or from the text rows (the default: kvpress's statistics over
+those rows), a left-padded batch scores each sample as it scores alone, and the rotary rule it relies on holds in
+every family."""
 
 from dataclasses import dataclass
 
@@ -48,16 +50,22 @@ def sharp():
 
 def test_the_ranking_is_kvpress_expected_attention(sharp):
     kvpress = pytest.importorskip("kvpress")
+    stock = sharp
+    single = make_batch(sharp.config, [2], [8], seed=11)
+    layers = recorded(sharp, single, r=1.0, delta_r=0.0, query_rows="all")
+    reference = kvpress.ExpectedAttentionPress()  # n_sink 4, 512 positions to come, covariance, value norms
+    assert reference.n_sink == SINKS
+    assert_kvpress_scores(reference, stock, single, layers)
+
+
+def assert_kvpress_scores(reference, stock, batch, layers):
+    """Each recorded layer's ranking is `reference.score` on the stock model's layer inputs; its scores are that
+    ranking before the value norms, a distribution over the non-sink keys; sinks rank first, earliest first."""
     from test_kvpress import stock_layer_inputs
 
     from lvprune.methods.kvpress import _WithRotary
 
-    stock = sharp
-    single = make_batch(sharp.config, [2], [8], seed=11)
-    layers = recorded(sharp, single, r=1.0, delta_r=0.0)
-    inputs = stock_layer_inputs(stock, single)
-    reference = kvpress.ExpectedAttentionPress()  # n_sink 4, 512 positions to come, covariance, value norms
-    assert reference.n_sink == SINKS
+    inputs = stock_layer_inputs(stock, batch)
     for layer, (scores, ranking, slots) in enumerate(layers):
         hidden, kwargs, keys, values = inputs[layer]
         module = _WithRotary(attention_module(decoder_layers(stock)[layer]), rotary_embedding(stock))
@@ -71,6 +79,46 @@ def test_the_ranking_is_kvpress_expected_attention(sharp):
         assert (sinks[..., :-1] > sinks[..., 1:]).all() and (sinks[..., -1:] > ranking[..., SINKS:]).all()
         assert (scores[..., :SINKS] == 0).all()
         assert scores[..., SINKS:].amax() > 3 * scores[..., SINKS:].amin()  # far from uniform: the test can tell
+
+
+def test_text_rows_are_kvpress_statistics_over_the_text_rows(sharp):
+    """`query_rows="text"` (the default): kvpress's Gaussian (its own pre-RoPE query projection, mean, covariance
+    and rotation averaged from the prompt's length on) over the text rows beyond the sinks; the rest its `score`."""
+    kvpress = pytest.importorskip("kvpress")
+    from kvpress.utils import get_prerope_query_states
+
+    single = make_batch(sharp.config, [2], [8], seed=11)
+    text = single["input_ids"][0] != sharp.config.image_token_id
+    text[:SINKS] = False
+    assert 2 <= text.sum() < (~text).sum() - SINKS  # a few text rows among many vision rows
+
+    class TextRows(kvpress.ExpectedAttentionPress):
+        def get_query_statistics(self, module, hidden_states):
+            queries = get_prerope_query_states(module, hidden_states[:, text])  # [1, Hq, T, D]
+            mean = queries.mean(2, keepdim=True)
+            centred = queries - mean
+            covariance = torch.einsum("bnsi,bnsj->bnij", centred, centred) / queries.shape[2]
+            return self.apply_avg_rope(module, mean.squeeze(2), covariance, hidden_states.shape[1])
+
+    layers = recorded(sharp, single, r=1.0, delta_r=0.0)
+    assert_kvpress_scores(TextRows(), sharp, single, layers)
+    every_row = recorded(sharp, single, r=1.0, delta_r=0.0, query_rows="all")
+    # Far outside the tolerance above: the test tells the two statistics apart.
+    assert min((a[1] - b[1])[..., SINKS:].abs().max() / b[1][..., SINKS:].abs().max()
+               for a, b in zip(layers, every_row)) > 0.1
+
+
+def test_an_image_only_prefix_models_the_queries_to_come_on_every_row(sharp):
+    """A prompt with no text row beyond its sinks (text, then its image: a prefix cache made before the question)
+    falls back to every row: the text default scores as `query_rows="all"`."""
+    batch = make_batch(sharp.config, [1], [3], seed=5)
+    ids = batch["input_ids"][0]
+    image = ids == sharp.config.image_token_id
+    prefix = dict(batch, input_ids=torch.cat([ids[~image], ids[image]])[None])
+    for (scores, ranking, _), (scores_all, ranking_all, _) in zip(
+            recorded(sharp, prefix, r=1.0, delta_r=0.0), recorded(sharp, prefix, r=1.0, delta_r=0.0, query_rows="all")):
+        torch.testing.assert_close(ranking, ranking_all)
+        torch.testing.assert_close(scores, scores_all)
 
 
 def test_a_padded_batch_scores_each_sample_as_alone(base, mixed_batch):

@@ -61,7 +61,8 @@ def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, sc
             scores = observed_scores(module, query, key, allowed, scaling, state.slots[layer].valid[:, 0])
         elif press.queries == "expected":
             scores, ranking = expected_scores(module, query, key, value, state.slots[layer].valid[:, 0],
-                                              state.position_embeddings, state.layer_input.rotary, scaling)
+                                              state.position_embeddings, state.layer_input.rotary, scaling,
+                                              None if press.query_rows == "all" else ~state.slots[layer].vision[:, 0])
         else:
             scores = last_query_scores(module, query, key, allowed, scaling)
         keep, counts, stats = press.select(scores, state.slots[layer], state.last,
@@ -157,18 +158,19 @@ def observed_scores(module, query, key, allowed, scaling, valid):
     return mean.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
 
 
-def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
+def expected_scores(module, query, key, value, valid, tables, rotary, scaling, rows=None):
     """The attention the queries *to come* are expected to pay every key, one row per KV head, and the slots'
     ranking (that attention times each value's norm): -> [B, Hkv, K], [B, Hkv, K].
 
     kvpress's ExpectedAttentionPress (`get_query_statistics`, `apply_avg_rope`, `score`), per sample and padding-
     aware: the prompt's queries before RoPE (the rows' rotation undone) give a Gaussian (mean μ, covariance Σ per
-    query head, the sinks left out); its rotation averaged over the next `FUTURE_POSITIONS` positions R̄ gives the
-    future queries' μ' = R̄μ, Σ' = R̄ΣR̄ᵀ; a key's expected logit is `s k·μ' + s²/2 kᵀΣ'k` (s the scaling), the
-    softmax runs over the real non-sink keys and query heads of a GQA group are averaged. Sinks score 0 here and
-    rank first, in order. query [B, Hq, N, D], key/value [B, Hkv, N, D] post-RoPE (a prefill: keys are the rows); valid
-    [B, N] the real rows; tables: the rows' rotary (cos, sin) [B, N, D]; rotary: the language model's rotary
-    embedding, for the positions after the prompt.
+    query head, the sinks left out; with `rows` [B, N], only those rows' queries, where a sample has any beyond
+    its sinks); its rotation averaged over the next `FUTURE_POSITIONS` positions R̄ gives the future queries'
+    μ' = R̄μ, Σ' = R̄ΣR̄ᵀ; a key's expected logit is `s k·μ' + s²/2 kᵀΣ'k` (s the scaling), the softmax runs over
+    the real non-sink keys and query heads of a GQA group are averaged. Sinks score 0 here and rank first, in
+    order. query [B, Hq, N, D], key/value [B, Hkv, N, D] post-RoPE (a prefill: keys are the rows); valid [B, N] the
+    real rows; tables: the rows' rotary (cos, sin) [B, N, D]; rotary: the language model's rotary embedding, for
+    the positions after the prompt.
     """
     cos, sin = (t.float() for t in tables)
     norm = (cos.square() + sin.square()).sqrt()  # the tables' scaling, so rotations compose without compounding it
@@ -177,7 +179,10 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling):
     sink = valid & (rank < SINKS)
     beyond = valid & ~sink
     use = torch.where(beyond.any(-1, keepdim=True), beyond, valid)  # a prompt of sinks only keeps them (no sync)
-    weights = use[:, None, :, None].float()  # [B, 1, N, 1]
+    if rows is not None:  # the Gaussian from these rows; a prompt with none beyond its sinks falls back to all
+        rows = use & rows
+        rows = torch.where(rows.any(-1, keepdim=True), rows, use)
+    weights = (use if rows is None else rows)[:, None, :, None].float()  # [B, 1, N, 1]
     before_rope = rotate(query.float(), cos[:, None], -sin[:, None])  # [B, Hq, N, D]
     count = weights.sum(2).clamp(min=1)  # [B, 1, 1]
     mean = (before_rope * weights).sum(2) / count  # [B, Hq, D]

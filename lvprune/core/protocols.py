@@ -94,6 +94,9 @@ class CachePress:
     # queries, rotated to the positions after it): the last two for a cache that will take more prompt tokens. A
     # dataclass field where a press offers several.
     queries: str = "last"
+    # With queries="expected", whose prompt rows model the queries to come: "text", the language rows (what follows
+    # a prompt is text: a question, an answer); "all", every row, as kvpress's ExpectedAttentionPress.
+    query_rows: str = "text"
     # False: the press ranks by `layer_scores` (keys, values, the layer's input), not by attention scores.
     ranks_by_attention = True
 

@@ -27,8 +27,10 @@ from lvprune.utils.command_line import doc
 CLASSES = ("indifferent", "balanced", "attentive")
 Allocation = Literal["sample", "batch"]
 Queries = Literal["last", "all", "expected"]
+QueryRows = Literal["text", "all"]
 ALLOCATIONS = Allocation.__args__
 QUERIES = Queries.__args__
+QUERY_ROWS = QueryRows.__args__
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class PLPHPPress(CachePress):
             cache. `"last"` (the paper's): the last prompt token, the query of a prompt that ends with the
             question; best for one-shot prompts, and a later question finds the slots it needs gone (a warning
             says so). `"all"`: the mean over every prompt query (docs/choices.md).
+        query_rows: with `queries="expected"`, whose queries model the queries to come. `"text"` (the default):
+            the prompt's language rows beyond the attention sinks, as what follows a prompt is text (a question, an
+            answer); a prompt with none (an image-only prefix) falls back to every row. `"all"`: every row beyond
+            the sinks, as kvpress's ExpectedAttentionPress takes them; where vision rows are most of the prompt
+            their queries set the Gaussian, and on a multi-image base that ranks below a random choice
+            (docs/choices.md).
     """
 
     r: float = 0.4
@@ -64,6 +72,7 @@ class PLPHPPress(CachePress):
     start_layer: int = 2
     allocation: str = "sample"
     queries: str = "expected"
+    query_rows: str = "text"
 
     def __post_init__(self):
         if not 0.0 <= self.r <= 1.0:
@@ -78,6 +87,8 @@ class PLPHPPress(CachePress):
             raise ValueError(f"PLPHP allocation={self.allocation!r} is not one of {ALLOCATIONS}.")
         if self.queries not in QUERIES:
             raise ValueError(f"PLPHP queries={self.queries!r} is not one of {QUERIES}.")
+        if self.query_rows not in QUERY_ROWS:
+            raise ValueError(f"PLPHP query_rows={self.query_rows!r} is not one of {QUERY_ROWS}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +166,8 @@ class PLPHPOptions:
     plphp_queries: Queries | None = doc(None, "whose attention ranks PLPHP's slots: the last prompt token (last, "
                                         "the paper's), every prompt query (all) or the queries to come (expected) "
                                         "(unset: expected)")
+    plphp_query_rows: QueryRows | None = doc(None, "with expected: whose prompt rows model the queries to come, "
+                                             "the text rows (text) or every row (all, kvpress's) (unset: text)")
 
     def plphp_options(self) -> dict:
         """The PLPHP fields that are set, by their field names."""
