@@ -12,7 +12,9 @@ pressed cache:
 At each vision budget f (the fraction of vision slots kept), the methods:
 - PLPHP as `PLPHPPress()` ranks by default (`queries="expected"`: the attention expected of the queries to come;
   rate r = f, Δr = 0.6 f from layer 0, α/β calibrated for that attention on the reference base's prompts by
-  `suggest_thresholds`; and with Δr 0, one rate f in every layer as the kvpress rows keep), a random choice at
+  `suggest_thresholds`; and with Δr 0, one rate f in every layer as the kvpress rows keep; and at Δr 0 with the
+  queries to come gathered on calibration prompts, `query_statistics`: the test split's first 128 single-question
+  prompts, on world 2 the first prompts of 64 conversations of the next seed), a random choice at
   its counts, the paper's ranking by the last prompt token (`queries="last"`, the reference base's α 0.886,
   β 0.678) and the mean over every prompt query (`queries="all"`);
 - kvpress's scorers through `lvprune.methods.kvpress` (kvpress's own `score`, every layer): restricted to
@@ -61,6 +63,7 @@ ALPHA, BETA = 0.886, 0.678  # the paper's ranking's thresholds on the reference 
 CASES = ("second turn", "context")
 DEFAULT = "PLPHP (default: expected)"
 PROFILE_QUESTIONS = 128  # prompts of the test split whose expected vision attention sets the default's α/β
+CALIBRATION_CONVERSATIONS = 64  # world 2: other conversations whose first prompts give the calibrated row's queries
 LVPRUNING = [0.5, 0.3, 0.1]  # ρ 0.5: the ratios the shapes benchmark's lvpruning-0.5 row uses
 
 
@@ -80,11 +83,12 @@ class SweepConfig(ShapesBenchConfig):
         return not self.methods or name in self.methods
 
 
-def methods_at(budget: float, pruner, thresholds: dict, config: SweepConfig | None = None) -> dict:
+def methods_at(budget: float, pruner, thresholds: dict, config: SweepConfig | None = None, statistics=None) -> dict:
     """name -> setting builder at vision budget `budget`: `build(text, vision)` (the prompt's text and vision slot
     counts, which kvpress's ratio as shipped depends on) returns `lvprune.pruning`'s keyword arguments.
     `thresholds`: the default ranking's α/β; `pruner` None leaves LVPruning's rows out; `config.methods` keeps
-    only the rows it names."""
+    only the rows it names; `statistics`: the queries to come gathered on calibration prompts (`QueryStatistics`),
+    for the calibrated row."""
     from lvprune.methods.kvpress import SCORERS, KVPressScorer, scorer
 
     label = {key: cls.removesuffix("Press") for key, (cls, _) in SCORERS.items()}
@@ -95,10 +99,13 @@ def methods_at(budget: float, pruner, thresholds: dict, config: SweepConfig | No
         DEFAULT: default,
         # One rate in every layer, as the vision-only kvpress rows keep: the ranking alone, at their budget.
         "PLPHP, expected, Δr 0": dataclasses.replace(default, delta_r=0.0),
+        "PLPHP, calibrated queries, Δr 0": dataclasses.replace(default, delta_r=0.0, statistics=statistics),
         "random slots": RandomSlots(**default.to_dict()),
         "PLPHP (paper: last query)": paper,
         "PLPHP, all queries": dataclasses.replace(paper, queries="all"),
     }
+    if statistics is None:
+        del presses["PLPHP, calibrated queries, Δr 0"]
     for key in ("snapkv", "tova", "expected_attention", "knorm"):
         presses[f"kvpress {label[key]}, vision"] = KVPressScorer(scorer(key, 1 - budget))
     methods = {name: lambda text, vision, press=press: dict(press=press) for name, press in presses.items()}
@@ -119,17 +126,19 @@ def is_ours(name: str) -> bool:
     return name.startswith("PLPHP")
 
 
-def default_thresholds(model, processor, config) -> dict:
-    """α/β of the default ranking (`queries="expected"`) for the reference base: its profile's thirds from layer 0,
-    on the first `PROFILE_QUESTIONS` single-question prompts of the test split (not the sweep's records)."""
+def calibration(model, processor, config) -> tuple[dict, object]:
+    """The reference base's calibration on the first `PROFILE_QUESTIONS` single-question prompts of the test split
+    (not the sweep's records): α/β of the default ranking (`queries="expected"`: its profile's thirds from layer 0)
+    and the queries to come gathered there (`query_statistics`)."""
     from lvprune.bench.harness import test_split
     from lvprune.bench.questions import load_questions, prompt_batches
-    from lvprune.methods.plphp import suggest_thresholds, vision_attention_profile
+    from lvprune.methods.plphp import query_statistics, suggest_thresholds, vision_attention_profile
 
     questions = load_questions(*test_split(config), limit=PROFILE_QUESTIONS)
     with torch.no_grad():
         profile = vision_attention_profile(model, prompt_batches(questions, processor, batch_size=16), "expected")
-    return suggest_thresholds(profile, start_layer=0)
+    statistics = query_statistics(model, prompt_batches(questions, processor, batch_size=1))
+    return suggest_thresholds(profile, start_layer=0), statistics
 
 
 def interpolated(points: list[dict], kv: float) -> float | None:
@@ -291,7 +300,7 @@ def measure_world2(model, processor, conversations, counts, case: str, build) ->
 
 def sweep_world2(args: SweepConfig) -> None:
     """The protocols on world 2's conversations (`--world 2`; the module's docstring)."""
-    from lvprune.methods.plphp import suggest_thresholds, vision_attention_profile
+    from lvprune.methods.plphp import query_statistics, suggest_thresholds, vision_attention_profile
     from lvprune_shapes.reference.world2 import SHIPPED_DIR
     from lvprune_shapes.world2_bench import World2BenchConfig, first_prompts, test_conversations
 
@@ -308,6 +317,12 @@ def sweep_world2(args: SweepConfig) -> None:
     thresholds = suggest_thresholds(profile, start_layer=0)
     print(f"the default ranking's thresholds on this base: alpha {thresholds['alpha']}, beta {thresholds['beta']}",
           flush=True)
+    # The calibrated row's queries to come: the first prompts of other conversations (the next seed's).
+    calibrating = dataclasses.replace(bench, conversations=CALIBRATION_CONVERSATIONS, seed=bench.seed + 1)
+    statistics = query_statistics(model, first_prompts(test_conversations(calibrating, image_size(bench.base)),
+                                                       processor, model))
+    print(f"the queries to come gathered over {statistics.rows} text rows of {CALIBRATION_CONVERSATIONS} other "
+          f"conversations' first prompts", flush=True)
 
     def run(case, name, build, budget=None):
         start = time.perf_counter()
@@ -323,7 +338,7 @@ def sweep_world2(args: SweepConfig) -> None:
         for case in CASES_WORLD2:
             results[case]["LVPruning 0.5"] = [run(case, "LVPruning 0.5", alone)]
     for budget in args.budgets:
-        for name, build in methods_at(budget, pruner, thresholds, args).items():
+        for name, build in methods_at(budget, pruner, thresholds, args, statistics).items():
             for case in CASES_WORLD2:
                 results[case].setdefault(name, []).append(run(case, name, build, budget))
     write(Path(args.figures), "cache_sweep_world2", dict(unpruned=unpruned, thresholds=thresholds, results=results),
@@ -369,7 +384,7 @@ def main(argv=None) -> None:
         prepared[case] = items
     unpruned = {case: measure(model, processor, prepared[case], None)[0] for case in CASES}
     print(f"unpruned: {', '.join(f'{c} {a:.1f}' for c, a in unpruned.items())}", flush=True)
-    thresholds = default_thresholds(model, processor, resolved)  # resolved: holds the test split
+    thresholds, statistics = calibration(model, processor, resolved)  # resolved: holds the test split
     print(f"the default ranking's thresholds on this base: alpha {thresholds['alpha']}, beta {thresholds['beta']}",
           flush=True)
     results = {case: {} for case in CASES}
@@ -379,7 +394,7 @@ def main(argv=None) -> None:
         results[case]["LVPruning 0.5"] = [dict(budget=None, accuracy=accuracy, kv=kv)]
         print(f"{case} | LVPruning 0.5: {accuracy:.1f} at {kv:.0f}% KV", flush=True)
     for budget in config.budgets:
-        for name, build in methods_at(budget, pruner, thresholds, config).items():
+        for name, build in methods_at(budget, pruner, thresholds, config, statistics).items():
             for case in CASES:
                 start = time.perf_counter()
                 accuracy, kv = measure(model, processor, prepared[case], build)

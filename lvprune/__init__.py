@@ -5,7 +5,8 @@
 - `lvprune.methods`: the methods, one file each, registered by name: LVPruning (trained, `LVPrunerConfig`,
   `LVPrunerModel`, `LVPruningForTraining`), PLPHP (`PLPHPPress`), FastV, random, kvpress's scorers.
 - Pruned decoding: `load_pruned_model`, `pruning` (context manager), `Pruning`, `unprune`.
-- Analytic cost of a configuration: `estimate_cost`; PLPHP's thresholds on a model: `vision_attention_profile`.
+- Analytic cost of a configuration: `estimate_cost`; PLPHP's thresholds on a model: `vision_attention_profile`;
+  the queries to come, gathered on calibration prompts: `query_statistics`.
 - The trainer (`lvprune.training`), data in the LLaVA instruction format (`lvprune.data`), the benchmark
   (`lvprune.bench`), the Hub (`lvprune.hub`).
 """
@@ -23,7 +24,13 @@ from lvprune.methods.dart import DARTPruner
 from lvprune.methods.divprune import DivPrunePruner
 from lvprune.methods.fastv import FastVPruner
 from lvprune.methods.lvpruning import LVPrunerConfig, LVPrunerModel, LVPruningForTraining, LVPruningOutput
-from lvprune.methods.plphp import PLPHPPress, suggest_thresholds, vision_attention_profile
+from lvprune.methods.plphp import (
+    PLPHPPress,
+    QueryStatistics,
+    query_statistics,
+    suggest_thresholds,
+    vision_attention_profile,
+)
 from lvprune.methods.pyramid_drop import PyramidDropPruner
 from lvprune.methods.random_pruning import RandomPruner
 from lvprune.methods.visionzip import VisionZipPruner
@@ -37,6 +44,7 @@ __all__ = [
     "LVPruningForTraining",
     "LVPruningOutput",
     "PLPHPPress",
+    "QueryStatistics",
     "DARTPruner",
     "DivPrunePruner",
     "FastVPruner",
@@ -59,6 +67,7 @@ __all__ = [
     "CostEstimate",
     "PruningPlan",
     "vision_attention_profile",
+    "query_statistics",
     "suggest_thresholds",
     "model_card",
     "write_model_card",

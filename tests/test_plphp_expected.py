@@ -161,3 +161,60 @@ def test_every_family_rotates_its_keys_by_the_tables_its_layers_receive(model_ty
     unit = (cos.square() + sin.square()).sqrt()
     torch.testing.assert_close(rotate(cache.layers[1].keys, (cos / unit)[:, None], -(sin / unit)[:, None]),
                                projected * unit[:, None], rtol=1e-4, atol=1e-5)
+
+
+def test_gathered_statistics_are_the_text_rows_queries_and_rank_as_kvpress_stats_press(sharp, tmp_path):
+    """`query_statistics`: per layer and query head, the mean and covariance of the text rows' queries before RoPE
+    (beyond each prompt's sinks) over every calibration prompt, re-derived with kvpress's own pre-RoPE projection;
+    a press given them ranks as kvpress's ExpectedAttentionStatsPress given the same; they survive a save."""
+    kvpress = pytest.importorskip("kvpress")
+    from kvpress.utils import get_prerope_query_states
+    from test_kvpress import stock_layer_inputs
+
+    prompts = [make_batch(sharp.config, [1], [9], seed=seed) for seed in (1, 2, 3)]
+    stats = lvprune.query_statistics(sharp, prompts)
+    per_layer = {}
+    for prompt in prompts:
+        text = prompt["input_ids"][0] != sharp.config.image_token_id
+        text[:SINKS] = False
+        for layer, (hidden, _, _, _) in stock_layer_inputs(sharp, prompt).items():
+            module = attention_module(decoder_layers(sharp)[layer])
+            per_layer.setdefault(layer, []).append(get_prerope_query_states(module, hidden[:, text])[0])
+    assert stats.rows == sum(int((p["input_ids"][0] != sharp.config.image_token_id)[SINKS:].sum()) for p in prompts)
+    for layer, queries in per_layer.items():
+        queries = torch.cat(queries, dim=1).double()  # [Hq, rows, D]
+        mean = queries.mean(1)
+        centred = queries - mean[:, None]
+        covariance = centred.transpose(1, 2) @ centred / queries.shape[1]
+        torch.testing.assert_close(stats.mean[layer], mean.float(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stats.covariance[layer], covariance.float(), rtol=1e-4, atol=1e-4)
+
+    stats_press = getattr(kvpress, "ExpectedAttentionStatsPress", None)
+    if stats_press is None:
+        pytest.skip("this kvpress has no ExpectedAttentionStatsPress")
+    reference = stats_press()
+    reference.mu, reference.cov = stats.mean, stats.covariance
+    single = make_batch(sharp.config, [2], [8], seed=11)
+    layers = recorded(sharp, single, r=1.0, delta_r=0.0, statistics=stats)
+    assert_kvpress_scores(reference, sharp, single, layers)
+    prompt_fit = recorded(sharp, single, r=1.0, delta_r=0.0)
+    assert min((a[1] - b[1])[..., SINKS:].abs().max() / b[1][..., SINKS:].abs().max()
+               for a, b in zip(layers, prompt_fit)) > 0.1  # not the prompt's own fit
+
+    stats.save(tmp_path / "queries.safetensors")
+    loaded = lvprune.QueryStatistics.load(tmp_path / "queries.safetensors")
+    assert loaded.rows == stats.rows
+    torch.testing.assert_close(loaded.mean, stats.mean, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.covariance, stats.covariance, rtol=0, atol=0)
+    from lvprune.methods.plphp import PLPHPOptions
+
+    press = PLPHPOptions(plphp_statistics=str(tmp_path / "queries.safetensors")).plphp_press()
+    torch.testing.assert_close(press.query_gaussian(1)[1], stats.covariance[1], rtol=0, atol=0)
+
+
+def test_statistics_need_the_expected_ranking_and_the_model_they_were_gathered_on(sharp):
+    stats = lvprune.query_statistics(sharp, [make_batch(sharp.config, [1], [9], seed=1)])
+    with pytest.raises(ValueError, match="queries='expected'"):
+        PLPHPPress(queries="last", statistics=stats)
+    with pytest.raises(ValueError, match="hold 2 decoder layers, not layer 2"):
+        lvprune.QueryStatistics(stats.mean[:2], stats.covariance[:2], stats.rows).layer(2)

@@ -60,9 +60,11 @@ def lvprune_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         elif press.queries == "all":
             scores = observed_scores(module, query, key, allowed, scaling, state.slots[layer].valid[:, 0])
         elif press.queries == "expected":
-            scores, ranking = expected_scores(module, query, key, value, state.slots[layer].valid[:, 0],
-                                              state.position_embeddings, state.layer_input.rotary, scaling,
-                                              None if press.query_rows == "all" else ~state.slots[layer].vision[:, 0])
+            slots = state.slots[layer]
+            rows = None if press.query_rows == "all" else ~slots.vision[:, 0]
+            press.observe_queries(layer, query, slots.valid[:, 0], state.position_embeddings, rows)
+            scores, ranking = expected_scores(module, query, key, value, slots.valid[:, 0], state.position_embeddings,
+                                              state.layer_input.rotary, scaling, rows, press.query_gaussian(layer))
         else:
             scores = last_query_scores(module, query, key, allowed, scaling)
         keep, counts, stats = press.select(scores, state.slots[layer], state.last,
@@ -158,36 +160,65 @@ def observed_scores(module, query, key, allowed, scaling, valid):
     return mean.unflatten(1, (-1, module.num_key_value_groups)).mean(dim=2)
 
 
-def expected_scores(module, query, key, value, valid, tables, rotary, scaling, rows=None):
+def unit_tables(tables) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' rotary (cos, sin) [B, N, D] as float rotations of unit norm: the tables' scaling divided out, so
+    rotations compose without compounding it."""
+    cos, sin = (t.float() for t in tables)
+    norm = (cos.square() + sin.square()).sqrt()
+    return cos / norm, sin / norm
+
+
+def modelling_rows(valid: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sink, use, fit) [B, N] bool: the first `SINKS` real rows; the real rows beyond them (a prompt of sinks only
+    keeps them); and the rows whose queries model the queries to come: those of `rows` among `use` (every `use`
+    row where `rows` is None or a sample has none of them there)."""
+    rank = valid.long().cumsum(-1) - 1
+    sink = valid & (rank < SINKS)
+    beyond = valid & ~sink
+    use = torch.where(beyond.any(-1, keepdim=True), beyond, valid)  # no sync
+    if rows is None:
+        return sink, use, use
+    fit = use & rows
+    return sink, use, torch.where(fit.any(-1, keepdim=True), fit, use)
+
+
+def query_moments(query, valid, tables, rows=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sums over a batch's modelling rows (`modelling_rows`) of their queries before RoPE: the rows' count, Σq
+    [Hq, D] and Σqqᵀ [Hq, D, D] (float64), for statistics gathered over many prompts (`QueryStatistics`).
+    query [B, Hq, N, D] post-RoPE; valid, rows [B, N]; tables the rows' rotary (cos, sin) [B, N, D]."""
+    cos, sin = unit_tables(tables)
+    fit = modelling_rows(valid, rows)[2]
+    before_rope = rotate(query.float(), cos[:, None], -sin[:, None]).double()  # [B, Hq, N, D]
+    picked = before_rope.transpose(1, 2)[fit]  # [R, Hq, D]
+    return fit.sum(), picked.sum(0), torch.einsum("rhi,rhj->hij", picked, picked)
+
+
+def expected_scores(module, query, key, value, valid, tables, rotary, scaling, rows=None, gaussian=None):
     """The attention the queries *to come* are expected to pay every key, one row per KV head, and the slots'
     ranking (that attention times each value's norm): -> [B, Hkv, K], [B, Hkv, K].
 
     kvpress's ExpectedAttentionPress (`get_query_statistics`, `apply_avg_rope`, `score`), per sample and padding-
     aware: the prompt's queries before RoPE (the rows' rotation undone) give a Gaussian (mean μ, covariance Σ per
     query head, the sinks left out; with `rows` [B, N], only those rows' queries, where a sample has any beyond
-    its sinks); its rotation averaged over the next `FUTURE_POSITIONS` positions R̄ gives the future queries'
-    μ' = R̄μ, Σ' = R̄ΣR̄ᵀ; a key's expected logit is `s k·μ' + s²/2 kᵀΣ'k` (s the scaling), the softmax runs over
-    the real non-sink keys and query heads of a GQA group are averaged. Sinks score 0 here and rank first, in
-    order. query [B, Hq, N, D], key/value [B, Hkv, N, D] post-RoPE (a prefill: keys are the rows); valid [B, N] the
-    real rows; tables: the rows' rotary (cos, sin) [B, N, D]; rotary: the language model's rotary embedding, for
-    the positions after the prompt.
+    its sinks), or `gaussian` gives it (μ [Hq, D], Σ [Hq, D, D] gathered beforehand, as kvpress's
+    ExpectedAttentionStatsPress); its rotation averaged over the next `FUTURE_POSITIONS` positions R̄ gives the
+    future queries' μ' = R̄μ, Σ' = R̄ΣR̄ᵀ; a key's expected logit is `s k·μ' + s²/2 kᵀΣ'k` (s the scaling), the
+    softmax runs over the real non-sink keys and query heads of a GQA group are averaged. Sinks score 0 here and
+    rank first, in order. query [B, Hq, N, D], key/value [B, Hkv, N, D] post-RoPE (a prefill: keys are the rows);
+    valid [B, N] the real rows; tables: the rows' rotary (cos, sin) [B, N, D]; rotary: the language model's rotary
+    embedding, for the positions after the prompt.
     """
-    cos, sin = (t.float() for t in tables)
-    norm = (cos.square() + sin.square()).sqrt()  # the tables' scaling, so rotations compose without compounding it
-    cos, sin = cos / norm, sin / norm
-    rank = valid.long().cumsum(-1) - 1
-    sink = valid & (rank < SINKS)
-    beyond = valid & ~sink
-    use = torch.where(beyond.any(-1, keepdim=True), beyond, valid)  # a prompt of sinks only keeps them (no sync)
-    if rows is not None:  # the Gaussian from these rows; a prompt with none beyond its sinks falls back to all
-        rows = use & rows
-        rows = torch.where(rows.any(-1, keepdim=True), rows, use)
-    weights = (use if rows is None else rows)[:, None, :, None].float()  # [B, 1, N, 1]
-    before_rope = rotate(query.float(), cos[:, None], -sin[:, None])  # [B, Hq, N, D]
-    count = weights.sum(2).clamp(min=1)  # [B, 1, 1]
-    mean = (before_rope * weights).sum(2) / count  # [B, Hq, D]
-    centred = (before_rope - mean[:, :, None]) * weights
-    covariance = centred.transpose(-1, -2) @ centred / count[..., None]  # [B, Hq, D, D]
+    cos, sin = unit_tables(tables)
+    sink, use, fit = modelling_rows(valid, rows)
+    if gaussian is None:
+        weights = fit[:, None, :, None].float()  # [B, 1, N, 1]
+        before_rope = rotate(query.float(), cos[:, None], -sin[:, None])  # [B, Hq, N, D]
+        count = weights.sum(2).clamp(min=1)  # [B, 1, 1]
+        mean = (before_rope * weights).sum(2) / count  # [B, Hq, D]
+        centred = (before_rope - mean[:, :, None]) * weights
+        covariance = centred.transpose(-1, -2) @ centred / count[..., None]  # [B, Hq, D, D]
+    else:
+        mean, covariance = (t.to(query.device, torch.float32)[None] for t in gaussian)  # [1, Hq, D], [1, Hq, D, D]
     # The rotation to come: the last row's angle plus 1..FUTURE_POSITIONS, averaged (tables of unit norm compose
     # by the angle-sum rule).
     ahead = torch.arange(1, FUTURE_POSITIONS + 1, device=query.device)[None]
@@ -212,6 +243,7 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling, r
     # Sinks rank first, earliest first: distinct finite values, so a count smaller than the vision sinks keeps
     # the same ones in a batch as alone (ties would be broken by the padded layout).
     top = ranking.masked_fill(~use[:, None], 0.0).amax(-1, keepdim=True)  # [B, Hkv, 1]
+    rank = valid.long().cumsum(-1) - 1
     ranking = torch.where(sink[:, None], top + (SINKS - rank[:, None]).float(), ranking)
     return probs, ranking
 

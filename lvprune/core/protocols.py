@@ -108,6 +108,17 @@ class CachePress:
 
     # ---------------------------------------------------------------- the override points
 
+    def query_gaussian(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With `queries="expected"`: the queries to come as a Gaussian before RoPE, mean [Hq, D] and covariance
+        [Hq, D, D], for 0-based decoder layer `layer`; None (the default): fitted to each prompt's own rows."""
+        return None
+
+    def observe_queries(self, layer: int, query: torch.Tensor, valid: torch.Tensor, tables, rows) -> None:
+        """With `queries="expected"`, called in each pressed layer's prefill before it is scored: the layer's
+        queries [B, Hq, N, D] post-RoPE, its real rows [B, N], rotary tables (cos, sin) [B, N, D] and the rows whose
+        queries model the queries to come ([B, N] bool, None: every row). A no-op here; gathering statistics
+        overrides it (`lvprune.methods.plphp.query_statistics`)."""
+
     def vision_counts(self, scores: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Vision slots each KV head of sample b keeps, and the layer's own per-sample figures for `pruning_stats`
         (device tensors): scores [B, Hkv, K], vision [B, 1, K] bool -> counts [B] long, stats."""

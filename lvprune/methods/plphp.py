@@ -10,12 +10,14 @@ After the prefill of each layer `l >= start_layer`, the last prompt token's atte
 
 The paper publishes neither `alpha`/`beta` nor the first pruned layer: `vision_attention_profile` runs prompts
 through a model with a press that keeps everything and records every sample's `v_l` at every layer, and
-`suggest_thresholds` turns that profile into thresholds that split the (sample, layer) pairs into thirds.
+`suggest_thresholds` turns that profile into thresholds that split the (sample, layer) pairs into thirds. By
+default the attention is the one the queries to come are expected to pay (`queries="expected"`, fitted to each
+prompt's text rows); `query_statistics` gathers those queries over calibration prompts instead, once per model.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Literal
 
@@ -31,6 +33,44 @@ QueryRows = Literal["text", "all"]
 ALLOCATIONS = Allocation.__args__
 QUERIES = Queries.__args__
 QUERY_ROWS = QueryRows.__args__
+
+
+@dataclass(frozen=True)
+class QueryStatistics:
+    """The queries to come, gathered on calibration prompts (`query_statistics`): per decoder layer and query head,
+    the mean and covariance of the queries before RoPE of the prompts' text rows beyond the attention sinks (every
+    row beyond them with `query_rows="all"`).
+
+    Args:
+        mean: [L, Hq, D].
+        covariance: [L, Hq, D, D].
+        rows: how many prompt rows they were gathered over.
+    """
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    rows: int
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean [Hq, D] and covariance [Hq, D, D] of 0-based decoder layer `layer`."""
+        if not 0 <= layer < self.mean.shape[0]:
+            raise ValueError(f"these query statistics hold {self.mean.shape[0]} decoder layers, not layer {layer}: "
+                             "gather them on the model they press (query_statistics).")
+        return self.mean[layer], self.covariance[layer]
+
+    def save(self, path) -> None:
+        """One safetensors file (the tensors, and `rows` in its metadata)."""
+        from safetensors.torch import save_file
+
+        save_file({"mean": self.mean.contiguous(), "covariance": self.covariance.contiguous()}, str(path),
+                  metadata={"rows": str(self.rows)})
+
+    @classmethod
+    def load(cls, path) -> "QueryStatistics":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as file:
+            return cls(file.get_tensor("mean"), file.get_tensor("covariance"), int(file.metadata()["rows"]))
 
 
 @dataclass(frozen=True)
@@ -63,6 +103,9 @@ class PLPHPPress(CachePress):
             the sinks, as kvpress's ExpectedAttentionPress takes them; where vision rows are most of the prompt
             their queries set the Gaussian, and on a multi-image base that ranks below a random choice
             (docs/choices.md).
+        statistics: with `queries="expected"`, the queries to come as gathered beforehand on calibration prompts
+            (`query_statistics`), in place of each prompt's own fit: what an image-only prefix cache needs, as it
+            holds no question to fit them to (kvpress's ExpectedAttentionStatsPress does the same for text).
     """
 
     r: float = 0.4
@@ -73,6 +116,7 @@ class PLPHPPress(CachePress):
     allocation: str = "sample"
     queries: str = "expected"
     query_rows: str = "text"
+    statistics: QueryStatistics | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not 0.0 <= self.r <= 1.0:
@@ -89,9 +133,17 @@ class PLPHPPress(CachePress):
             raise ValueError(f"PLPHP queries={self.queries!r} is not one of {QUERIES}.")
         if self.query_rows not in QUERY_ROWS:
             raise ValueError(f"PLPHP query_rows={self.query_rows!r} is not one of {QUERY_ROWS}.")
+        if self.statistics is not None and self.queries != "expected":
+            raise ValueError(f"PLPHP statistics model the queries to come: they need queries='expected', "
+                             f"not {self.queries!r}.")
+
+    def query_gaussian(self, layer: int):
+        """The gathered statistics' layer, if given (`CachePress.query_gaussian`)."""
+        return None if self.statistics is None else self.statistics.layer(layer)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields by name (`statistics` as the object itself)."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
 
     def class_rates(self) -> tuple[Fraction, Fraction, Fraction]:
         """Exact rates of the indifferent, balanced and attentive classes: `r − Δr`, `r`, `r + Δr` in [0, 1].
@@ -168,6 +220,8 @@ class PLPHPOptions:
                                         "(unset: expected)")
     plphp_query_rows: QueryRows | None = doc(None, "with expected: whose prompt rows model the queries to come, "
                                              "the text rows (text) or every row (all, kvpress's) (unset: text)")
+    plphp_statistics: str | None = doc(None, "with expected: a file of the queries to come gathered on calibration "
+                                       "prompts (QueryStatistics.save) (unset: each prompt's own)")
 
     def plphp_options(self) -> dict:
         """The PLPHP fields that are set, by their field names."""
@@ -176,8 +230,10 @@ class PLPHPOptions:
 
     def plphp_press(self) -> PLPHPPress | None:
         """The `PLPHPPress` these fields describe (None when none is set)."""
-        given = self.plphp_options()
-        return PLPHPPress(**{name.removeprefix("plphp_"): value for name, value in given.items()}) if given else None
+        given = {name.removeprefix("plphp_"): value for name, value in self.plphp_options().items()}
+        if "statistics" in given:
+            given["statistics"] = QueryStatistics.load(given["statistics"])
+        return PLPHPPress(**given) if given else None
 
 
 # ---------------------------------------------------------------- measuring the thresholds on a model
@@ -186,13 +242,14 @@ MEASURE_ALL = PLPHPPress(r=1.0, delta_r=0.0, alpha=1.0, beta=0.0, start_layer=0)
 
 
 @torch.no_grad()
-def vision_attention_profile(model, batches, queries: str = "last") -> torch.Tensor:
+def vision_attention_profile(model, batches, queries: str = "last", statistics: QueryStatistics | None = None
+                             ) -> torch.Tensor:
     """v_l of every image-holding sample of `batches` (dicts of model inputs) at every layer, by the attention of
-    `queries` (`PLPHPPress.queries`): -> [samples, layers]."""
+    `queries` (`PLPHPPress.queries`; with `statistics`, the queries to come as gathered): -> [samples, layers]."""
     from lvprune.core.pruning import Pruning
 
     rows = []
-    with Pruning(model, press=replace(MEASURE_ALL, queries=queries)):
+    with Pruning(model, press=replace(MEASURE_ALL, queries=queries, statistics=statistics)):
         for batch in batches:
             model(**batch)
             per_layer = [layer.extras["vision_attention"] for layer in model.pruning_stats.layers]
@@ -209,6 +266,42 @@ def suggest_thresholds(profile: torch.Tensor, start_layer: int = 2) -> dict:
     # the thresholds.
     return dict(alpha=round(alpha, 4), beta=round(beta, 4), start_layer=start_layer,
                 per_layer_mean=[round(v, 3) for v in profile.float().mean(0).tolist()])
+
+
+@dataclass(frozen=True)
+class _QueryMoments(PLPHPPress):
+    """Keeps every slot and sums, per layer, the modelling rows' queries before RoPE (`query_moments`)."""
+
+    sums: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def observe_queries(self, layer, query, valid, tables, rows):
+        from lvprune.core.attention import query_moments
+
+        moments = query_moments(query, valid, tables, rows)
+        held = self.sums.get(layer)
+        self.sums[layer] = moments if held is None else tuple(a + b for a, b in zip(held, moments))
+
+
+@torch.no_grad()
+def query_statistics(model, batches, query_rows: str = "text") -> QueryStatistics:
+    """The queries to come as `PLPHPPress(statistics=...)` takes them, gathered over `batches` (dicts of model
+    inputs: whole prompts that end with a question, as the queries to come are text): per decoder layer and query
+    head, the mean and covariance of the queries before RoPE of their rows that `query_rows` names (the text rows
+    beyond the sinks by default) -> QueryStatistics. Run it once per model; save and load it with the class."""
+    from lvprune.core.pruning import Pruning
+
+    recorder = replace(MEASURE_ALL, queries="expected", query_rows=query_rows)
+    recorder = _QueryMoments(**{f.name: getattr(recorder, f.name) for f in fields(PLPHPPress)})
+    with Pruning(model, press=recorder):
+        for batch in batches:
+            model(**batch)
+    if not recorder.sums:
+        raise ValueError("query_statistics got no prompt rows: pass batches of model inputs (input_ids, ...).")
+    layers = [recorder.sums[layer] for layer in sorted(recorder.sums)]
+    mean = torch.stack([total / count for count, total, _ in layers])  # [L, Hq, D]
+    outer = torch.stack([second / count for count, _, second in layers])  # [L, Hq, D, D]
+    covariance = outer - mean[..., :, None] * mean[..., None, :]  # in float64, so the difference keeps its digits
+    return QueryStatistics(mean.float(), covariance.float(), int(layers[0][0]))
 
 
 def __getattr__(name: str):
