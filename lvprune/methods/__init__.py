@@ -129,11 +129,13 @@ def _pyramid_drop(base_config, *, after_layers=None, keep_ratios=(0.5, 0.25, 0.1
 
 
 def _plphp(base_config, *, r: float = 0.4, delta_r: float = 0.3, alpha: float = 0.5, beta: float = 0.2,
-           start_layer: int = 2, allocation: str = "sample", queries: str = "expected"):
-    from lvprune.methods.plphp import PLPHPPress
+           start_layer: int = 2, allocation: str = "sample", queries: str = "expected", query_rows: str = "text",
+           statistics: str | None = None):
+    from lvprune.methods.plphp import PLPHPPress, QueryStatistics
 
-    return PLPHPPress(r=r, delta_r=delta_r, alpha=alpha, beta=beta, start_layer=start_layer,
-                      allocation=allocation, queries=queries)
+    return PLPHPPress(r=r, delta_r=delta_r, alpha=alpha, beta=beta, start_layer=start_layer, allocation=allocation,
+                      queries=queries, query_rows=query_rows,
+                      statistics=QueryStatistics.load(statistics) if statistics else None)
 
 
 def _kvpress(base_config, *, scorer: str = "snapkv", compression_ratio: float = 0.6, start_layer: int = 2,
