@@ -3,7 +3,9 @@ the cache pressed in the first turn's prefill, stays near the unpruned model at 
 choice of the same slots at a budget tight enough to tell rankings apart, where the paper's ranking
 (`queries="last"`), one named option away, falls below random. On the reference base (one image, a second
 question) and on the second base (1-4 images, 3-turn conversations), where modelling the queries to come from
-every prompt row (`query_rows="all"`, kvpress's statistics: mostly vision rows) falls below random too."""
+every prompt row (`query_rows="all"`, kvpress's statistics: mostly vision rows) falls below random too. Images
+pressed before their question rank above random choice with the queries to come gathered beforehand
+(`query_statistics`), below it with the prefix's own fit."""
 
 import dataclasses
 import sys
