@@ -366,10 +366,12 @@ def main(argv=None) -> None:
         return sweep_world2(args)
     if args.world != 1:
         raise SystemExit(f"--world {args.world}: 1 or 2")
-    resolved = resolve(SweepConfig(**{**args.__dict__, "out": args.out or "."}))  # trains the pruner once
+    # The pruner is trained once (cached), unless --methods names no LVPruning row.
+    wants_pruner = not args.methods or any(name.startswith("LVPruning") for name in args.methods)
+    resolved = resolve(SweepConfig(**{**args.__dict__, "out": args.out or "."}), train_pruner=wants_pruner)
     config = SweepConfig(**{**args.__dict__, "base": resolved.base, "pruner": resolved.pruner})
     model, processor = load_base(config.base)
-    pruner = lvprune.LVPrunerModel.from_pretrained(config.pruner).eval()
+    pruner = lvprune.LVPrunerModel.from_pretrained(config.pruner).eval() if config.pruner else None
     backbone = families.backbone_for(model.config)
     records, folder = two_turn_split(config)
     image_token = model.config.image_token_id
