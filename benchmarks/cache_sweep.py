@@ -142,12 +142,15 @@ def calibration(model, processor, config) -> tuple[dict, object]:
 
 
 def interpolated(points: list[dict], kv: float) -> float | None:
-    """A method's accuracy at `kv` % of the cache, linear between its measured points (None outside them)."""
+    """A method's accuracy at `kv` % of the cache, linear between its measured points; outside them, its end point
+    within half a point of KV (PLPHP's `ceil` counts hold a little more than kvpress's `int` ones at a budget),
+    else None."""
     ordered = sorted((p["kv"], p["accuracy"]) for p in points)
     for (kv_0, acc_0), (kv_1, acc_1) in zip(ordered, ordered[1:]):
         if kv_0 <= kv <= kv_1:
             return acc_0 if kv_1 == kv_0 else acc_0 + (acc_1 - acc_0) * (kv - kv_0) / (kv_1 - kv_0)
-    return ordered[0][1] if len(ordered) == 1 and abs(ordered[0][0] - kv) < 0.5 else None
+    near = [accuracy for end, accuracy in (ordered[0], ordered[-1]) if abs(end - kv) < 0.5]
+    return near[0] if near else None
 
 
 def matched(results: dict) -> dict:

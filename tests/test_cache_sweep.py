@@ -101,3 +101,11 @@ def test_world2_tables_and_plot_are_written(tmp_path):
     assert "| conversation | 0.25 | 35% | 40.0 (SnapKV, vision) | 60.0 (PLPHP (default: expected)) | +20.0 |" in table
     saved = json.loads((tmp_path / "cache_sweep_world2.json").read_text())
     assert saved["results"] == results and (tmp_path / "cache_sweep_world2.png").stat().st_size > 0
+
+
+def test_matched_reads_each_row_at_the_kv_kvpress_holds():
+    """Linear between measured points; an end point counts within half a point of KV, not beyond."""
+    points = [dict(budget=b, kv=kv, accuracy=a) for b, kv, a in ((0.5, 52.0, 80.0), (0.1, 13.4, 56.0))]
+    assert cache_sweep.interpolated(points, 32.7) == pytest.approx(68.0)
+    assert cache_sweep.interpolated(points, 13.2) == 56.0 and cache_sweep.interpolated(points, 52.3) == 80.0
+    assert cache_sweep.interpolated(points, 12.8) is None and cache_sweep.interpolated(points, 53.0) is None
