@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 import lvprune
-from lvprune import PLPHPPress, families
+from lvprune import PLPHPPress, QueryStatistics, families
 from lvprune.bench.harness import load_base
 from lvprune.bench.methods import RandomSlots
 from lvprune.core.contract import cache_kwarg, output_cache
@@ -99,13 +99,12 @@ def methods_at(budget: float, pruner, thresholds: dict, config: SweepConfig | No
         DEFAULT: default,
         # One rate in every layer, as the vision-only kvpress rows keep: the ranking alone, at their budget.
         "PLPHP, expected, Δr 0": dataclasses.replace(default, delta_r=0.0),
-        "PLPHP, calibrated queries, Δr 0": dataclasses.replace(default, delta_r=0.0, statistics=statistics),
+        **({"PLPHP, calibrated queries, Δr 0": dataclasses.replace(default, delta_r=0.0, statistics=statistics)}
+           if statistics is not None else {}),
         "random slots": RandomSlots(**default.to_dict()),
         "PLPHP (paper: last query)": paper,
         "PLPHP, all queries": dataclasses.replace(paper, queries="all"),
     }
-    if statistics is None:
-        del presses["PLPHP, calibrated queries, Δr 0"]
     for key in ("snapkv", "tova", "expected_attention", "knorm"):
         presses[f"kvpress {label[key]}, vision"] = KVPressScorer(scorer(key, 1 - budget))
     methods = {name: lambda text, vision, press=press: dict(press=press) for name, press in presses.items()}
@@ -126,7 +125,7 @@ def is_ours(name: str) -> bool:
     return name.startswith("PLPHP")
 
 
-def calibration(model, processor, config) -> tuple[dict, object]:
+def calibration(model, processor, config) -> tuple[dict, QueryStatistics]:
     """The reference base's calibration on the first `PROFILE_QUESTIONS` single-question prompts of the test split
     (not the sweep's records): α/β of the default ranking (`queries="expected"`: its profile's thirds from layer 0)
     and the queries to come gathered there (`query_statistics`)."""

@@ -167,3 +167,14 @@ def assert_equals_per_head_reference(out, reference_model, batch, start_layer: i
     assert torch.equal(out.sequences, reference.sequences)
     for step, (ours, theirs) in enumerate(zip(out.logits, reference.logits)):
         assert_close(ours, theirs, 1e-4, f"decode step {step} logits")
+
+
+def world2_conversations(folder, count: int, seed: int = 7) -> list:
+    """`count` fresh 3-turn conversations of world 2 at the shipped second base's image size (world2_bench's test
+    split: tasks balanced), written into `folder` once."""
+    from lvprune_shapes.bench import image_size
+    from lvprune_shapes.reference.world2 import SHIPPED_DIR
+    from lvprune_shapes.world2_bench import World2BenchConfig, test_conversations
+
+    config = World2BenchConfig(base=str(SHIPPED_DIR), conversations=count, seed=seed, cache_dir=str(folder))
+    return test_conversations(config, image_size(SHIPPED_DIR))

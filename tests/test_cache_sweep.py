@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import world2_conversations
 
 pytest.importorskip("kvpress")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -59,13 +60,11 @@ def test_protocols_answer_as_the_stock_model_on_the_whole_prompt(reference, reco
 @pytest.fixture(scope="module")
 def world2(tmp_path_factory):
     """The shipped second base and 4 fresh test conversations of world 2 (world2_bench's, tasks balanced)."""
-    from lvprune_shapes.bench import image_size
     from lvprune_shapes.reference.world2 import SHIPPED_DIR as WORLD2_BASE
-    from lvprune_shapes.world2_bench import World2BenchConfig, first_prompts, test_conversations
+    from lvprune_shapes.world2_bench import first_prompts
 
     model, processor = load_base(WORLD2_BASE)
-    bench = World2BenchConfig(base=str(WORLD2_BASE), conversations=4, cache_dir=str(tmp_path_factory.mktemp("w2")))
-    conversations = test_conversations(bench, image_size(WORLD2_BASE))
+    conversations = world2_conversations(tmp_path_factory.mktemp("w2"), 4)
     return model, processor, conversations, first_prompts(conversations, processor, model)
 
 

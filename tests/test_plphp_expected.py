@@ -111,10 +111,7 @@ def test_text_rows_are_kvpress_statistics_over_the_text_rows(sharp):
 def test_an_image_only_prefix_models_the_queries_to_come_on_every_row(sharp):
     """A prompt with no text row beyond its sinks (text, then its image: a prefix cache made before the question)
     falls back to every row: the text default scores as `query_rows="all"`."""
-    batch = make_batch(sharp.config, [1], [3], seed=5)
-    ids = batch["input_ids"][0]
-    image = ids == sharp.config.image_token_id
-    prefix = dict(batch, input_ids=torch.cat([ids[~image], ids[image]])[None])
+    prefix = image_only_prefix(sharp.config)
     for (scores, ranking, _), (scores_all, ranking_all, _) in zip(
             recorded(sharp, prefix, r=1.0, delta_r=0.0), recorded(sharp, prefix, r=1.0, delta_r=0.0, query_rows="all")):
         torch.testing.assert_close(ranking, ranking_all)
@@ -212,7 +209,17 @@ def test_gathered_statistics_are_the_text_rows_queries_and_rank_as_kvpress_stats
     torch.testing.assert_close(press.query_gaussian(1)[1], stats.covariance[1], rtol=0, atol=0)
 
 
-def test_statistics_need_the_expected_ranking_and_the_model_they_were_gathered_on(sharp):
+def image_only_prefix(config, seed=5):
+    """Three text tokens, then an image: no text row beyond the sinks (a prefix cache made before the question)."""
+    batch = make_batch(config, [1], [3], seed=seed)
+    ids = batch["input_ids"][0]
+    image = ids == config.image_token_id
+    return dict(batch, input_ids=torch.cat([ids[~image], ids[image]])[None])
+
+
+def test_statistics_need_the_expected_ranking_the_model_they_were_gathered_on_and_text_rows(sharp):
+    with pytest.raises(ValueError, match="no text rows beyond the first 4"):
+        lvprune.query_statistics(sharp, [image_only_prefix(sharp.config)])  # no fallback to the vision rows
     stats = lvprune.query_statistics(sharp, [make_batch(sharp.config, [1], [9], seed=1)])
     with pytest.raises(ValueError, match="queries='expected'"):
         PLPHPPress(queries="last", statistics=stats)

@@ -169,28 +169,29 @@ def unit_tables(tables) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def modelling_rows(valid: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sink, use, fit) [B, N] bool: the first `SINKS` real rows; the real rows beyond them (a prompt of sinks only
-    keeps them); and the rows whose queries model the queries to come: those of `rows` among `use` (every `use`
-    row where `rows` is None or a sample has none of them there)."""
+    """(rank, use, fit) [B, N]: each real row's rank among the real rows (the first `SINKS` are sinks); the real
+    rows beyond the sinks (a prompt of sinks only keeps them); and the rows whose queries model the queries to
+    come: those of `rows` among `use` (every `use` row where `rows` is None or a sample has none of them there)."""
     rank = valid.long().cumsum(-1) - 1
-    sink = valid & (rank < SINKS)
-    beyond = valid & ~sink
+    beyond = valid & (rank >= SINKS)
     use = torch.where(beyond.any(-1, keepdim=True), beyond, valid)  # no sync
     if rows is None:
-        return sink, use, use
+        return rank, use, use
     fit = use & rows
-    return sink, use, torch.where(fit.any(-1, keepdim=True), fit, use)
+    return rank, use, torch.where(fit.any(-1, keepdim=True), fit, use)
 
 
 def query_moments(query, valid, tables, rows=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sums over a batch's modelling rows (`modelling_rows`) of their queries before RoPE: the rows' count, Σq
-    [Hq, D] and Σqqᵀ [Hq, D, D] (float64), for statistics gathered over many prompts (`QueryStatistics`).
+    """Sums over a batch's real rows beyond the sinks, those of `rows` only where given (no fallback: a
+    calibration prompt without them adds nothing), of their queries before RoPE: the rows' count, Σq [Hq, D] and
+    Σqqᵀ [Hq, D, D] (float64), for statistics gathered over many prompts (`QueryStatistics`).
     query [B, Hq, N, D] post-RoPE; valid, rows [B, N]; tables the rows' rotary (cos, sin) [B, N, D]."""
     cos, sin = unit_tables(tables)
-    fit = modelling_rows(valid, rows)[2]
+    _, use, _ = modelling_rows(valid, None)
+    picked_rows = use if rows is None else use & rows
     before_rope = rotate(query.float(), cos[:, None], -sin[:, None]).double()  # [B, Hq, N, D]
-    picked = before_rope.transpose(1, 2)[fit]  # [R, Hq, D]
-    return fit.sum(), picked.sum(0), torch.einsum("rhi,rhj->hij", picked, picked)
+    picked = before_rope.transpose(1, 2)[picked_rows]  # [R, Hq, D]
+    return picked_rows.sum(), picked.sum(0), torch.einsum("rhi,rhj->hij", picked, picked)
 
 
 def expected_scores(module, query, key, value, valid, tables, rotary, scaling, rows=None, gaussian=None):
@@ -209,7 +210,7 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling, r
     embedding, for the positions after the prompt.
     """
     cos, sin = unit_tables(tables)
-    sink, use, fit = modelling_rows(valid, rows)
+    rank, use, fit = modelling_rows(valid, rows)
     if gaussian is None:
         weights = fit[:, None, :, None].float()  # [B, 1, N, 1]
         before_rope = rotate(query.float(), cos[:, None], -sin[:, None])  # [B, Hq, N, D]
@@ -243,7 +244,7 @@ def expected_scores(module, query, key, value, valid, tables, rotary, scaling, r
     # Sinks rank first, earliest first: distinct finite values, so a count smaller than the vision sinks keeps
     # the same ones in a batch as alone (ties would be broken by the padded layout).
     top = ranking.masked_fill(~use[:, None], 0.0).amax(-1, keepdim=True)  # [B, Hkv, 1]
-    rank = valid.long().cumsum(-1) - 1
+    sink = valid & (rank < SINKS)
     ranking = torch.where(sink[:, None], top + (SINKS - rank[:, None]).float(), ranking)
     return probs, ranking
 

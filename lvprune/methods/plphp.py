@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from lvprune.core.attention import SINKS, query_moments
 from lvprune.core.protocols import CachePress
 from lvprune.utils.command_line import doc
 
@@ -242,14 +243,13 @@ MEASURE_ALL = PLPHPPress(r=1.0, delta_r=0.0, alpha=1.0, beta=0.0, start_layer=0)
 
 
 @torch.no_grad()
-def vision_attention_profile(model, batches, queries: str = "last", statistics: QueryStatistics | None = None
-                             ) -> torch.Tensor:
+def vision_attention_profile(model, batches, queries: str = "last") -> torch.Tensor:
     """v_l of every image-holding sample of `batches` (dicts of model inputs) at every layer, by the attention of
-    `queries` (`PLPHPPress.queries`; with `statistics`, the queries to come as gathered): -> [samples, layers]."""
+    `queries` (`PLPHPPress.queries`): -> [samples, layers]."""
     from lvprune.core.pruning import Pruning
 
     rows = []
-    with Pruning(model, press=replace(MEASURE_ALL, queries=queries, statistics=statistics)):
+    with Pruning(model, press=replace(MEASURE_ALL, queries=queries)):
         for batch in batches:
             model(**batch)
             per_layer = [layer.extras["vision_attention"] for layer in model.pruning_stats.layers]
@@ -275,8 +275,6 @@ class _QueryMoments(PLPHPPress):
     sums: dict = field(default_factory=dict, compare=False, repr=False)
 
     def observe_queries(self, layer, query, valid, tables, rows):
-        from lvprune.core.attention import query_moments
-
         moments = query_moments(query, valid, tables, rows)
         held = self.sums.get(layer)
         self.sums[layer] = moments if held is None else tuple(a + b for a, b in zip(held, moments))
@@ -290,14 +288,14 @@ def query_statistics(model, batches, query_rows: str = "text") -> QueryStatistic
     beyond the sinks by default) -> QueryStatistics. Run it once per model; save and load it with the class."""
     from lvprune.core.pruning import Pruning
 
-    recorder = replace(MEASURE_ALL, queries="expected", query_rows=query_rows)
-    recorder = _QueryMoments(**{f.name: getattr(recorder, f.name) for f in fields(PLPHPPress)})
+    recorder = _QueryMoments(**{**MEASURE_ALL.to_dict(), "queries": "expected", "query_rows": query_rows})
     with Pruning(model, press=recorder):
         for batch in batches:
             model(**batch)
-    if not recorder.sums:
-        raise ValueError("query_statistics got no prompt rows: pass batches of model inputs (input_ids, ...).")
     layers = [recorder.sums[layer] for layer in sorted(recorder.sums)]
+    if not layers or int(layers[0][0]) == 0:
+        raise ValueError(f"query_statistics found no {query_rows} rows beyond the first {SINKS} of any prompt: pass "
+                         "batches of model inputs, whole prompts that end with a question.")
     mean = torch.stack([total / count for count, total, _ in layers])  # [L, Hq, D]
     outer = torch.stack([second / count for count, _, second in layers])  # [L, Hq, D, D]
     covariance = outer - mean[..., :, None] * mean[..., None, :]  # in float64, so the difference keeps its digits
